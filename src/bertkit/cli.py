@@ -1,0 +1,63 @@
+"""`bertkit` command line: each subcommand is a small module in bertkit.commands with
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their command runs,
+so `bertkit --help` stays fast and a missing optional dependency of one command cannot break another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("info", "show a checkpoint's config, parameter count and heads"),
+    "convert": ("convert", "convert a TF or HF checkpoint to a Hugging Face-format directory"),
+    "finetune": ("finetune", "fine-tune on one task (or several: multi-task)"),
+    "evaluate": ("evaluate", "evaluate a fine-tuned model on a split; writes metrics.json"),
+    "predict": ("predict", "write predictions in the benchmark's format"),
+    "pretrain-data": ("pretrain_data", "raw text -> sharded pre-training records"),
+    "inspect": ("inspect", "decode pre-training records back to text"),
+    "convert-records": ("convert_records", "TFRecord/HDF5 pre-training data -> bertkit records"),
+    "pretrain": ("pretrain", "MLM(+NSP) pre-training, from scratch or continued"),
+    "prepare-wiki": ("prepare_wiki", "Wikipedia XML dump -> one sentence per line text"),
+    "train-tokenizer": ("train_tokenizer", "train a WordPiece vocab on a corpus"),
+    "polyphone-convert": ("polyphone_convert", "convert polyphone data between .sent/.lb and JSONL"),
+}
+
+
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    parser = argparse.ArgumentParser(prog="bertkit", description="BERT pre-training, fine-tuning and evaluation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = None
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen command's module is imported to add its flags.
+        if argv and argv[0] == name:
+            importlib.import_module(f"bertkit.commands.{module}").add_arguments(p)
+            p.set_defaults(_module=module)
+            chosen = p
+    return parser, chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, _ = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(f"bertkit.commands.{args._module}")
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if getattr(args, "traceback", False) or __import__("os").environ.get("BERTKIT_TRACEBACK"):
+            raise
+        print(f"bertkit {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The Task interface: everything the one training loop needs to know about a task.
+
+A task file subclasses `Task`, sets its class attributes and decorates the class with
+`@register("name", ...)`. Adding a task touches no other task's file.
+
+Flow (see DESIGN.md):
+    examples = task.read(split)                                  # python objects, errors name file:line
+    features = task.encode(examples, tokenizer, max_seq_length)  # list of dicts of python ints/lists
+    batch    = task.collate(features_slice)                      # dict of tensors (model kwargs + labels)
+    outputs  = model(**batch)                                    # ModelOutput with .loss and logits
+    per_feature = task.gather_outputs(batch, outputs)            # list, one numpy item per feature
+    predictions = task.postprocess(examples, features, per_feature_outputs)
+    metrics     = task.metrics(examples, predictions)            # dict; main_metric is a key
+    task.write_predictions(examples, predictions, path)          # the benchmark's format
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from bertkit.config import ModelConfig
+
+TASKS: dict[str, type["Task"]] = {}
+
+
+def register(*names: str):
+    """Class decorator: make a Task available as `--task NAME` for each name given."""
+
+    def wrap(cls: type["Task"]) -> type["Task"]:
+        for name in names:
+            if name in TASKS and TASKS[name] is not cls:
+                raise RuntimeError(f"task name {name!r} registered twice ({TASKS[name].__name__}, {cls.__name__})")
+            TASKS[name] = cls
+        cls.name = names[0]
+        return cls
+
+    return wrap
+
+
+def get_task_class(name: str) -> type["Task"]:
+    import bertkit.tasks  # noqa: F401  (imports every task module so that they register)
+
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"--task {name!r} is unknown; valid tasks: {', '.join(sorted(TASKS))}") from None
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file and line (or example id) and what was expected."""
+
+
+@dataclass
+class TaskOptions:
+    """Where a task reads its data from, plus task-specific flags (from `Task.add_arguments`)."""
+
+    data_dir: str | None = None  # directory in the benchmark's standard layout
+    train_file: str | None = None  # explicit files override the directory layout
+    dev_file: str | None = None
+    test_file: str | None = None
+    max_seq_length: int = 128  # tokens per sequence after truncation (incl. [CLS]/[SEP])
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific flags by dest name
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.extra.get(key, default)
+
+
+def pad_sequences(rows: Sequence[Sequence[int]], pad_value: int = 0, length: int | None = None,
+                  dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Right-pad lists of ints to one length -> tensor [len(rows), length or max len]."""
+    length = length or max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), length), pad_value, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row[:length], dtype=dtype)
+    return out
+
+
+class Task:
+    """Base class. Subclasses set the class attributes and implement `read`, `encode`, `metrics`."""
+
+    name: ClassVar[str] = ""
+    # Which model class heads.py builds for this task. Declared, never guessed from label dtypes:
+    # "sequence_classification" | "regression" | "token_classification" | "question_answering"
+    # | "multiple_choice" | "polyphone" | "pretraining"
+    head: ClassVar[str] = "sequence_classification"
+    main_metric: ClassVar[str] = "accuracy"  # key of metrics() used to keep the best checkpoint
+    greater_is_better: ClassVar[bool] = True
+    splits: ClassVar[tuple[str, ...]] = ("train", "dev", "test")  # names accepted by read()
+
+    def __init__(self, options: TaskOptions):
+        self.options = options
+        self._labels: list[str] | None = None
+
+    # ---- command line ---------------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add task-specific flags. They arrive in `self.options.extra` by their dest name."""
+
+    # ---- data -----------------------------------------------------------------------------------
+    def read(self, split: str) -> list[Any]:
+        """Parse one split into examples. Raise DataError naming file and line on bad input."""
+        raise NotImplementedError
+
+    def label_names(self) -> list[str] | None:
+        """Class names in index order (None for regression and span tasks)."""
+        return self._labels
+
+    def set_label_names(self, labels: list[str] | None) -> None:
+        """Restore the label set saved with a fine-tuned model (bertkit.json), before encode()."""
+        self._labels = labels
+
+    def encode(self, examples: list[Any], tokenizer, max_seq_length: int) -> list[dict[str, Any]]:
+        """Examples -> features. Each feature is a dict with at least `input_ids` and
+        `token_type_ids` (lists of ints, [CLS] ... [SEP] included), the label field(s) the model
+        takes, and `example_index` (which example it came from; span tasks make several features
+        per example)."""
+        raise NotImplementedError
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Features -> model kwargs with dynamic padding (to the longest in the batch).
+        Default: input_ids/token_type_ids/attention_mask [B, T] and `labels` [B]."""
+        batch = {
+            "input_ids": pad_sequences([f["input_ids"] for f in features]),
+            "token_type_ids": pad_sequences([f["token_type_ids"] for f in features]),
+            "attention_mask": pad_sequences([[1] * len(f["input_ids"]) for f in features]),
+        }
+        if "labels" in features[0]:
+            dtype = torch.float if self.head == "regression" else torch.long
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+        return batch
+
+    def feature_length(self, feature: dict[str, Any]) -> int:
+        """Token count, used by length-grouped sampling."""
+        return len(feature["input_ids"])
+
+    # ---- model ----------------------------------------------------------------------------------
+    def model_config_updates(self) -> dict[str, Any]:
+        """Fields of ModelConfig the head needs (num_labels, id2label, problem_type)."""
+        labels = self.label_names()
+        if self.head == "regression":
+            return {"num_labels": 1, "problem_type": "regression", "id2label": None}
+        if labels is not None:
+            return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                    "problem_type": "single_label_classification"}
+        return {}
+
+    def build_model(self, config: ModelConfig) -> torch.nn.Module:
+        """A fresh model with this task's head (weights loaded afterwards by the caller)."""
+        from bertkit.modeling.heads import model_class_for_head
+
+        return model_class_for_head(self.head)(config.replace(**self.model_config_updates()))
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def gather_outputs(self, batch: dict[str, torch.Tensor], outputs: Any) -> list[Any]:
+        """One numpy item per feature of the batch (default: the row of `outputs.logits`)."""
+        return list(outputs.logits.detach().float().cpu().numpy())
+
+    def postprocess(self, examples: list[Any], features: list[dict[str, Any]],
+                    outputs: list[Any]) -> list[Any]:
+        """Per-feature outputs -> one prediction per example (default: argmax, or the value for
+        regression)."""
+        logits = np.stack(outputs)
+        if self.head == "regression":
+            return [float(x) for x in logits.reshape(-1)]
+        return [int(i) for i in logits.argmax(-1)]
+
+    def metrics(self, examples: list[Any], predictions: list[Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def write_predictions(self, examples: list[Any], predictions: list[Any], path: str | Path) -> Path:
+        """Write predictions in the benchmark's format; return the path written."""
+        raise NotImplementedError
