@@ -1,0 +1,1 @@
+"""Official metrics of each benchmark family, one module per family."""
