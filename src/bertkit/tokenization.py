@@ -464,3 +464,40 @@ def _download_from_hub(repo_id: str) -> Path:
         raise FileNotFoundError(f"hub model {repo_id!r} has no vocab.txt or tokenizer.json; it is "
                                 f"not a BERT WordPiece model")
     return path
+
+
+def train_wordpiece(lines: Iterable[str] | Iterable[list[str]], vocab_size: int, *, do_lower_case: bool = True,
+                    min_frequency: int = 2, limit_alphabet: int | None = 1000,
+                    num_unused: int = 0) -> Tokenizer:
+    """Learn a BERT WordPiece vocabulary from text lines (or batches of lines).
+
+    Ids follow BERT's layout: [PAD]=0, then `num_unused` "[unusedK]" slots (room to add domain
+    tokens later without resizing the embeddings; bert-base-uncased has 99 and [UNK]=100), then
+    [UNK], [CLS], [SEP], [MASK], then the alphabet and the learned pieces. `limit_alphabet` keeps
+    the most frequent characters only (BERT English vocabs hold ~1,000 single characters); pass
+    None for Chinese, where every character of the corpus is a word of its own.
+    """
+    from tokenizers import trainers
+
+    if vocab_size < len(SPECIAL_TOKENS) + num_unused + 1:
+        raise ValueError(f"--vocab-size {vocab_size} leaves no room for text pieces next to "
+                         f"{len(SPECIAL_TOKENS) + num_unused} special/unused tokens; BERT uses 30522")
+    if min_frequency < 1:
+        raise ValueError(f"--min-frequency must be >= 1, got {min_frequency}")
+    reserved = [PAD] + [f"[unused{i}]" for i in range(num_unused)] + [UNK, CLS, SEP, MASK]
+    backend = RustTokenizer(WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=do_lower_case)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=reserved, limit_alphabet=limit_alphabet,
+                                        continuing_subword_prefix="##", show_progress=False)
+    backend.train_from_iterator(lines, trainer)
+    learned = sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in learned]
+    if tokens[: len(reserved)] != reserved:
+        raise RuntimeError(f"the WordPiece trainer did not put the reserved tokens first "
+                           f"(got {tokens[: len(reserved)]}); cannot write a BERT-layout vocab.txt")
+    # Rebuilding from the token list registers only BERT's five specials as added tokens, so
+    # "[unused3]" in text is tokenized like any other text, as with Google's vocabularies.
+    return Tokenizer.from_vocab(tokens, do_lower_case)
