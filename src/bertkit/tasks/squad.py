@@ -1,0 +1,449 @@
+"""SQuAD v1.1 and v2.0 extractive question answering (`--task squad`).
+
+Data: the official JSON files, `train-v1.1.json`/`dev-v1.1.json` or `train-v2.0.json`/`dev-v2.0.json`
+in --data-dir, or --train-file/--dev-file/--test-file. Version 2 (unanswerable questions) is
+detected from the data: a "v2..." version string or any `is_impossible` field.
+
+`--article-split K` trains and evaluates from the dev file alone (the train files are ~30-40 MB and
+often unavailable offline): split "train" is the first K articles of the dev file, "dev" the rest.
+Articles, not questions, are split so that no context paragraph is seen in both parts.
+
+Encoding follows the original BERT recipe: `[CLS] question [SEP] context-window [SEP]`, the
+question cut to --max-query-length tokens, the context cut into windows that start --doc-stride
+tokens apart (stride = step between window starts, as in google-research/bert's run_squad.py, not
+the overlap of Hugging Face's `stride`). The label of a window is the token span of the first gold
+answer, or [CLS] (index 0) when the answer is not wholly inside the window or there is none.
+
+Post-processing scores every span (start <= end, at most --max-answer-length tokens, both inside
+the context, the start in the window that gives it the most context) by start + end logit, keeps
+the --n-best-size best, and cuts the answer out of the original context through the tokenizer's
+character offsets. For v2 the null score is the smallest [CLS] start + end logit over an example's
+windows; the answer is "" when null - best span > --null-score-diff-threshold, and that difference
+is written to null_odds.json (the official script's --na-prob-file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
+from bertkit.tasks.base import DataError, Task, pad_sequences, register
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SquadExample:
+    """One question. `answer_starts[i]` is the character index of `answers[i]` in `context`, or -1
+    when the file's answer_start does not point at the text (only tolerated for whitespace slips)."""
+
+    qid: str
+    question: str
+    context: str
+    answers: list[str] = field(default_factory=list)  # gold texts; [] when unanswerable or unlabeled
+    answer_starts: list[int] = field(default_factory=list)
+    is_impossible: bool | None = None  # None for v1.1 data, where the field does not exist
+    title: str = ""
+
+
+@dataclass
+class SquadPrediction:
+    """One example's answer. `null_odds` (v2 only) = null score - best span score; `nbest` holds
+    dicts with text, probability, start_logit, end_logit, best first."""
+
+    text: str
+    null_odds: float | None = None
+    nbest: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _same_ignoring_whitespace(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: bool = False) -> tuple[list[SquadExample], int]:
+    """Read an official SQuAD JSON file -> (examples, number of answers with a whitespace-only
+    answer_start slip). `articles` picks a range of the file's articles. With `drop_unaligned`
+    (training), a question none of whose answers is aligned is left out; otherwise it is kept for
+    scoring by text."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"SQuAD file {path} does not exist; pass --data-dir or --train-file/--dev-file") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataError(f"{path}: expected an object with a 'data' list of articles (the official SQuAD layout)")
+    version = str(data.get("version", ""))
+    is_v2 = version.lstrip("v").startswith("2") or any(
+        "is_impossible" in qa for article in data["data"] for p in article.get("paragraphs", ())
+        for qa in p.get("qas", ()))
+
+    examples: list[SquadExample] = []
+    seen: set[str] = set()
+    slips = 0
+    for a_index, article in list(enumerate(data["data"]))[articles]:
+        title = str(article.get("title", ""))
+        paragraphs = article.get("paragraphs")
+        if not isinstance(paragraphs, list):
+            raise DataError(f"{path}: article {a_index} ({title!r}) has no 'paragraphs' list")
+        for p_index, paragraph in enumerate(paragraphs):
+            context = paragraph.get("context")
+            if not isinstance(context, str) or not isinstance(paragraph.get("qas"), list):
+                raise DataError(f"{path}: article {a_index} paragraph {p_index} needs a 'context' string "
+                                f"and a 'qas' list")
+            for qa in paragraph["qas"]:
+                qid = qa.get("id")
+                where = f"{path}: question id {qid!r}"
+                if not isinstance(qid, str) or not isinstance(qa.get("question"), str):
+                    raise DataError(f"{path}: article {a_index} paragraph {p_index}: a question lacks a "
+                                    f"string 'id' or 'question' ({str(qa)[:80]})")
+                if qid in seen:
+                    raise DataError(f"{where} appears twice; ids must be unique")
+                seen.add(qid)
+                impossible = bool(qa.get("is_impossible", False)) if is_v2 else None
+                answers, starts = [], []
+                for answer in qa.get("answers", []):
+                    text, start = answer.get("text"), answer.get("answer_start")
+                    if not isinstance(text, str) or not isinstance(start, int):
+                        raise DataError(f"{where}: each answer needs 'text' (string) and 'answer_start' "
+                                        f"(int), got {answer}")
+                    span = context[start:start + len(text)] if 0 <= start <= len(context) else ""
+                    if span != text:
+                        if not (span and _same_ignoring_whitespace(span, text)):
+                            raise DataError(f"{where}: answer_start {start} does not point at the answer "
+                                            f"{text!r} in the context (found {span!r})")
+                        slips += 1
+                        start = -1
+                    answers.append(text)
+                    starts.append(start)
+                if impossible and answers:
+                    raise DataError(f"{where}: is_impossible is true but the question has answers")
+                if drop_unaligned and answers and all(s < 0 for s in starts):
+                    continue
+                examples.append(SquadExample(qid, qa["question"], context, answers, starts, impossible, title))
+    return examples, slips
+
+
+@register("squad")
+class SquadTask(Task):
+    head = "question_answering"
+    main_metric = "f1"
+    splits = ("train", "dev", "test")
+    default_max_seq_length = 384  # the BERT paper's SQuAD setting; contexts average ~160 tokens
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("SQuAD")
+        g.add_argument("--doc-stride", type=int, default=128,
+                       help="tokens between the starts of consecutive context windows (default 128)")
+        g.add_argument("--max-query-length", type=int, default=64,
+                       help="question tokens kept; longer questions are cut (default 64)")
+        g.add_argument("--n-best-size", type=int, default=20,
+                       help="start and end candidates per window, and answers in nbest_predictions.json")
+        g.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
+        g.add_argument("--null-score-diff-threshold", type=float, default=0.0,
+                       help="v2: answer '' when null score - best span score exceeds this (default 0.0)")
+        g.add_argument("--article-split", type=int, default=None, metavar="K",
+                       help="use the dev file only: split 'train' = its first K articles, 'dev' = the rest")
+
+    def __init__(self, options):
+        super().__init__(options)
+        for name, minimum in (("doc_stride", 1), ("max_query_length", 1), ("n_best_size", 1),
+                              ("max_answer_length", 1), ("article_split", 1)):
+            value = self.options.get(name)
+            if value is not None and value < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+        self.slipped_answers = 0  # answers whose answer_start is off by whitespace (kept for scoring)
+
+    def _opt(self, name: str, default: Any) -> Any:
+        value = self.options.get(name)
+        return default if value is None else value
+
+    # ---- data -----------------------------------------------------------------------------------
+    def _find_file(self, split: str) -> Path:
+        explicit = {"train": self.options.train_file, "dev": self.options.dev_file,
+                    "test": self.options.test_file}[split]
+        if explicit:
+            return Path(explicit)
+        if not self.options.data_dir:
+            raise ValueError(f"SQuAD split {split!r}: give --data-dir or --{split}-file")
+        data_dir = Path(self.options.data_dir)
+        found = [p for p in (data_dir / f"{split}-v1.1.json", data_dir / f"{split}-v2.0.json") if p.is_file()]
+        if len(found) > 1:
+            raise ValueError(f"{data_dir} holds both {found[0].name} and {found[1].name}; pick one with "
+                             f"--{split}-file")
+        if not found:
+            raise FileNotFoundError(f"no {split}-v1.1.json or {split}-v2.0.json in --data-dir {data_dir}; "
+                                    f"pass --{split}-file (or --article-split K to train from the dev file)")
+        return found[0]
+
+    def read(self, split: str) -> list[SquadExample]:
+        if split not in self.splits:
+            raise ValueError(f"SQuAD has no split {split!r}; valid: {', '.join(self.splits)}")
+        k = self.options.get("article_split")
+        articles = slice(None)
+        path_split = split
+        if k is not None and split in ("train", "dev"):
+            path_split, articles = "dev", (slice(0, k) if split == "train" else slice(k, None))
+        path = self._find_file(path_split)
+        examples, slips = parse_squad_json(path, articles, drop_unaligned=(split == "train"))
+        if slips:
+            log.warning("%s: %d answers have an answer_start off by whitespace; they are not used as "
+                        "training spans (still scored by text)", path, slips)
+        self.slipped_answers += slips
+        if not examples:
+            raise DataError(f"{path}: split {split!r} has no questions"
+                            + (f" (--article-split {k} leaves no articles for it)" if k is not None else ""))
+        return examples
+
+    def label_names(self) -> None:
+        return None
+
+    def model_config_updates(self) -> dict[str, Any]:
+        return {"num_labels": 2}  # start and end logits
+
+    # ---- encoding -------------------------------------------------------------------------------
+    def encode(self, examples: list[SquadExample], tokenizer, max_seq_length: int) -> list[dict[str, Any]]:
+        """Examples -> one feature per context window. A feature holds input_ids/token_type_ids
+        ([CLS] q [SEP] window [SEP]), start_positions/end_positions (token indices; 0 = [CLS]),
+        example_index, context_start (index of the window's first token), char_offsets
+        ([n_window_tokens][2] character spans in the context) and max_context ([n_window_tokens]
+        bools: is this the window where the token has the most context on both sides)."""
+        backend = _plain_backend(tokenizer)
+        cls_id, sep_id = _special_id(tokenizer, backend, "cls_id", "[CLS]"), _special_id(tokenizer, backend, "sep_id", "[SEP]")
+        doc_stride = int(self._opt("doc_stride", 128))
+        max_query = int(self._opt("max_query_length", 64))
+
+        # Leading whitespace in a few questions would only add nothing-tokens; contexts are shared
+        # by ~5 questions each, so each distinct context is tokenized once.
+        q_encodings = backend.encode_batch([e.question.lstrip() for e in examples], add_special_tokens=False)
+        contexts = list(dict.fromkeys(e.context for e in examples))
+        # Encoding.ids/.offsets build a new Python list on every access, so read them once.
+        c_encodings = {c: (enc.ids, enc.offsets)
+                       for c, enc in zip(contexts, backend.encode_batch(contexts, add_special_tokens=False))}
+
+        features: list[dict[str, Any]] = []
+        for index, (example, q_enc) in enumerate(zip(examples, q_encodings)):
+            q_ids = q_enc.ids[:max_query]
+            c_ids, c_offsets = c_encodings[example.context]
+            room = max_seq_length - len(q_ids) - 3  # [CLS] q [SEP] window [SEP]
+            if room < 1:
+                raise ValueError(f"--max-seq-length {max_seq_length} leaves no room for context after a "
+                                 f"{len(q_ids)}-token question (question id {example.qid}); raise it or "
+                                 f"lower --max-query-length")
+            windows = _windows(len(c_ids), room, doc_stride)
+            best_window = _best_window_per_token(windows, len(c_ids))
+            answer_span = _answer_tokens(example, c_offsets)
+            for w, (w_start, w_len) in enumerate(windows):
+                context_start = len(q_ids) + 2
+                start_pos = end_pos = 0
+                if answer_span is not None and w_start <= answer_span[0] and answer_span[1] < w_start + w_len:
+                    start_pos = context_start + answer_span[0] - w_start
+                    end_pos = context_start + answer_span[1] - w_start
+                features.append({
+                    "input_ids": [cls_id, *q_ids, sep_id, *c_ids[w_start:w_start + w_len], sep_id],
+                    "token_type_ids": [0] * context_start + [1] * (w_len + 1),
+                    "start_positions": start_pos,
+                    "end_positions": end_pos,
+                    "example_index": index,
+                    "context_start": context_start,
+                    "char_offsets": c_offsets[w_start:w_start + w_len],
+                    "max_context": (best_window[w_start:w_start + w_len] == w).tolist(),
+                })
+        return features
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {
+            "input_ids": pad_sequences([f["input_ids"] for f in features]),
+            "token_type_ids": pad_sequences([f["token_type_ids"] for f in features]),
+            "attention_mask": pad_sequences([[1] * len(f["input_ids"]) for f in features]),
+        }
+        batch["start_positions"] = torch.tensor([f["start_positions"] for f in features], dtype=torch.long)
+        batch["end_positions"] = torch.tensor([f["end_positions"] for f in features], dtype=torch.long)
+        return batch
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def gather_outputs(self, batch: dict[str, torch.Tensor], outputs: Any) -> list[np.ndarray]:
+        """One float32 array [2, T_i] (start and end logits, padding cut off) per feature."""
+        lengths = batch["attention_mask"].ne(0).sum(-1).tolist()
+        both = torch.stack([outputs.start_logits, outputs.end_logits], dim=1).detach().float().cpu().numpy()  # [B,2,T]
+        return [both[i, :, :n] for i, n in enumerate(lengths)]
+
+    def postprocess(self, examples: list[SquadExample], features: list[dict[str, Any]],
+                    outputs: list[np.ndarray]) -> list[SquadPrediction]:
+        """Per-feature logits ([2, T_i] each, as gather_outputs makes them) -> one SquadPrediction
+        per example, in example order."""
+        if len(features) != len(outputs):
+            raise ValueError(f"postprocess got {len(outputs)} outputs for {len(features)} features")
+        n_best = int(self._opt("n_best_size", 20))
+        max_answer = int(self._opt("max_answer_length", 30))
+        threshold = float(self._opt("null_score_diff_threshold", 0.0))
+        by_example: dict[int, list[int]] = {}
+        for i, f in enumerate(features):
+            by_example.setdefault(f["example_index"], []).append(i)
+
+        predictions = []
+        for index, example in enumerate(examples):
+            candidates: list[tuple[float, float, float, int, int]] = []  # score, start, end logit, char span
+            null_score = float("inf")
+            for i in by_example.get(index, []):
+                f, logits = features[i], outputs[i]
+                start_logits, end_logits = logits[0], logits[1]
+                null_score = min(null_score, float(start_logits[0] + end_logits[0]))
+                c0, n_ctx = f["context_start"], len(f["char_offsets"])
+                # Candidates: the n_best highest start and end logits among context tokens.
+                starts = c0 + np.argsort(-start_logits[c0:c0 + n_ctx], kind="stable")[:n_best]
+                ends = c0 + np.argsort(-end_logits[c0:c0 + n_ctx], kind="stable")[:n_best]
+                for s in starts.tolist():
+                    if not f["max_context"][s - c0]:
+                        continue
+                    for e in ends.tolist():
+                        if e < s or e - s + 1 > max_answer:
+                            continue
+                        sl, el = float(start_logits[s]), float(end_logits[e])
+                        candidates.append((sl + el, sl, el, f["char_offsets"][s - c0][0], f["char_offsets"][e - c0][1]))
+            predictions.append(self._choose(example, candidates, null_score, n_best, threshold))
+        return predictions
+
+    def _choose(self, example: SquadExample, candidates: list[tuple[float, float, float, int, int]],
+                null_score: float, n_best: int, threshold: float) -> SquadPrediction:
+        candidates.sort(key=lambda c: -c[0])
+        nbest: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for score, sl, el, c_start, c_end in candidates:
+            text = example.context[c_start:c_end]
+            if text in seen:  # several windows can propose the same span
+                continue
+            seen.add(text)
+            nbest.append({"text": text, "score": score, "start_logit": sl, "end_logit": el})
+            if len(nbest) == n_best:
+                break
+        best_span = nbest[0] if nbest else None
+        is_v2 = example.is_impossible is not None
+        if is_v2 and null_score != float("inf"):
+            nbest.append({"text": "", "score": null_score, "start_logit": None, "end_logit": None})
+            nbest.sort(key=lambda c: -c["score"])
+        if not nbest:  # no window (or no valid span): the original script's "empty" fallback
+            nbest.append({"text": "", "score": 0.0, "start_logit": None, "end_logit": None})
+        scores = np.array([c["score"] for c in nbest], dtype=np.float64)
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        for c, p in zip(nbest, probs.tolist()):
+            c["probability"] = p
+        if not is_v2:
+            return SquadPrediction(best_span["text"] if best_span else "", None, nbest)
+        if best_span is None:
+            # No valid span anywhere: "no answer" wins at any threshold (json writes Infinity,
+            # which the official script's json.load reads).
+            return SquadPrediction("", float("inf"), nbest)
+        odds = null_score - best_span["score"]
+        return SquadPrediction("" if odds > threshold else best_span["text"], odds, nbest)
+
+    def metrics(self, examples: list[SquadExample], predictions: list[SquadPrediction]) -> dict[str, float]:
+        """exact_match and f1 (percent); for v2 also HasAns_/NoAns_ breakdown and best-threshold
+        numbers, computed as evaluate-v2.0.py would from predictions.json and null_odds.json."""
+        if len(examples) != len(predictions):
+            raise ValueError(f"metrics got {len(predictions)} predictions for {len(examples)} examples")
+        golds = {e.qid: e.answers for e in examples}
+        texts = {e.qid: p.text for e, p in zip(examples, predictions)}
+        if any(e.is_impossible is not None for e in examples):
+            odds = {e.qid: p.null_odds if p.null_odds is not None else 0.0 for e, p in zip(examples, predictions)}
+            return squad_v2_evaluate(golds, texts, odds)
+        unlabeled = [e.qid for e in examples if not e.answers]
+        if unlabeled:
+            raise DataError(f"question id {unlabeled[0]!r} (and {len(unlabeled) - 1} more) has no gold "
+                            f"answer; v1.1 metrics need labeled data")
+        return squad_v1_evaluate(golds, texts)
+
+    def write_predictions(self, examples: list[SquadExample], predictions: list[SquadPrediction],
+                          path: str | Path) -> Path:
+        """Write predictions.json (id -> text) at `path` (or into it, if it is a directory), plus
+        nbest_predictions.json and, for v2, null_odds.json next to it. Returns predictions.json."""
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / "predictions.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def dump(name: Path, obj: Any) -> None:
+            name.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+        dump(path, {e.qid: p.text for e, p in zip(examples, predictions)})
+        dump(path.parent / "nbest_predictions.json", {e.qid: p.nbest for e, p in zip(examples, predictions)})
+        if any(e.is_impossible is not None for e in examples):
+            dump(path.parent / "null_odds.json", {e.qid: p.null_odds for e, p in zip(examples, predictions)})
+        return path
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _plain_backend(tokenizer):
+    """The `tokenizers.Tokenizer` behind a bertkit Tokenizer (or a bare one), copied without the
+    truncation/padding that tokenizer.json files often carry (all-MiniLM-L6-v2 pads and cuts to
+    128), which would silently cut contexts; the caller's tokenizer is not modified."""
+    from tokenizers import Tokenizer as RustTokenizer
+
+    backend = getattr(tokenizer, "backend", tokenizer)
+    if not isinstance(backend, RustTokenizer):
+        raise TypeError(f"SQuAD encoding needs a bertkit Tokenizer or tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+    if backend.truncation is None and backend.padding is None:
+        return backend
+    plain = RustTokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
+
+
+def _special_id(tokenizer, backend, attribute: str, token: str) -> int:
+    value = getattr(tokenizer, attribute, None)
+    if value is None:
+        value = backend.token_to_id(token)
+    if value is None:
+        raise ValueError(f"the tokenizer has no {token} token, which SQuAD inputs need")
+    return int(value)
+
+
+def _windows(n_tokens: int, room: int, stride: int) -> list[tuple[int, int]]:
+    """(start, length) of each context window: `room` tokens at most, starts `stride` apart, the
+    last one reaching the end. An empty context still gets one (empty) window."""
+    windows, start = [], 0
+    while True:
+        length = min(n_tokens - start, room)
+        windows.append((start, length))
+        if start + length >= n_tokens:
+            return windows
+        start += min(length, stride)
+
+
+def _best_window_per_token(windows: list[tuple[int, int]], n_tokens: int) -> np.ndarray:
+    """[n_tokens] index of the window where each context token has the most context: the best
+    min(left, right) + 0.01 * length, first window on ties (google-research/bert's rule, so that a
+    token near a window edge is predicted from the window where it sits more centrally)."""
+    token = np.arange(n_tokens)
+    scores = np.full((len(windows), n_tokens), -1.0)  # [W, N]; -1 = token not in that window
+    for w, (start, length) in enumerate(windows):
+        inside = (token >= start) & (token < start + length)
+        score = np.minimum(token - start, start + length - 1 - token) + 0.01 * length
+        scores[w] = np.where(inside, score, -1.0)
+    return scores.argmax(0) if n_tokens else np.zeros(0, dtype=np.int64)
+
+
+def _answer_tokens(example: SquadExample, offsets: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """Context-token span (first, last) covering the first aligned gold answer, or None."""
+    if example.is_impossible or not example.answers:
+        return None
+    for text, start in zip(example.answers, example.answer_starts):
+        if start < 0:
+            continue
+        end = start + len(text)
+        # Tokens overlapping [start, end): an answer may begin or end inside a word piece.
+        covering = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
+        if covering:
+            return covering[0], covering[-1]
+    return None
