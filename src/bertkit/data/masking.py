@@ -1,0 +1,296 @@
+"""Masked-LM masking strategies, shared by static masking (`pretrain-data`) and dynamic masking
+(at batch time, `DynamicMasking`).
+
+Every strategy works on one unpadded row `input_ids [L]` and returns
+`(masked_input_ids [L], masked_positions [k], masked_ids [k])` with positions sorted ascending.
+[CLS], [SEP], [PAD] and [MASK] are never chosen.
+
+Words are found from the vocabulary, as google-research/bert does: a token whose string starts
+with "##" continues the word before it. With the Chinese vocab every CJK character is its own word
+(BERT's basic tokenizer splits them), so whole-word masking there masks characters.
+
+Strategies:
+- uniform (BERT): mask `masked_lm_prob` of the row (at least 1, at most `max_predictions_per_seq`),
+  optionally whole words only (`whole_word_mask`, never splitting a word). Each chosen token becomes
+  [MASK] 80% / a random token 10% / itself 10%.
+- target words: occurrences of listed words are masked each with probability `target_mask_prob`
+  (they are chosen first and count towards `max_predictions_per_seq`); other words are masked at
+  `masked_lm_prob`, or not at all when it is 0.
+- span (SpanBERT, Joshi et al. 2020): spans of whole words with lengths ~ Geometric(p=0.2) clipped
+  at 10 words, until `masked_lm_prob` of the row is covered; spans never cross [SEP]. The 80/10/10
+  choice is made per span (all of a span's tokens become [MASK], or all random, or all kept), as
+  in SpanBERT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+STRATEGIES = ("uniform", "span")
+
+
+@dataclass
+class MaskingConfig:
+    """How masked-LM targets are chosen. Stored in the record manifest."""
+
+    masked_lm_prob: float = 0.15  # fraction of a row's tokens to predict
+    max_predictions_per_seq: int = 20  # cap on predictions per row
+    whole_word_mask: bool = False  # mask all word pieces of a word together
+    strategy: str = "uniform"  # uniform | span
+    target_mask_prob: float = 0.0  # probability of masking each occurrence of a target word
+    span_geometric_p: float = 0.2  # span lengths (in words) ~ Geometric(p), SpanBERT's value
+    span_max_words: int = 10  # longest span, in words
+    mask_token_prob: float = 0.8  # of the chosen tokens: replaced by [MASK]
+    random_token_prob: float = 0.1  # ... replaced by a random token (the rest keep their id)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"masking strategy {self.strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
+        if not 0.0 <= self.masked_lm_prob < 1.0:
+            raise ValueError(f"--masked-lm-prob must be in [0, 1), got {self.masked_lm_prob}")
+        if not 0.0 <= self.target_mask_prob <= 1.0:
+            raise ValueError(f"--target-mask-prob must be in [0, 1], got {self.target_mask_prob}")
+        if self.max_predictions_per_seq < 1:
+            raise ValueError(f"--max-predictions-per-seq must be >= 1, got {self.max_predictions_per_seq}")
+        if self.mask_token_prob + self.random_token_prob > 1.0 or min(self.mask_token_prob, self.random_token_prob) < 0:
+            raise ValueError("mask_token_prob + random_token_prob must lie in [0, 1]")
+        if not 0.0 < self.span_geometric_p <= 1.0 or self.span_max_words < 1:
+            raise ValueError("span masking needs 0 < span_geometric_p <= 1 and span_max_words >= 1")
+
+
+@dataclass
+class VocabInfo:
+    """What masking needs to know about the vocabulary."""
+
+    vocab_size: int
+    mask_id: int
+    special_ids: np.ndarray  # [S] ids never masked ([CLS], [SEP], [PAD], [MASK], [UNK] stays maskable)
+    is_continuation: np.ndarray  # bool [V]: the token string starts with "##"
+    replacement_ids: np.ndarray = field(init=False)  # [R] ids a "random token" is drawn from
+
+    def __post_init__(self) -> None:
+        allowed = np.ones(self.vocab_size, dtype=bool)
+        allowed[self.special_ids] = False
+        self.replacement_ids = np.flatnonzero(allowed).astype(np.int32)
+
+    @classmethod
+    def from_vocab(cls, vocab: Mapping[str, int], special_tokens: Sequence[str] = ("[CLS]", "[SEP]", "[PAD]", "[MASK]")
+                   ) -> "VocabInfo":
+        """From a token -> id mapping (e.g. `Tokenizer.vocab`)."""
+        size = max(vocab.values()) + 1
+        is_cont = np.zeros(size, dtype=bool)
+        for token, idx in vocab.items():
+            if token.startswith("##"):
+                is_cont[idx] = True
+        missing = [t for t in special_tokens if t not in vocab]
+        if missing:
+            raise ValueError(f"vocabulary lacks the special token(s) {missing}; BERT masking needs "
+                             f"{', '.join(special_tokens)}")
+        special = np.array(sorted(vocab[t] for t in special_tokens), dtype=np.int64)
+        return cls(vocab_size=size, mask_id=vocab["[MASK]"], special_ids=special, is_continuation=is_cont)
+
+
+def word_spans(input_ids: np.ndarray, vocab: VocabInfo) -> np.ndarray:
+    """Maskable words of a row as [W, 2] (start, end) token ranges, end exclusive.
+
+    A word starts at every maskable token that is not a "##" continuation, and also at a
+    continuation whose left neighbour is special (e.g. a segment truncated inside a word).
+    """
+    ids = np.asarray(input_ids)
+    maskable = ~np.isin(ids, vocab.special_ids)
+    cont = vocab.is_continuation[np.clip(ids, 0, vocab.vocab_size - 1)]
+    prev_maskable = np.concatenate([[False], maskable[:-1]])
+    starts = maskable & (~cont | ~prev_maskable)
+    start_idx = np.flatnonzero(starts)
+    if start_idx.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    # A word runs from its start until the next start or the next non-maskable token.
+    b_idx = np.flatnonzero(starts | ~maskable)
+    # For each start s, the first boundary strictly after s (or the row end).
+    pos = np.searchsorted(b_idx, start_idx, side="right")
+    ends = np.where(pos < b_idx.size, b_idx[np.minimum(pos, b_idx.size - 1)], ids.size)
+    return np.stack([start_idx, ends], axis=1)
+
+
+def _replace(input_ids: np.ndarray, positions: np.ndarray, groups: np.ndarray | None, rng: np.random.Generator,
+             config: MaskingConfig, vocab: VocabInfo) -> np.ndarray:
+    """Apply the 80/10/10 replacement. `groups` [k] gives each position's span id so that a span
+    shares one decision (span masking); None decides per token."""
+    out = input_ids.copy()
+    if positions.size == 0:
+        return out
+    n_dec = positions.size if groups is None else int(groups.max()) + 1
+    u = rng.random(n_dec)
+    if groups is not None:
+        u = u[groups]
+    to_mask = u < config.mask_token_prob
+    to_random = (u >= config.mask_token_prob) & (u < config.mask_token_prob + config.random_token_prob)
+    out[positions[to_mask]] = vocab.mask_id
+    n_rand = int(to_random.sum())
+    if n_rand:
+        out[positions[to_random]] = vocab.replacement_ids[rng.integers(0, vocab.replacement_ids.size, n_rand)]
+    return out
+
+
+def _budget(length: int, config: MaskingConfig) -> int:
+    # google-research/bert: max(1, round(len(tokens) * prob)) with [CLS]/[SEP] counted in len.
+    return min(config.max_predictions_per_seq, max(1, int(round(length * config.masked_lm_prob))))
+
+
+def _pick_words(spans: np.ndarray, order: np.ndarray, budget: int, taken: int) -> list[int]:
+    """Greedily take words in `order` while they fit in `budget` tokens (a word that would overflow
+    is skipped, never split)."""
+    chosen: list[int] = []
+    for w in order:
+        if taken >= budget:
+            break
+        n = int(spans[w, 1] - spans[w, 0])
+        if taken + n > budget:
+            continue
+        chosen.append(int(w))
+        taken += n
+    return chosen
+
+
+def _positions_of(spans: np.ndarray, words: Sequence[int]) -> np.ndarray:
+    if not len(words):
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(spans[w, 0], spans[w, 1]) for w in words])
+
+
+def mask_row(input_ids: np.ndarray, rng: np.random.Generator, config: MaskingConfig, vocab: VocabInfo,
+             target_words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mask one row.
+
+    input_ids: int [L] (with [CLS]/[SEP]); target_words: bool [W] over `word_spans(input_ids)`
+    marking target-word occurrences, or None.
+    Returns (masked_input_ids int32 [L], masked_positions int32 [k], masked_ids int32 [k]).
+    """
+    ids = np.asarray(input_ids, dtype=np.int32)
+    empty = np.zeros(0, dtype=np.int32)
+    if config.strategy == "span":
+        positions, groups = _span_positions(ids, rng, config, vocab)
+        out = _replace(ids, positions, groups, rng, config, vocab)
+        return out, positions.astype(np.int32), ids[positions].astype(np.int32)
+
+    cap = config.max_predictions_per_seq
+    if not config.whole_word_mask and target_words is None:
+        # Fast path: every maskable token is its own candidate.
+        cand = np.flatnonzero(~np.isin(ids, vocab.special_ids))
+        if cand.size == 0:
+            return ids.copy(), empty, empty
+        k = min(_budget(ids.size, config), cand.size) if config.masked_lm_prob > 0 else 0
+        positions = np.sort(rng.choice(cand, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
+    else:
+        spans = word_spans(ids, vocab)
+        if not config.whole_word_mask:
+            # Per-token candidates; a target word's pieces still all count as target.
+            lengths = spans[:, 1] - spans[:, 0]
+            owner = np.repeat(np.arange(len(spans)), lengths)
+            starts = np.concatenate([np.arange(s, e) for s, e in spans]) if len(spans) else np.zeros(0, np.int64)
+            tw = target_words[owner] if target_words is not None else None
+            spans = np.stack([starts, starts + 1], axis=1) if len(starts) else np.zeros((0, 2), np.int64)
+            target_words = tw
+        chosen: list[int] = []
+        taken = 0
+        is_target = np.zeros(len(spans), dtype=bool) if target_words is None else np.asarray(target_words, bool)
+        if target_words is not None:
+            t_idx = np.flatnonzero(is_target)
+            hit = t_idx[rng.random(t_idx.size) < config.target_mask_prob]
+            rng.shuffle(hit)
+            chosen = _pick_words(spans, hit, cap, 0)
+            taken = sum(int(spans[w, 1] - spans[w, 0]) for w in chosen)
+        if config.masked_lm_prob > 0:
+            others = np.flatnonzero(~is_target)
+            order = rng.permutation(others)
+            # The budget for other words is the usual 15% of the row, on top of the targets.
+            budget = min(cap, taken + _budget(ids.size, config))
+            chosen += _pick_words(spans, order, budget, taken)
+        positions = np.sort(_positions_of(spans, chosen))
+    out = _replace(ids, positions, None, rng, config, vocab)
+    return out, positions.astype(np.int32), ids[positions].astype(np.int32)
+
+
+def _span_positions(ids: np.ndarray, rng: np.random.Generator, config: MaskingConfig,
+                    vocab: VocabInfo) -> tuple[np.ndarray, np.ndarray]:
+    """SpanBERT span selection -> (positions [k] sorted, span id of each position [k])."""
+    spans = word_spans(ids, vocab)
+    n_words = len(spans)
+    if n_words == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    budget = _budget(ids.size, config)
+    # A span may not cross a special token: words w and w+1 are joinable when adjacent in the row.
+    joinable = np.concatenate([spans[1:, 0] == spans[:-1, 1], [False]])
+    used = np.zeros(n_words, dtype=bool)
+    picked: list[tuple[int, int]] = []  # (first word, last word exclusive)
+    taken = 0
+    for _ in range(4 * n_words):  # bounded tries: dense rows may not fit the full budget
+        if taken >= budget:
+            break
+        length = min(int(rng.geometric(config.span_geometric_p)), config.span_max_words)
+        w0 = int(rng.integers(0, n_words))
+        w1 = w0 + 1
+        while w1 - w0 < length and w1 < n_words and joinable[w1 - 1]:
+            w1 += 1
+        if used[w0:w1].any():
+            continue
+        n_tok = int(spans[w1 - 1, 1] - spans[w0, 0])
+        if taken + n_tok > budget:
+            # Shrink the span to what is left rather than give up: keeps the rate near budget.
+            while w1 > w0 + 1 and taken + int(spans[w1 - 1, 1] - spans[w0, 0]) > budget:
+                w1 -= 1
+            n_tok = int(spans[w1 - 1, 1] - spans[w0, 0])
+            if taken + n_tok > budget:
+                continue
+        used[w0:w1] = True
+        picked.append((w0, w1))
+        taken += n_tok
+    picked.sort()
+    pos = [np.arange(spans[a, 0], spans[b - 1, 1]) for a, b in picked]
+    if not pos:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    groups = np.concatenate([np.full(p.size, g) for g, p in enumerate(pos)])
+    return np.concatenate(pos), groups
+
+
+class TargetWords:
+    """Occurrences of listed words (`--target-words FILE`, one word or character per line).
+
+    Each listed word is tokenized into word pieces; an occurrence is a whole word of a row
+    (see `word_spans`) whose pieces equal a listed word's pieces. Multi-word phrases are not
+    matched (a listed line with spaces is rejected)."""
+
+    def __init__(self, piece_sequences: set[tuple[int, ...]]):
+        self.sequences = piece_sequences
+        self.single = np.array(sorted(s[0] for s in piece_sequences if len(s) == 1), dtype=np.int64)
+        self.multi = {s for s in piece_sequences if len(s) > 1}
+
+    def __call__(self, input_ids: np.ndarray, spans: np.ndarray) -> np.ndarray:
+        """bool [W]: which words of `spans` ([W,2] from `word_spans`) are targets."""
+        lengths = spans[:, 1] - spans[:, 0]
+        hit = (lengths == 1) & np.isin(np.asarray(input_ids)[spans[:, 0]], self.single)
+        if self.multi:
+            for w in np.flatnonzero(lengths > 1):
+                hit[w] = tuple(int(x) for x in input_ids[spans[w, 0]:spans[w, 1]]) in self.multi
+        return hit
+
+
+class DynamicMasking:
+    """Masking at batch time: `masking(input_ids [L], rng) -> (masked [L], positions [k], ids [k])`.
+
+    Rows carry no stored masks when records were made with `--masking dynamic`; each epoch then
+    sees fresh masks. `rng` is a `np.random.Generator` owned by the data loader (seeded per
+    worker and epoch by the caller for reproducible runs)."""
+
+    def __init__(self, config: MaskingConfig, vocab: VocabInfo, targets: TargetWords | None = None):
+        self.config = config
+        self.vocab = vocab
+        self.targets = targets
+
+    def __call__(self, input_ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids = np.asarray(input_ids, dtype=np.int32)
+        tw = self.targets(ids, word_spans(ids, self.vocab)) if self.targets is not None else None
+        return mask_row(ids, rng, self.config, self.vocab, tw)

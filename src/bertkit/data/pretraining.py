@@ -1,0 +1,487 @@
+"""Corpus -> BERT pre-training instances -> record shards (`bertkit pretrain-data`).
+
+Instance creation follows google-research/bert `create_pretraining_data.py`: per document, a
+target length (max_seq_length - 3, or with probability `short_seq_prob` a random length in
+[2, that]), segments A/B cut at a random sentence boundary, B replaced 50% of the time by text from
+another document (NSP label 1) with the unused sentences put back, and `truncate_seq_pair`
+removing tokens from the longer side at a random end.
+
+Input: text files with one sentence per line and a blank (or whitespace-only) line between
+documents, or JSONL with one document per line in `--text-field` (split into sentences by newlines
+and the rule-based splitter of `bertkit.data.wikipedia`). Files may be .gz or .bz2. Invalid UTF-8 is
+an error naming the file and line (a silent replacement would put U+FFFD into the vocabulary's
+[UNK] counts without anyone noticing).
+
+Streaming, and how it differs from the reference: the reference holds the whole corpus in memory
+and draws the NSP random document from all of it. Here documents are read in chunks (`chunk_docs`
+documents, default 10,000, or 64 MB of text) and the random document comes from the same chunk,
+so peak memory depends on the chunk size, not the corpus size. Each chunk becomes one shard and
+its randomness depends only on (seed, epoch, chunk index), so `--workers N` and
+`--num-shards/--shard-index` parts give byte-identical shards. Instances are shuffled within a
+chunk (the reference shuffles globally; training samplers shuffle across shards anyway).
+
+`--no-nsp` makes MLM-only rows packed to `max_seq_length` from consecutive documents: each
+document piece is `[CLS] ... [SEP]` with its own sequence id 1..k (`sequence_ids`), so attention
+stays within a document (docs/INTERFACES.md "attention_mask values"). Long documents are split
+across rows; a piece is never shorter than 16 tokens unless its document ends.
+"""
+
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from bertkit.data import records
+from bertkit.data.masking import MaskingConfig, TargetWords, VocabInfo, mask_row, word_spans
+from bertkit.tasks.base import DataError
+
+MASKING_MODES = ("static", "dynamic")
+MIN_PACKED_PIECE = 16  # shorter document pieces waste a [CLS]/[SEP] pair on little text
+
+
+@dataclass
+class PretrainDataConfig:
+    """Settings of `bertkit pretrain-data`; all of them go into the manifest."""
+
+    max_seq_length: int = 128  # tokens per row including [CLS]/[SEP]
+    short_seq_prob: float = 0.1  # probability of a shorter random target length (NSP mode)
+    dupe_factor: int = 1  # epochs generated, each with different pairings and masks
+    nsp: bool = True  # False: MLM-only rows packed from consecutive documents
+    masking: str = "static"  # static: masks stored; dynamic: masks drawn at batch time
+    mask: MaskingConfig = field(default_factory=MaskingConfig)
+    target_words: list[str] | None = None  # words whose occurrences are masked at mask.target_mask_prob
+    seed: int = 12345  # the reference's default random_seed
+    chunk_docs: int = 10_000  # documents per chunk (= per shard); bounds memory
+    chunk_bytes: int = 64 << 20  # ... or this much text, whichever comes first
+    text_field: str | None = None  # JSONL input: the field holding a document's text
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 5:
+            raise ValueError(f"--max-seq-length must be >= 5 ([CLS] A [SEP] B [SEP]), got {self.max_seq_length}")
+        if self.max_seq_length > 32767:
+            raise ValueError(f"--max-seq-length {self.max_seq_length} is too long for int16 positions")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.dupe_factor < 1:
+            raise ValueError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
+        if self.masking not in MASKING_MODES:
+            raise ValueError(f"--masking {self.masking!r} is not one of {', '.join(MASKING_MODES)}")
+        if self.chunk_docs < 1 or self.chunk_bytes < 1:
+            raise ValueError("--chunk-docs must be >= 1")
+        if self.target_words is not None and self.mask.strategy == "span":
+            raise ValueError("--target-words and --span-mask cannot be combined; pick one strategy")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PretrainDataConfig":
+        data = dict(data)
+        data["mask"] = MaskingConfig(**data["mask"])
+        return cls(**data)
+
+
+# ---- reading the corpus -------------------------------------------------------------------------
+def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Files and globs -> sorted existing files (each pattern must match something)."""
+    out: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches or not all(Path(m).is_file() for m in matches):
+            raise FileNotFoundError(f"--input {pattern}: no such file (or the glob matched nothing)")
+        out.extend(Path(m) for m in matches)
+    return out
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, text without the newline); invalid UTF-8 -> DataError naming file:line."""
+    with _open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {err.start} of the line "
+                                f"({raw[max(0, err.start - 10):err.start + 10]!r}); re-encode the file as "
+                                f"UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+            if lineno == 1:
+                line = line.lstrip("\ufeff")
+            yield lineno, line.rstrip("\r\n")
+
+
+def iter_documents(paths: Sequence[Path], text_field: str | None = None) -> Iterator[list[str]]:
+    """Documents (lists of non-empty sentences) from text or JSONL files, streamed."""
+    if text_field is not None:
+        from bertkit.data.wikipedia import split_sentences
+
+        for path in paths:
+            for lineno, line in read_lines(path):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}); expected one object "
+                                    f"per line with a {text_field!r} field") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+                    raise DataError(f"{path}:{lineno}: expected an object with a string field {text_field!r} "
+                                    f"(--text-field)")
+                sentences = [s for para in obj[text_field].split("\n") for s in split_sentences(para)]
+                if sentences:
+                    yield sentences
+        return
+    for path in paths:
+        doc: list[str] = []
+        for _, line in read_lines(path):
+            text = line.strip()
+            if text:
+                doc.append(text)
+            elif doc:
+                yield doc
+                doc = []
+        if doc:  # a file's end also ends its last document
+            yield doc
+
+
+def iter_chunks(documents: Iterable[list[str]], chunk_docs: int, chunk_bytes: int) -> Iterator[list[list[str]]]:
+    chunk: list[list[str]] = []
+    size = 0
+    for doc in documents:
+        chunk.append(doc)
+        size += sum(len(s) for s in doc)
+        if len(chunk) >= chunk_docs or size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+# ---- instances ----------------------------------------------------------------------------------
+@dataclass
+class _Context:
+    """Everything a chunk needs besides its documents; rebuilt in every worker process."""
+
+    config: PretrainDataConfig
+    backend: Any  # tokenizers.Tokenizer
+    cls_id: int
+    sep_id: int
+    vocab: VocabInfo
+    targets: TargetWords | None
+
+
+def make_context(tokenizer: Any, config: PretrainDataConfig) -> _Context:
+    targets = None
+    if config.target_words is not None:
+        pieces: set[tuple[int, ...]] = set()
+        for word in config.target_words:
+            if len(word.split()) != 1:
+                raise DataError(f"--target-words: {word!r} is not a single word (phrases are not matched)")
+            ids = tuple(tokenizer.backend.encode(word, add_special_tokens=False).ids)
+            if ids:
+                pieces.add(ids)
+        if not pieces:
+            raise DataError("--target-words: the list is empty after tokenization")
+        targets = TargetWords(pieces)
+    return _Context(config, tokenizer.backend, tokenizer.cls_id, tokenizer.sep_id,
+                    VocabInfo.from_vocab(tokenizer.vocab), targets)
+
+
+def tokenize_documents(documents: list[list[str]], backend: Any) -> list[list[np.ndarray]]:
+    """Documents of sentences -> documents of int32 id arrays; empty sentences/documents dropped."""
+    flat = [s for doc in documents for s in doc]
+    encodings = backend.encode_batch(flat, add_special_tokens=False)
+    out: list[list[np.ndarray]] = []
+    k = 0
+    for doc in documents:
+        segs = [np.asarray(encodings[k + j].ids, dtype=np.int32) for j in range(len(doc))]
+        k += len(doc)
+        segs = [s for s in segs if s.size]
+        if segs:
+            out.append(segs)
+    return out
+
+
+def truncate_seq_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Trim the longer of A/B one token at a time (ties: B) from a random end until they fit.
+
+    Same removal counts as the reference's loop, computed in closed form so that a 10,000-token
+    line costs no 10,000 Python iterations; the front/back split is a binomial draw."""
+    la, lb = a.size, b.size
+    excess = la + lb - max_tokens
+    if excess <= 0:
+        return a, b
+    na = nb = 0
+    if la > lb:
+        na = min(la - lb, excess)
+    elif lb > la:
+        nb = min(lb - la, excess)
+    rest = excess - na - nb
+    nb += (rest + 1) // 2  # equal lengths: the reference removes from B first, then alternates
+    na += rest // 2
+    fa = int(rng.binomial(na, 0.5))
+    fb = int(rng.binomial(nb, 0.5))
+    return a[fa:la - (na - fa)], b[fb:lb - (nb - fb)]
+
+
+def _nsp_instances(docs: list[list[np.ndarray]], ctx: _Context, rng: np.random.Generator) -> list[dict[str, Any]]:
+    cfg = ctx.config
+    max_tokens = cfg.max_seq_length - 3
+    out: list[dict[str, Any]] = []
+    for d, document in enumerate(docs):
+        target = max_tokens
+        if rng.random() < cfg.short_seq_prob:
+            target = int(rng.integers(2, max_tokens + 1))
+        chunk: list[np.ndarray] = []
+        length = 0
+        i = 0
+        while i < len(document):
+            chunk.append(document[i])
+            length += document[i].size
+            if i == len(document) - 1 or length >= target:
+                a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
+                a = np.concatenate(chunk[:a_end])
+                if len(chunk) == 1 or rng.random() < 0.5:
+                    is_random = 1
+                    b_target = target - a.size
+                    other = d
+                    if len(docs) > 1:
+                        for _ in range(10):  # the reference's 10 tries to avoid the same document
+                            other = int(rng.integers(0, len(docs)))
+                            if other != d:
+                                break
+                    rdoc = docs[other]
+                    parts: list[np.ndarray] = []
+                    got = 0
+                    for j in range(int(rng.integers(0, len(rdoc))), len(rdoc)):
+                        parts.append(rdoc[j])
+                        got += rdoc[j].size
+                        if got >= b_target:
+                            break
+                    b = np.concatenate(parts)
+                    i -= len(chunk) - a_end  # put the unused sentences back
+                else:
+                    is_random = 0
+                    b = np.concatenate(chunk[a_end:])
+                a, b = truncate_seq_pair(a, b, max_tokens, rng)
+                ids = np.concatenate([[ctx.cls_id], a, [ctx.sep_id], b, [ctx.sep_id]]).astype(np.int32)
+                types = np.zeros(ids.size, dtype=np.int8)
+                types[a.size + 2:] = 1
+                out.append({"input_ids": ids, "token_type_ids": types,
+                            "sequence_ids": np.ones(ids.size, dtype=np.int8), "nsp_label": np.int8(is_random)})
+                chunk, length = [], 0
+            i += 1
+    return out
+
+
+def _packed_instances(docs: list[list[np.ndarray]], ctx: _Context, rng: np.random.Generator) -> list[dict[str, Any]]:
+    max_len = ctx.config.max_seq_length
+    out: list[dict[str, Any]] = []
+    pieces: list[np.ndarray] = []
+    used = 0
+
+    def flush() -> None:
+        nonlocal pieces, used
+        if pieces:
+            ids = np.concatenate([np.concatenate([[ctx.cls_id], p, [ctx.sep_id]]) for p in pieces]).astype(np.int32)
+            seq = np.concatenate([np.full(p.size + 2, k + 1, dtype=np.int8) for k, p in enumerate(pieces)])
+            out.append({"input_ids": ids, "token_type_ids": np.zeros(ids.size, dtype=np.int8),
+                        "sequence_ids": seq, "nsp_label": np.int8(-1)})
+        pieces, used = [], 0
+
+    # A different document order per epoch gives different row compositions.
+    for d in rng.permutation(len(docs)):
+        tokens = np.concatenate(docs[d])
+        p = 0
+        while p < tokens.size:
+            room = max_len - used - 2
+            left = tokens.size - p
+            if room < 1 or (left > room and room < MIN_PACKED_PIECE) or len(pieces) >= 127:
+                flush()  # sequence ids are int8: at most 127 documents per row
+                continue
+            take = min(room, left)
+            pieces.append(tokens[p:p + take])
+            used += take + 2
+            p += take
+    flush()
+    return out
+
+
+def _mask(inst: dict[str, Any], ctx: _Context, rng: np.random.Generator) -> dict[str, Any]:
+    ids = inst["input_ids"]
+    if ctx.config.masking == "dynamic":
+        inst["masked_positions"] = np.zeros(0, dtype=np.int32)
+        inst["masked_ids"] = np.zeros(0, dtype=np.int32)
+        return inst
+    tw = ctx.targets(ids, word_spans(ids, ctx.vocab)) if ctx.targets is not None else None
+    inst["input_ids"], inst["masked_positions"], inst["masked_ids"] = mask_row(ids, rng, ctx.config.mask, ctx.vocab, tw)
+    return inst
+
+
+def chunk_instances(chunk_index: int, tokenized: list[list[np.ndarray]], ctx: _Context, epoch: int
+                    ) -> list[dict[str, Any]]:
+    """All instances of one chunk for one epoch, masked and shuffled. Depends only on
+    (seed, epoch, chunk_index) and the chunk's documents."""
+    rng = np.random.default_rng([ctx.config.seed, epoch, chunk_index])
+    make = _nsp_instances if ctx.config.nsp else _packed_instances
+    instances = [_mask(inst, ctx, rng) for inst in make(tokenized, ctx, rng)]
+    order = rng.permutation(len(instances))
+    return [instances[i] for i in order]
+
+
+def build_shard(chunk_index: int, documents: list[list[str]], ctx: _Context, out_dir: Path,
+                fingerprint: str) -> dict[str, Any]:
+    """Tokenize one chunk once, generate `dupe_factor` epochs from it, write its shard."""
+    tokenized = tokenize_documents(documents, ctx.backend)
+    epoch_rows: list[int] = []
+
+    def generate() -> Iterator[dict[str, Any]]:
+        for epoch in range(ctx.config.dupe_factor):
+            instances = chunk_instances(chunk_index, tokenized, ctx, epoch)
+            epoch_rows.append(len(instances))
+            yield from instances
+
+    info = records.write_shard(out_dir / records.shard_name(chunk_index), generate(),
+                               {"fingerprint": fingerprint, "chunk": chunk_index, "documents": len(tokenized),
+                                "epoch_rows": epoch_rows})
+    return info  # the sidecar dict is built after generation, so epoch_rows is filled in
+
+
+# ---- worker processes ---------------------------------------------------------------------------
+_WORKER_CTX: _Context | None = None
+
+
+def _worker_init(tokenizer_spec: str, config: dict[str, Any]) -> None:
+    global _WORKER_CTX
+    _WORKER_CTX = make_context(load_tokenizer(tokenizer_spec), PretrainDataConfig.from_dict(config))
+
+
+def _worker_build(chunk_index: int, documents: list[list[str]], out_dir: str, fingerprint: str) -> dict[str, Any]:
+    assert _WORKER_CTX is not None
+    return build_shard(chunk_index, documents, _WORKER_CTX, Path(out_dir), fingerprint)
+
+
+def load_tokenizer(spec: str) -> Any:
+    """`--tokenizer`: a vocab.txt, a model/tokenizer directory or a hub id."""
+    from bertkit.tokenization import Tokenizer
+
+    return Tokenizer.from_pretrained(spec)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process and of its finished children, MiB (Linux ru_maxrss is KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def _fingerprint(header: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_dir: str | Path,
+                            config: PretrainDataConfig, workers: int = 1, num_shards: int = 1,
+                            shard_index: int = 0, log: Any = None) -> dict[str, Any]:
+    """Write record shards for `inputs` into `output_dir`; returns the manifest.
+
+    With num_shards > 1 only chunks with `chunk % num_shards == shard_index` are built (the other
+    parts come from other machines; copy their shard files in and rerun to complete the manifest).
+    Complete shards made with the same settings are skipped, so an interrupted run resumes."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    paths = expand_inputs(inputs)
+    tokenizer = load_tokenizer(tokenizer_spec)
+    ctx = make_context(tokenizer, config)
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "tokenizer": {"vocab_hash": tokenizer.vocab_hash, "do_lower_case": tokenizer.do_lower_case,
+                      "vocab_size": tokenizer.vocab_size, "path": "tokenizer"},
+        "vocab_hash": tokenizer.vocab_hash,
+        "max_seq_length": config.max_seq_length,
+        "settings": config.to_dict(),
+        # Names and sizes, not contents: enough to refuse resuming onto a different corpus.
+        "inputs": [{"name": p.name, "bytes": p.stat().st_size} for p in paths],
+    }
+    fingerprint = _fingerprint(header)
+    old = out_dir / "manifest.json"
+    if old.is_file():
+        previous = json.loads(old.read_text(encoding="utf-8"))
+        if _fingerprint({k: previous.get(k) for k in header}) != fingerprint:
+            raise ValueError(f"--output-dir {out_dir} holds records made with other settings, tokenizer or "
+                             f"inputs; use a new --output-dir (or delete it)")
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+
+    def done(chunk: int) -> bool:
+        info = records.read_sidecar(out_dir / records.shard_name(chunk))
+        return info is not None and info.get("fingerprint") == fingerprint
+
+    n_chunks = 0
+    built = skipped = 0
+    chunks = iter_chunks(iter_documents(paths, config.text_field), config.chunk_docs, config.chunk_bytes)
+    if workers == 1:
+        for c, docs in enumerate(chunks):
+            n_chunks += 1
+            if c % num_shards != shard_index:
+                continue
+            if done(c):
+                skipped += 1
+                continue
+            info = build_shard(c, docs, ctx, out_dir, fingerprint)
+            built += 1
+            log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+    else:
+        # spawn, not fork: the parent's tokenizer has used its Rust thread pool, which fork breaks.
+        pool = mp.get_context("spawn").Pool(workers, _worker_init, (tokenizer_spec, config.to_dict()))
+        pending: deque = deque()
+        try:
+            for c, docs in enumerate(chunks):
+                n_chunks += 1
+                if c % num_shards != shard_index:
+                    continue
+                if done(c):
+                    skipped += 1
+                    continue
+                # At most 2 chunks per worker in flight: reading ahead further would defeat streaming.
+                while len(pending) >= 2 * workers:
+                    info = pending.popleft().get()
+                    log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+                pending.append(pool.apply_async(_worker_build, (c, docs, str(out_dir), fingerprint)))
+                built += 1
+            while pending:
+                info = pending.popleft().get()
+                log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+        finally:
+            pool.close()
+            pool.join()
+    if n_chunks == 0:
+        raise DataError(f"--input {' '.join(map(str, paths))}: no documents found (the files are empty "
+                        f"or contain only blank lines)")
+    manifest = records.write_manifest(out_dir, header, n_chunks)
+    log(f"{out_dir}: {manifest['num_records']} records in {len(manifest['shards'])}/{n_chunks} shards "
+        f"({built} built, {skipped} already complete); peak RSS {peak_rss_mib():.0f} MiB")
+    return manifest

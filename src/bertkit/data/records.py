@@ -1,0 +1,282 @@
+"""The on-disk format of pre-training records: a directory of Arrow IPC stream shards.
+
+    R/manifest.json          format version, tokenizer, settings, shards with row counts + sha256
+    R/vocab.txt              the vocabulary the ids refer to (so `bertkit inspect R` needs nothing else)
+    R/shard-00000.arrow      Arrow IPC *stream* (what `datasets.Dataset.from_file` opens)
+    R/shard-00000.json       the shard's sidecar: rows, sha256, settings fingerprint; written last,
+                             so its presence marks the shard complete
+
+Why a stream with fixed-size record batches: the stream is what Hugging Face `datasets` memory-maps,
+and with every batch holding `BATCH_ROWS` rows, row i is in batch i // BATCH_ROWS, so after one
+pass over the batch headers at open (zero-copy on a memory map) access by index is O(1).
+
+Columns (docs/INTERFACES.md "Pre-training records"): input_ids list<int32>, token_type_ids
+list<int8>, sequence_ids list<int8>, masked_positions list<int32>, masked_ids list<int32>,
+nsp_label int8.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from bertkit.tasks.base import DataError
+
+FORMAT_VERSION = 1
+BATCH_ROWS = 1024
+LIST_COLUMNS: dict[str, Any] = {
+    "input_ids": np.int32,
+    "token_type_ids": np.int8,
+    "sequence_ids": np.int8,
+    "masked_positions": np.int32,
+    "masked_ids": np.int32,
+}
+SCHEMA = pa.schema([(name, pa.list_(pa.from_numpy_dtype(dt))) for name, dt in LIST_COLUMNS.items()]
+                   + [("nsp_label", pa.int8())])
+
+Instance = dict[str, np.ndarray]
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.arrow"
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _record_batch(rows: Sequence[Instance]) -> pa.RecordBatch:
+    arrays = []
+    for name, dt in LIST_COLUMNS.items():
+        parts = [np.asarray(r[name], dtype=dt) for r in rows]
+        lengths = np.fromiter((p.size for p in parts), dtype=np.int32, count=len(parts))
+        offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.concatenate(parts) if parts else np.zeros(0, dtype=dt)
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(dt, copy=False))))
+    arrays.append(pa.array(np.array([int(r["nsp_label"]) for r in rows], dtype=np.int8)))
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def write_shard(path: str | Path, instances: Iterable[Instance], sidecar: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write instances to `path` (via `path.tmp`, renamed when complete), then the sidecar
+    `path.with_suffix('.json')` with rows + sha256 + `sidecar` fields. Returns the sidecar dict."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = 0
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+        buf: list[Instance] = []
+        for inst in instances:
+            buf.append(inst)
+            if len(buf) == BATCH_ROWS:
+                writer.write_batch(_record_batch(buf))
+                rows += len(buf)
+                buf = []
+        if buf:
+            writer.write_batch(_record_batch(buf))
+            rows += len(buf)
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    info = {**(sidecar or {}), "name": path.name, "rows": rows, "sha256": digest, "bytes": path.stat().st_size}
+    side = path.with_suffix(".json")
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(side_tmp, side)
+    return info
+
+
+def read_sidecar(shard_path: str | Path) -> dict[str, Any] | None:
+    """The sidecar of a complete shard, or None when the shard is missing or was cut short."""
+    shard_path = Path(shard_path)
+    side = shard_path.with_suffix(".json")
+    if not side.is_file() or not shard_path.is_file():
+        return None
+    info = json.loads(side.read_text(encoding="utf-8"))
+    if info.get("bytes") != shard_path.stat().st_size:
+        return None
+    return info
+
+
+def write_manifest(directory: str | Path, header: dict[str, Any], expected_shards: int) -> dict[str, Any]:
+    """Collect the sidecars present in `directory` into manifest.json. `complete` is true when all
+    `expected_shards` are there (parts built on other machines with --shard-index may be copied in
+    later and the command rerun, which then only rewrites this file)."""
+    directory = Path(directory)
+    shards = []
+    missing = []
+    for i in range(expected_shards):
+        info = read_sidecar(directory / shard_name(i))
+        if info is None:
+            missing.append(shard_name(i))
+        else:
+            shards.append({k: info[k] for k in ("name", "rows", "sha256", "documents", "epoch_rows") if k in info})
+    manifest = {**header, "format_version": FORMAT_VERSION, "expected_shards": expected_shards,
+                "complete": not missing, "missing_shards": missing, "shards": shards,
+                "num_records": sum(s["rows"] for s in shards)}
+    tmp = directory / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / "manifest.json")
+    return manifest
+
+
+class _Shard:
+    """One memory-mapped shard: record batches (zero-copy views) and their numpy columns."""
+
+    def __init__(self, path: Path, rows: int):
+        self.path = path
+        self.rows = rows
+        self._batches: list[pa.RecordBatch] | None = None
+        self._cols: dict[int, dict[str, tuple[np.ndarray, np.ndarray] | np.ndarray]] = {}
+
+    def _open(self) -> list[pa.RecordBatch]:
+        if self._batches is None:
+            try:
+                reader = pa.ipc.open_stream(pa.memory_map(str(self.path), "r"))
+                self._batches = list(reader)
+            except (pa.ArrowInvalid, OSError) as err:
+                raise DataError(f"{self.path}: not a readable bertkit record shard ({err}); "
+                                f"run `bertkit pretrain-data` again to rebuild it") from None
+            if reader.schema != SCHEMA:
+                raise DataError(f"{self.path}: columns {reader.schema.names} differ from the record "
+                                f"schema {SCHEMA.names}")
+        return self._batches
+
+    def _columns(self, b: int) -> dict[str, Any]:
+        cols = self._cols.get(b)
+        if cols is None:
+            batch = self._open()[b]
+            cols = {}
+            for name in LIST_COLUMNS:
+                arr = batch.column(name)
+                cols[name] = (arr.offsets.to_numpy(zero_copy_only=False), arr.values.to_numpy(zero_copy_only=False))
+            cols["nsp_label"] = batch.column("nsp_label").to_numpy(zero_copy_only=False)
+            self._cols[b] = cols
+        return cols
+
+    def row(self, i: int) -> Instance:
+        b, r = divmod(i, BATCH_ROWS)
+        cols = self._columns(b)
+        out: Instance = {}
+        for name in LIST_COLUMNS:
+            offsets, values = cols[name]
+            out[name] = np.array(values[offsets[r]:offsets[r + 1]])
+        out["nsp_label"] = np.int8(cols["nsp_label"][r])
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps do not pickle; DataLoader workers reopen the file.
+        return {"path": self.path, "rows": self.rows, "_batches": None, "_cols": {}}
+
+
+class PretrainingRecords:
+    """Map-style dataset over a bertkit record directory: `len`, `ds[i] -> dict of np arrays`,
+    `manifest`. Shards are concatenated in manifest order."""
+
+    def __init__(self, directory: str | Path, manifest: dict[str, Any]):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self._shards = [_Shard(self.directory / s["name"], int(s["rows"])) for s in manifest["shards"]]
+        self.shard_offsets = np.zeros(len(self._shards) + 1, dtype=np.int64)
+        np.cumsum([s.rows for s in self._shards], out=self.shard_offsets[1:])
+
+    def __len__(self) -> int:
+        return int(self.shard_offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global index -> (shard number, row within shard)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} out of range for {len(self)} records in {self.directory}")
+        index %= len(self)
+        s = int(np.searchsorted(self.shard_offsets, index, side="right")) - 1
+        return s, index - int(self.shard_offsets[s])
+
+    def record_index(self) -> np.ndarray:
+        """[N, 2] int64 array of (shard, row) for every record, in dataset order, so that
+        distributed readers can split by record (e.g. `record_index()[rank::world]`)."""
+        shard = np.repeat(np.arange(len(self._shards)), [s.rows for s in self._shards])
+        row = np.arange(len(self)) - self.shard_offsets[shard]
+        return np.stack([shard, row], axis=1)
+
+    def __getitem__(self, index: int) -> Instance:
+        s, r = self.locate(int(index))
+        return self._shards[s].row(r)
+
+    def verify(self) -> None:
+        """Recompute every shard's sha256; raise DataError naming the first corrupted shard."""
+        verify(self.directory)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{directory}: no manifest.json; not a bertkit record directory "
+                        f"(make one with `bertkit pretrain-data`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {manifest.get('format_version')!r}, this bertkit reads "
+                        f"{FORMAT_VERSION}; rebuild the records with `bertkit pretrain-data`")
+    if not manifest.get("complete"):
+        # Parts from other machines may have been copied in since the manifest was written.
+        manifest = write_manifest(directory, {k: v for k, v in manifest.items()
+                                              if k not in ("shards", "missing_shards", "complete",
+                                                           "num_records", "expected_shards", "format_version")},
+                                  int(manifest["expected_shards"]))
+        if not manifest["complete"]:
+            miss = manifest["missing_shards"]
+            raise DataError(f"{directory}: {len(miss)} of {manifest['expected_shards']} shards are missing "
+                            f"or incomplete ({', '.join(miss[:5])}{' ...' if len(miss) > 5 else ''}); copy in the "
+                            f"parts built with --shard-index or rerun `bertkit pretrain-data` on this directory")
+    return manifest
+
+
+def verify(directory: str | Path) -> dict[str, Any]:
+    """Check every shard's size, sha256 and row count against the manifest before training.
+    Raises DataError naming the shard; returns the manifest."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for s in manifest["shards"]:
+        path = directory / s["name"]
+        if not path.is_file():
+            raise DataError(f"{path}: shard listed in manifest.json is missing")
+        digest = sha256_file(path)
+        if digest != s["sha256"]:
+            raise DataError(f"{path}: checksum mismatch (sha256 {digest[:16]}..., manifest says "
+                            f"{s['sha256'][:16]}...); the shard is corrupted: delete it and its .json "
+                            f"sidecar and rerun `bertkit pretrain-data` to rebuild it")
+    return manifest
+
+
+def open_pretraining_data(path: str | Path) -> Any:
+    """Open pre-training data: a bertkit record directory, or TFRecord / HDF5 files (via
+    `bertkit.data.external`). Returns a map-style dataset with `__len__`, `__getitem__` (one
+    instance dict, see the module doc) and `manifest`."""
+    p = Path(path)
+    if p.is_dir() and (p / "manifest.json").is_file():
+        return PretrainingRecords(p, read_manifest(p))
+    if not p.exists() and not glob.glob(str(path)):
+        raise FileNotFoundError(f"--data {path}: no such file, directory or glob match")
+    try:
+        from bertkit.data.external import open_external
+    except ImportError:
+        raise DataError(f"--data {path}: unsupported format (not a bertkit record directory with "
+                        f"manifest.json, and TFRecord/HDF5 support, bertkit.data.external, is not available)") from None
+    dataset = open_external(str(path))
+    if dataset is None:
+        raise DataError(f"--data {path}: unsupported format; expected a bertkit record directory "
+                        f"(manifest.json), TFRecord files or HDF5 shards")
+    return dataset
