@@ -1,0 +1,259 @@
+"""SemEval-2014 Task 4 aspect-term sentiment classification (ATSC): `--task atsc`.
+
+Each example is one aspect term in a sentence; the model reads the pair
+`[CLS] sentence [SEP] aspect [SEP]` and predicts its polarity: negative, neutral, positive
+(plus conflict with --keep-conflict; by default conflict terms are dropped, as in the
+literature, leaving 3 classes).
+
+Two input formats, chosen by --format (auto: XML when the XML files are present):
+- xml: the official files, `<sentence id><text>..</text><aspectTerms><aspectTerm term polarity
+  from to/>`. Sentences without aspect terms are skipped; a file with none at all is an error.
+  --domain restaurants: Restaurants_Train_v2.xml / Restaurants_Test_Gold.xml;
+  --domain laptops: Laptop_Train_v2.xml / Laptops_Test_Gold.xml.
+- seg: ABSA-PyTorch's `.xml.seg`, 3 lines per instance: the tokenized sentence with the aspect
+  replaced by `$T$`, the aspect, the polarity (1 / 0 / -1). Files <Domain>_Train.xml.seg and
+  <Domain>_Test_Gold.xml.seg. Conflict was already dropped from them.
+Files are looked up in --data-dir and in its xml/ and seg/ subdirectories.
+
+Splits: train, test, and dev = test by default (SemEval-2014 has no dev set), or with
+--dev-fraction F a held-out F of the training *sentences* (all aspects of one sentence stay on one
+side, so the dev sentences are unseen), chosen by --dev-seed; train then excludes them.
+
+Metrics: accuracy and macro-F1 over the classes (both reported; papers quote both).
+The main metric (best checkpoint) is accuracy: it is what ABSA work selects models by, and on a
+dev slice of a few hundred aspects macro-F1 is dominated by the small neutral class and noisier.
+
+Why the two formats differ on the training files (test files agree exactly, 1,120 and 638):
+the .seg training files were made from an earlier release of the training XML than the v2 files
+here. Restaurants: XML v2 has 3,693 terms, 3,602 after dropping 91 conflict; .seg has 3,608.
+Laptops: 2,358 -> 2,313 after 45 conflict; .seg has 2,328. The .seg files carry terms cut by one
+character or with trailing punctuation (the v1 offset errors fixed in v2, e.g. "tempura dis"),
+exact duplicate instances (3 in restaurants, 16 in laptops) and a few labels v2 changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from bertkit.tasks.base import DataError, Task, TaskOptions, register
+from bertkit.tasks.swag import encode_pair, plain_backend, special_ids
+
+log = logging.getLogger(__name__)
+
+POLARITIES = ["negative", "neutral", "positive"]
+SEG_POLARITY = {"-1": "negative", "0": "neutral", "1": "positive"}
+XML_FILES = {"restaurants": {"train": ("Restaurants_Train_v2.xml", "Restaurants_Train.xml"),
+                             "test": ("Restaurants_Test_Gold.xml",)},
+             "laptops": {"train": ("Laptop_Train_v2.xml", "Laptops_Train_v2.xml", "Laptops_Train.xml"),
+                         "test": ("Laptops_Test_Gold.xml",)}}
+SEG_FILES = {"restaurants": {"train": ("Restaurants_Train.xml.seg",), "test": ("Restaurants_Test_Gold.xml.seg",)},
+             "laptops": {"train": ("Laptops_Train.xml.seg",), "test": ("Laptops_Test_Gold.xml.seg",)}}
+
+
+@dataclass
+class AspectExample:
+    guid: str  # "<sentence id>:<n-th term>" (xml) or "<file stem>:<line>" (seg)
+    sentence: str
+    aspect: str
+    polarity: str | None  # one of the label names; None when unlabelled
+    span: tuple[int, int] | None  # character offsets of the aspect in `sentence`
+    sentence_key: str  # identifies the sentence, so dev slices keep its aspects together
+    source: str  # "file, sentence id" or "file:line", for error messages
+
+
+@register("atsc")
+class AspectSentimentTask(Task):
+    head = "sequence_classification"
+    main_metric = "accuracy"
+
+    def __init__(self, options: TaskOptions):
+        super().__init__(options)
+        self._keep_conflict = bool(options.get("keep_conflict", False))
+        self._labels = POLARITIES + ["conflict"] if self._keep_conflict else list(POLARITIES)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--domain", choices=("restaurants", "laptops"), default="restaurants",
+                            help="which SemEval-2014 files to read from --data-dir")
+        parser.add_argument("--format", dest="absa_format", choices=("auto", "xml", "seg"), default="auto",
+                            help="official XML or ABSA-PyTorch .xml.seg (auto: XML when present)")
+        parser.add_argument("--keep-conflict", action="store_true",
+                            help="keep 'conflict' aspects as a 4th class (dropped by default)")
+        parser.add_argument("--dev-fraction", type=float, default=0.0,
+                            help="hold out this fraction of training sentences as dev (0: dev = test)")
+        parser.add_argument("--dev-seed", type=int, default=42, help="seed of the held-out dev slice")
+
+    # ---- files ----------------------------------------------------------------------------------
+    def _file(self, split: str) -> Path:
+        explicit = {"train": self.options.train_file, "test": self.options.test_file}[split]
+        if explicit:
+            return Path(explicit)
+        if not self.options.data_dir:
+            raise ValueError(f"task {self.name}: give --data-dir or --{split}-file")
+        domain = self.options.get("domain", "restaurants")
+        if domain not in XML_FILES:
+            raise ValueError(f"--domain {domain!r} is not one of {', '.join(XML_FILES)}")
+        fmt = self.options.get("absa_format", "auto")
+        tables = {"auto": (XML_FILES, SEG_FILES), "xml": (XML_FILES,), "seg": (SEG_FILES,)}[fmt]
+        root = Path(self.options.data_dir)
+        tried = []
+        for table in tables:
+            for directory in (root, root / "xml", root / "seg"):
+                for name in table[domain][split]:
+                    tried.append(directory / name)
+                    if tried[-1].is_file():
+                        return tried[-1]
+        raise FileNotFoundError(f"task atsc: no {domain} {split} file; looked for "
+                                f"{', '.join(map(str, tried))} (set --domain/--format or --{split}-file)")
+
+    # ---- reading --------------------------------------------------------------------------------
+    def read(self, split: str) -> list[AspectExample]:
+        if split not in self.splits:
+            raise ValueError(f"--split {split!r} is not one of {', '.join(self.splits)}")
+        if split == "dev" and self.options.dev_file:
+            return self._filter(self.read_file(Path(self.options.dev_file)))
+        fraction = float(self.options.get("dev_fraction", 0.0))
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"--dev-fraction must be in [0, 1), got {fraction}")
+        if split == "test" or (split == "dev" and fraction == 0.0):
+            return self._filter(self.read_file(self._file("test")))
+        train = self._filter(self.read_file(self._file("train")))
+        if fraction == 0.0:
+            return train
+        keys = sorted({ex.sentence_key for ex in train})
+        random.Random(int(self.options.get("dev_seed", 42))).shuffle(keys)
+        held_out = set(keys[: max(1, round(fraction * len(keys)))])
+        return [ex for ex in train if (ex.sentence_key in held_out) == (split == "dev")]
+
+    def _filter(self, examples: list[AspectExample]) -> list[AspectExample]:
+        if self._keep_conflict:
+            return examples
+        return [ex for ex in examples if ex.polarity != "conflict"]
+
+    def read_file(self, path: Path) -> list[AspectExample]:
+        """All aspect terms of one file (conflict included), XML or .seg by its content."""
+        with open(path, "rb") as handle:
+            is_xml = handle.read(64).lstrip().startswith(b"<")
+        return self.read_xml(path) if is_xml else self.read_seg(path)
+
+    def read_xml(self, path: Path) -> list[AspectExample]:
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as err:
+            line, column = err.position
+            raise DataError(f"{path}:{line}: not well-formed XML (column {column}): {err}") from None
+        valid = POLARITIES + ["conflict"]
+        examples: list[AspectExample] = []
+        for n_sentence, sentence in enumerate(root.iter("sentence")):
+            sid = sentence.get("id", f"#{n_sentence}")
+            text_node = sentence.find("text")
+            if text_node is None or text_node.text is None:
+                raise DataError(f"{path}, sentence id={sid}: no <text>")
+            text = text_node.text
+            for k, term in enumerate(sentence.iter("aspectTerm")):
+                where = f"{path}, sentence id={sid}, aspectTerm {k}"
+                aspect, polarity = term.get("term"), term.get("polarity")
+                if not aspect:
+                    raise DataError(f"{where}: missing 'term' attribute")
+                if polarity is not None and polarity not in valid:
+                    raise DataError(f"{where}: polarity {polarity!r} is not one of {', '.join(valid)}")
+                span = None
+                if term.get("from") is not None and term.get("to") is not None:
+                    try:
+                        span = (int(term.get("from")), int(term.get("to")))
+                    except ValueError:
+                        raise DataError(f"{where}: from/to {term.get('from')!r}/{term.get('to')!r} are not "
+                                        f"integers") from None
+                examples.append(AspectExample(f"{sid}:{k}", text, aspect, polarity, span, f"{path.name}/{sid}", where))
+        if not examples:
+            raise DataError(f"{path}: no <aspectTerm> in any <sentence>; expected SemEval-2014 Task 4 "
+                            f"aspect-term XML (sentences/sentence/aspectTerms/aspectTerm)")
+        return examples
+
+    def read_seg(self, path: Path) -> list[AspectExample]:
+        lines = path.read_text(encoding="utf-8").split("\n")
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if not lines:
+            raise DataError(f"{path}: empty; expected 3 lines per instance (sentence with $T$, aspect, polarity)")
+        if len(lines) % 3:
+            start = len(lines) - len(lines) % 3 + 1
+            raise DataError(f"{path}:{start}: incomplete instance at the end ({len(lines) % 3} of 3 lines: "
+                            f"sentence with $T$, aspect, polarity)")
+        examples: list[AspectExample] = []
+        for i in range(0, len(lines), 3):
+            template, aspect, polarity = lines[i].strip(), lines[i + 1].strip(), lines[i + 2].strip()
+            line = i + 1
+            if template.count("$T$") != 1:
+                raise DataError(f"{path}:{line}: expected exactly one $T$ marking the aspect, found "
+                                f"{template.count('$T$')}: {template[:80]!r}")
+            if not aspect:
+                raise DataError(f"{path}:{line + 1}: empty aspect line")
+            if polarity not in SEG_POLARITY:
+                raise DataError(f"{path}:{line + 2}: polarity {polarity!r} is not 1, 0 or -1")
+            left, right = template.split("$T$")
+            sentence = left + aspect + right
+            examples.append(AspectExample(f"{path.stem}:{line}", sentence, aspect, SEG_POLARITY[polarity],
+                                          (len(left), len(left) + len(aspect)), f"{path.name}/{sentence}",
+                                          f"{path}:{line}"))
+        return examples
+
+    # ---- features -------------------------------------------------------------------------------
+    def encode(self, examples: list[AspectExample], tokenizer: Any, max_seq_length: int) -> list[dict[str, Any]]:
+        """`[CLS] sentence [SEP] aspect [SEP]` (longest-first truncation), labels = polarity index
+        (-100 when unlabelled)."""
+        label_to_id = {name: i for i, name in enumerate(self.label_names())}
+        backend = plain_backend(tokenizer)
+        cls_id, sep_id, _ = special_ids(tokenizer)
+        sentences = backend.encode_batch([ex.sentence for ex in examples], add_special_tokens=False)
+        aspects = backend.encode_batch([ex.aspect for ex in examples], add_special_tokens=False)
+        features = []
+        for i, (ex, s, a) in enumerate(zip(examples, sentences, aspects)):
+            if ex.polarity is not None and ex.polarity not in label_to_id:
+                raise DataError(f"{ex.source}: polarity {ex.polarity!r} is not in the label set "
+                                f"{self.label_names()} (--keep-conflict adds 'conflict')")
+            input_ids, token_type_ids, _ = encode_pair(list(s.ids), list(a.ids), max_seq_length, cls_id, sep_id)
+            features.append({"input_ids": input_ids, "token_type_ids": token_type_ids,
+                             "labels": -100 if ex.polarity is None else label_to_id[ex.polarity],
+                             "example_index": i})
+        return features
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def metrics(self, examples: list[AspectExample], predictions: list[int]) -> dict[str, float]:
+        names = self.label_names()
+        pairs = [(names.index(ex.polarity), int(p)) for ex, p in zip(examples, predictions) if ex.polarity is not None]
+        if not pairs:
+            return {}
+        gold, pred = np.array(pairs).T
+        per_class = f1_score(gold, pred, labels=list(range(len(names))), average=None, zero_division=0)
+        out = {"accuracy": float((gold == pred).mean()), "macro_f1": float(per_class.mean())}
+        out.update({f"f1_{name}": float(v) for name, v in zip(names, per_class)})
+        return out
+
+    def write_predictions(self, examples: list[AspectExample], predictions: list[int], path: str | Path) -> Path:
+        """`.tsv`: id, aspect, prediction, gold (tab-separated, with a header); otherwise JSON
+        lines with the same fields plus the sentence and the aspect's character span."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = self.label_names()
+        with open(path, "w", encoding="utf-8") as out:
+            if path.suffix == ".tsv":
+                out.write("id\taspect\tprediction\tgold\n")
+                for ex, p in zip(examples, predictions):
+                    out.write(f"{ex.guid}\t{ex.aspect}\t{names[int(p)]}\t{ex.polarity or ''}\n")
+            else:
+                for ex, p in zip(examples, predictions):
+                    out.write(json.dumps({"id": ex.guid, "aspect": ex.aspect, "prediction": names[int(p)],
+                                          "gold": ex.polarity, "sentence": ex.sentence,
+                                          "span": list(ex.span) if ex.span else None}) + "\n")
+        return path
