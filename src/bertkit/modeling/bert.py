@@ -1,0 +1,215 @@
+"""The BERT encoder (Devlin et al. 2019): embeddings, post-LayerNorm transformer layers, pooler.
+
+Module and parameter names equal Hugging Face's (`embeddings.word_embeddings.weight`,
+`encoder.layer.N.attention.self.query.weight`, ...), so a checkpoint loads through a plain key map
+(see checkpoints.py). The layers work on any token layout: `[B, T, H]` or the unpadded `[N, H]`;
+attention.py owns the one operation that needs to know which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertkit.config import TANH_GELU_NAMES, ModelConfig
+from bertkit.modeling.attention import PaddedAttention, UnpaddedAttention, positions_from_mask, prepare_attention
+
+
+def activation(name: str):
+    """The function for config.hidden_act: "gelu" is the exact erf GELU of the original BERT code."""
+    if name == "gelu":
+        return F.gelu
+    if name in TANH_GELU_NAMES:
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    if name in ("silu", "swish"):
+        return F.silu
+    raise ValueError(f"hidden_act={name!r} is not supported")
+
+
+@dataclass
+class BertOutput:
+    last_hidden_state: torch.Tensor  # [B,T,H]; zeros at padding on the unpadded path
+    pooler_output: torch.Tensor | None  # [B,H] tanh(dense(hidden of each row's first token)); None without a pooler
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids, token_type_ids, position_ids [B,T] -> [B,T,H]."""
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(position_ids))
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+        """x [..., H] (layout of ctx) -> context vectors, same shape."""
+        p = self.dropout_p if self.training else 0.0
+        return ctx.attend(self.query(x), self.key(x), self.value(x), self.num_heads, p)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+        return self.output(self.self(x, ctx), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class BertFeedForwardOutput(nn.Module):
+    """Hugging Face calls this module `BertOutput`; the name is taken here by the output dataclass."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertLayer(nn.Module):
+    """Post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertFeedForwardOutput(config)
+
+    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+        x = self.attention(x, ctx)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, ctx)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B,T,H] -> [B,H] from each row's first token ([CLS])."""
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+def init_bert_weights(module: nn.Module, config: ModelConfig) -> None:
+    """BERT's init: weights ~ N(0, initializer_range), biases 0, LayerNorm 1/0, the [PAD] row 0."""
+    std = config.initializer_range
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class BertModel(nn.Module):
+    """The encoder. `attn_backend` picks the attention path (see attention.prepare_attention)."""
+
+    def __init__(self, config: ModelConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.attn_backend = "auto"
+        self.apply(lambda m: init_bert_weights(m, config))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **unused: Any) -> BertOutput:
+        """input_ids [B,T]; attention_mask [B,T] (0 = pad, k > 0 = sequence id, None = all 1);
+        token_type_ids [B,T] (None = 0); position_ids [B,T] (None = restart at 0 per sequence id)."""
+        if unused:
+            raise TypeError(f"BertModel.forward got unexpected arguments: {', '.join(sorted(unused))}")
+        B, T = input_ids.shape
+        if T > self.config.max_position_embeddings and position_ids is None:
+            raise ValueError(f"input_ids has {T} tokens per row but the model has only "
+                             f"max_position_embeddings={self.config.max_position_embeddings}; "
+                             f"lower --max-seq-length")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = (torch.arange(T, device=input_ids.device).expand(B, T) if attention_mask is None
+                            else positions_from_mask(attention_mask))
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B,T,H]
+        ctx = prepare_attention(attention_mask, self.attn_backend)
+        x = ctx.pad(self.encoder(ctx.unpad(x), ctx))  # [B,T,H] -> [N,H] (if unpadded) -> [B,T,H]
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return BertOutput(last_hidden_state=x, pooler_output=pooled)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | Path, **config_overrides: Any) -> "BertModel":
+        """Load a HF directory, hub id or Google TF checkpoint (see checkpoints.load_pretrained)."""
+        from bertkit.modeling.checkpoints import load_pretrained
+
+        return load_pretrained(cls, path_or_hub_id, **config_overrides)
+
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        from bertkit.modeling.checkpoints import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)

@@ -1,0 +1,348 @@
+"""Task heads on top of `BertModel`, with Hugging Face's module names (`bert`, `cls`, `classifier`,
+`qa_outputs`) so that `save_pretrained` output loads in `transformers.AutoModelFor<Head>` and back.
+
+| head name (Task.head)                  | class                          |
+|----------------------------------------|--------------------------------|
+| pretraining                            | BertForPreTraining (MLM + NSP) |
+| masked_lm                              | BertForMaskedLM                |
+| sequence_classification, regression    | BertForSequenceClassification  |
+| token_classification                   | BertForTokenClassification     |
+| question_answering                     | BertForQuestionAnswering       |
+| multiple_choice                        | BertForMultipleChoice          |
+| polyphone                              | BertForPolyphone               |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertkit.config import ModelConfig
+from bertkit.modeling.bert import BertModel, activation, init_bert_weights
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    """What every head returns; fields a head does not produce stay None."""
+
+    loss: torch.Tensor | None = None  # scalar; None when no labels were given
+    logits: torch.Tensor | None = None  # [B,C] or [B,T,C]
+    start_logits: torch.Tensor | None = None  # [B,T] (question answering)
+    end_logits: torch.Tensor | None = None  # [B,T]
+    mlm_loss: torch.Tensor | None = None  # scalar (pre-training)
+    nsp_loss: torch.Tensor | None = None  # scalar
+    mlm_logits: torch.Tensor | None = None  # [M,V] at masked positions, or [B,T,V]
+    nsp_logits: torch.Tensor | None = None  # [B,2]
+
+
+class BertPreTrainedModel(nn.Module):
+    """Base of the head models: BERT init, tied embeddings, HF-format load and save."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self) -> None:
+        self.apply(lambda m: init_bert_weights(m, self.config))
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the MLM decoder matrix with the word embeddings (BERT ties them; HF saves one copy)."""
+        cls = getattr(self, "cls", None)
+        if cls is not None:
+            cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    @property
+    def attn_backend(self) -> str:
+        return self.bert.attn_backend
+
+    @attn_backend.setter
+    def attn_backend(self, value: str) -> None:
+        self.bert.attn_backend = value
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | Path, **config_overrides: Any):
+        """Load a HF directory, hub id or Google TF checkpoint; new head weights are initialised
+        (and logged). config_overrides replace config.json fields, e.g. num_labels=3."""
+        from bertkit.modeling.checkpoints import load_pretrained
+
+        return load_pretrained(cls, path_or_hub_id, **config_overrides)
+
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write config.json + model.safetensors (+ tokenizer files) in Hugging Face format."""
+        from bertkit.modeling.checkpoints import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)
+
+
+def _dropout(config: ModelConfig) -> nn.Dropout:
+    p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(p)
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                   class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean CE over labels != -100 (negative labels also count as "none"); logits [M,C], labels [M].
+    Returns 0 (still attached to the graph) when no label is given, instead of NaN."""
+    labels = labels.long().masked_fill(labels < 0, IGNORE_INDEX)
+    if not bool((labels != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0
+    weight = class_weights.to(logits.dtype) if class_weights is not None else None
+    return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)  # tied to word embeddings
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))  # HF: cls.predictions.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., H] -> vocabulary logits [..., V]."""
+        return self.decoder(self.transform(x)) + self.bias
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+def _mlm(predictions: BertLMPredictionHead, hidden: torch.Tensor, masked_positions: torch.Tensor | None,
+         masked_ids: torch.Tensor | None, labels: torch.Tensor | None
+         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MLM logits and loss. With masked_positions [B,P] (-1 = none) the decoder runs only on the
+    M valid positions -> logits [M,V]: the vocabulary projection is most of the pre-training
+    compute (V=30522 vs H=768), and only ~15% of tokens are masked. Otherwise logits [B,T,V]
+    and HF-style labels [B,T] (-100 = not masked)."""
+    if masked_positions is not None:
+        valid = masked_positions >= 0  # [B,P]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(masked_positions)
+        selected = hidden[rows[valid], masked_positions[valid].long()]  # [B,T,H] -> [M,H]
+        logits = predictions(selected)  # [M,V]
+        loss = _cross_entropy(logits, masked_ids[valid]) if masked_ids is not None else None
+        return logits, loss
+    logits = predictions(hidden)  # [B,T,V]
+    loss = _cross_entropy(logits.flatten(0, 1), labels.flatten()) if labels is not None else None
+    return logits, loss
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """Masked-LM + next-sentence prediction (the original BERT objective)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.cls = BertPreTrainingHeads(config)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                masked_positions: torch.Tensor | None = None, masked_ids: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                ) -> ModelOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
+        mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
+                                    masked_ids, labels)
+        nsp_logits = self.cls.seq_relationship(out.pooler_output)  # [B,2]
+        nsp_loss = _cross_entropy(nsp_logits, next_sentence_label) if next_sentence_label is not None else None
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        loss = sum(losses) if losses else None
+        return ModelOutput(loss=loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss, mlm_logits=mlm_logits,
+                           nsp_logits=nsp_logits, logits=mlm_logits)
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """Masked-LM only: continued pre-training of checkpoints saved without an NSP head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                masked_positions: torch.Tensor | None = None, masked_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, next_sentence_label: torch.Tensor | None = None
+                ) -> ModelOutput:
+        # next_sentence_label is accepted (and ignored) so pre-training batches with NSP labels run.
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
+        mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
+                                    masked_ids, labels)
+        return ModelOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_logits=mlm_logits, logits=mlm_logits)
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """Pooled [CLS] -> dropout -> Linear(H, num_labels). The loss follows config.problem_type:
+    "regression" (MSE on logits[:, 0]; also when problem_type is None and num_labels == 1),
+    "single_label_classification" (CE, optional class weights), "multi_label_classification" (BCE)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config)
+        self.dropout = _dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None) -> ModelOutput:
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids).pooler_output
+        logits = self.classifier(self.dropout(pooled))  # [B,C]
+        loss = None
+        if labels is not None:
+            problem = self.config.problem_type or ("regression" if self.num_labels == 1
+                                                   else "single_label_classification")
+            if problem == "regression":
+                loss = F.mse_loss(logits[:, 0].float(), labels.float().view(-1))
+            elif problem == "multi_label_classification":
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            else:
+                loss = _cross_entropy(logits, labels.view(-1), class_weights)
+        return ModelOutput(loss=loss, logits=logits)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = _dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None) -> ModelOutput:
+        """labels [B,T] with -100 at tokens that carry no label -> logits [B,T,C]."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+        logits = self.classifier(self.dropout(hidden))  # [B,T,C]
+        loss = None
+        if labels is not None:
+            loss = _cross_entropy(logits.flatten(0, 1), labels.flatten(), class_weights)  # [B*T,C]
+        return ModelOutput(loss=loss, logits=logits)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None
+                ) -> ModelOutput:
+        """-> start_logits, end_logits [B,T]; loss = mean of the start and end CE. Positions outside
+        the row (e.g. a span cut off by truncation) are ignored, as in the original run_squad.py."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+        start_logits, end_logits = self.qa_outputs(hidden).unbind(dim=-1)  # [B,T,2] -> 2 x [B,T]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            T = start_logits.shape[1]
+            starts = start_positions.long().masked_fill((start_positions < 0) | (start_positions >= T), IGNORE_INDEX)
+            ends = end_positions.long().masked_fill((end_positions < 0) | (end_positions >= T), IGNORE_INDEX)
+            loss = (_cross_entropy(start_logits, starts) + _cross_entropy(end_logits, ends)) / 2
+        return ModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
+class BertForMultipleChoice(BertPreTrainedModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.bert = BertModel(config)
+        self.dropout = _dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> ModelOutput:
+        """input_ids etc. [B,C,T] (C choices) -> logits [B,C]."""
+        B, C, T = input_ids.shape
+        flat = [t.reshape(B * C, T) if t is not None else None  # [B,C,T] -> [B*C,T]
+                for t in (input_ids, attention_mask, token_type_ids, position_ids)]
+        pooled = self.bert(*flat).pooler_output  # [B*C,H]
+        logits = self.classifier(self.dropout(pooled)).view(B, C)  # [B*C,1] -> [B,C]
+        loss = _cross_entropy(logits, labels) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits)
+
+
+class BertForPolyphone(BertPreTrainedModel):
+    """Polyphone disambiguation: classify the pronunciation of the character at target_positions.
+
+    Not a Hugging Face class: saved with architectures ["BertForPolyphone"]; its `bert.*` weights
+    still load as a transformers BertModel. Non-candidate pronunciations (candidate_mask False)
+    get logit -1e4 (not -inf, so that fp16 stays finite and a row with no candidates gives no NaN)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = _dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                target_positions: torch.Tensor | None = None, candidate_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None) -> ModelOutput:
+        """target_positions [B] (token index of the polyphonic character), candidate_mask [B,C] bool
+        -> logits [B,C]."""
+        if target_positions is None:
+            raise ValueError("BertForPolyphone needs target_positions [B]: the token index of each "
+                             "row's polyphonic character")
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        target = hidden[rows, target_positions.long()]  # [B,T,H] -> [B,H]
+        logits = self.classifier(self.dropout(target))  # [B,C]
+        if candidate_mask is not None:
+            logits = logits.masked_fill(~candidate_mask.bool(), -1e4)
+        loss = _cross_entropy(logits, labels, class_weights) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits)
+
+
+HEADS: dict[str, type[BertPreTrainedModel]] = {
+    "pretraining": BertForPreTraining,
+    "masked_lm": BertForMaskedLM,
+    "sequence_classification": BertForSequenceClassification,
+    "regression": BertForSequenceClassification,
+    "token_classification": BertForTokenClassification,
+    "question_answering": BertForQuestionAnswering,
+    "multiple_choice": BertForMultipleChoice,
+    "polyphone": BertForPolyphone,
+}
+
+
+def model_class_for_head(name: str) -> type[BertPreTrainedModel]:
+    """The model class for a Task.head name."""
+    try:
+        return HEADS[name]
+    except KeyError:
+        raise ValueError(f"unknown head {name!r}; valid: {', '.join(HEADS)}") from None
