@@ -283,14 +283,19 @@ class DynamicMasking:
 
     Rows carry no stored masks when records were made with `--masking dynamic`; each epoch then
     sees fresh masks. `rng` is a `np.random.Generator` owned by the data loader (seeded per
-    worker and epoch by the caller for reproducible runs)."""
+    worker and epoch by the caller for reproducible runs); without one the instance's own
+    generator (from `seed`) is used."""
 
-    def __init__(self, config: MaskingConfig, vocab: VocabInfo, targets: TargetWords | None = None):
+    def __init__(self, config: MaskingConfig, vocab: VocabInfo, targets: TargetWords | None = None,
+                 seed: int | None = None):
         self.config = config
         self.vocab = vocab
         self.targets = targets
+        self.rng = np.random.default_rng(seed)  # used when a call passes no rng
 
-    def __call__(self, input_ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, input_ids: np.ndarray, rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = self.rng if rng is None else rng
         ids = np.asarray(input_ids, dtype=np.int32)
         tw = self.targets(ids, word_spans(ids, self.vocab)) if self.targets is not None else None
         return mask_row(ids, rng, self.config, self.vocab, tw)

@@ -389,6 +389,16 @@ def load_tokenizer(spec: str) -> Any:
     return Tokenizer.from_pretrained(spec)
 
 
+def dynamic_masking_for(manifest: dict[str, Any], tokenizer: Any, seed: int | None = None) -> Any:
+    """A `DynamicMasking` with the masking settings recorded in a record manifest (for records
+    made with `--masking dynamic`; the trainer calls it through `collate_pretraining`)."""
+    from bertkit.data.masking import DynamicMasking
+
+    config = PretrainDataConfig.from_dict(manifest["settings"])
+    ctx = make_context(tokenizer, config)
+    return DynamicMasking(config.mask, ctx.vocab, ctx.targets, seed=seed)
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process and of its finished children, MiB (Linux ru_maxrss is KiB)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

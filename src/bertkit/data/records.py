@@ -280,3 +280,43 @@ def open_pretraining_data(path: str | Path) -> Any:
         raise DataError(f"--data {path}: unsupported format; expected a bertkit record directory "
                         f"(manifest.json), TFRecord files or HDF5 shards")
     return dataset
+
+
+def collate_pretraining(instances: Sequence[Instance], pad_id: int, max_predictions: int,
+                        dynamic_masking: Any = None, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Instances -> `BertForPreTraining` kwargs (torch tensors), padded to the longest row:
+    input_ids [B,T] (pad_id), token_type_ids [B,T], attention_mask [B,T] (= sequence_ids, 0 on
+    padding: packed rows keep their documents apart), masked_positions [B,P] (-1 = none),
+    masked_ids [B,P] (-100 = none) with P = max_predictions, next_sentence_label [B] (-100 = no NSP).
+
+    `dynamic_masking` (a `bertkit.data.masking.DynamicMasking`) masks rows here, for records
+    written with `--masking dynamic`; stored masks are then ignored."""
+    import torch
+
+    b = len(instances)
+    t = max(int(inst["input_ids"].size) for inst in instances)
+    input_ids = np.full((b, t), pad_id, dtype=np.int64)
+    token_type_ids = np.zeros((b, t), dtype=np.int64)
+    attention_mask = np.zeros((b, t), dtype=np.int64)
+    masked_positions = np.full((b, max_predictions), -1, dtype=np.int64)
+    masked_ids = np.full((b, max_predictions), -100, dtype=np.int64)
+    nsp = np.empty(b, dtype=np.int64)
+    for i, inst in enumerate(instances):
+        ids, pos, orig = inst["input_ids"], inst["masked_positions"], inst["masked_ids"]
+        if dynamic_masking is not None:
+            ids, pos, orig = dynamic_masking(ids, rng)
+        n = ids.size
+        if pos.size > max_predictions:
+            raise ValueError(f"record {i} of the batch has {pos.size} masked positions, more than "
+                             f"max_predictions={max_predictions}; raise --max-predictions-per-seq to at least {pos.size}")
+        input_ids[i, :n] = ids
+        token_type_ids[i, :n] = inst["token_type_ids"]
+        attention_mask[i, :n] = inst["sequence_ids"]
+        masked_positions[i, :pos.size] = pos
+        masked_ids[i, :pos.size] = orig
+        label = int(inst["nsp_label"])
+        nsp[i] = -100 if label < 0 else label
+    return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "masked_positions": torch.from_numpy(masked_positions), "masked_ids": torch.from_numpy(masked_ids),
+            "next_sentence_label": torch.from_numpy(nsp)}

@@ -1,0 +1,67 @@
+"""`bertkit pretrain-data`: raw text -> sharded pre-training records (see bertkit.data.pretraining)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bertkit.data.masking import MaskingConfig
+from bertkit.data.pretraining import PretrainDataConfig, create_pretraining_data
+from bertkit.tasks.base import DataError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", "--input_file", nargs="+", required=True, metavar="FILE",
+                   help="text files or globs (one sentence per line, blank line between documents; .gz/.bz2 ok)")
+    p.add_argument("--tokenizer", "--vocab_file", required=True, help="vocab.txt, model directory or hub id")
+    p.add_argument("--output-dir", "--output_dir", required=True, help="record directory to write")
+    p.add_argument("--text-field", default=None, help="read JSONL documents, taking the text from this field")
+    p.add_argument("--max-seq-length", "--max_seq_length", type=int, default=128)
+    p.add_argument("--short-seq-prob", "--short_seq_prob", type=float, default=0.1)
+    p.add_argument("--dupe-factor", "--dupe_factor", "--epochs-to-generate", dest="dupe_factor", type=int, default=1,
+                   help="epochs to generate, each with different pairings and masks")
+    p.add_argument("--no-nsp", action="store_true",
+                   help="MLM only: rows packed from consecutive documents (sequence ids 1..k)")
+    p.add_argument("--masking", choices=("static", "dynamic"), default="static",
+                   help="static: store masks; dynamic: masks drawn at batch time by the trainer")
+    p.add_argument("--masked-lm-prob", "--masked_lm_prob", type=float, default=0.15)
+    p.add_argument("--max-predictions-per-seq", "--max_predictions_per_seq", type=int, default=20)
+    p.add_argument("--whole-word-mask", "--do_whole_word_mask", action="store_true")
+    p.add_argument("--span-mask", action="store_true", help="SpanBERT spans (geometric lengths, p=0.2, max 10 words)")
+    p.add_argument("--target-words", default=None, metavar="FILE",
+                   help="one word/character per line; their occurrences are masked at --target-mask-prob")
+    p.add_argument("--target-mask-prob", type=float, default=0.8)
+    p.add_argument("--seed", "--random_seed", type=int, default=12345)
+    p.add_argument("--workers", type=int, default=1, help="processes (same output as 1 worker)")
+    p.add_argument("--num-shards", type=int, default=1, help="split the work over this many machines ...")
+    p.add_argument("--shard-index", type=int, default=0, help="... and build this part")
+    p.add_argument("--chunk-docs", type=int, default=10_000,
+                   help="documents per shard; NSP random documents come from the same chunk")
+
+
+def _read_target_words(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--target-words {path}: no such file")
+    words = [w.strip() for w in file.read_text(encoding="utf-8").splitlines() if w.strip()]
+    if not words:
+        raise DataError(f"--target-words {path}: the file lists no words")
+    return words
+
+
+def run(args: argparse.Namespace) -> int:
+    # With --masking dynamic the masking flags are still recorded in the manifest: the trainer's
+    # DynamicMasking reads them from there.
+    mask = MaskingConfig(masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=args.max_predictions_per_seq,
+                         whole_word_mask=args.whole_word_mask, strategy="span" if args.span_mask else "uniform",
+                         target_mask_prob=args.target_mask_prob if args.target_words else 0.0)
+    config = PretrainDataConfig(max_seq_length=args.max_seq_length, short_seq_prob=args.short_seq_prob,
+                                dupe_factor=args.dupe_factor, nsp=not args.no_nsp, masking=args.masking, mask=mask,
+                                target_words=_read_target_words(args.target_words) if args.target_words else None,
+                                seed=args.seed, chunk_docs=args.chunk_docs, text_field=args.text_field)
+    manifest = create_pretraining_data(args.input, args.tokenizer, args.output_dir, config, workers=args.workers,
+                                       num_shards=args.num_shards, shard_index=args.shard_index)
+    if not manifest["complete"]:
+        print(f"part {args.shard_index}/{args.num_shards} done; {len(manifest['missing_shards'])} shards come from "
+              f"the other parts: copy them into {args.output_dir} and rerun this command without --shard-index")
+    return 0
