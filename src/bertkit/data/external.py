@@ -99,47 +99,48 @@ def crc32c_many(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.
 
     buf: uint8 [n]; starts, lengths: int64 [N] -> uint32 [N], crc of buf[starts[i]:starts[i]+lengths[i]].
 
-    The CRC runs down the columns of a [T, N] matrix, one numpy step per 4 bytes for all N records
-    together. Two facts make unequal lengths share a matrix: with a zero initial register, leading
-    zero bytes leave the CRC unchanged (so records are left-padded with zeros), and the standard
+    The CRC runs across a [N, T] byte matrix, one numpy step per 4-byte column for all N slices
+    together (~0.1-0.4 GB/s on one core, against ~5 MB/s for a Python byte loop). Two facts let
+    unequal lengths share a matrix: with a zero initial register, leading zero bytes leave the
+    CRC unchanged, so each slice is right-aligned and the bytes before it zeroed; and the standard
     initial value 0xFFFFFFFF equals a zero register with the message's first four bytes inverted.
     """
     starts = np.asarray(starts, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
+    ends = starts + lengths
     out = np.zeros(len(starts), dtype=np.uint32)
-    short = np.flatnonzero(lengths < 4)  # the inversion trick needs four bytes to invert
-    for i in short:
-        out[i] = crc32c(buf[starts[i]:starts[i] + lengths[i]].tobytes())
     order = np.argsort(lengths, kind="stable")
-    order = order[lengths[order] >= 4]
-    # Groups of similar length keep the zero padding small; 8 MiB matrices keep memory flat.
-    budget = 8 << 20
+    windows = np.lib.stride_tricks.sliding_window_view
+    t0, t1, t2, t3 = _TABLES
+    m8, s8, s16, s24 = np.uint32(0xFF), np.uint32(8), np.uint32(16), np.uint32(24)
+    budget = 8 << 20  # bytes per matrix: keeps memory flat whatever the file size
     i = 0
     while i < len(order):
+        # A group spans lengths within 25% (+64 bytes) of its shortest, so padding stays small.
         width = int(lengths[order[i]])
-        j = i
-        while j < len(order) and lengths[order[j]] <= max(width * 5 // 4, width + 64) \
-                and (j - i + 1) * (lengths[order[j]] + 3) <= budget:
-            j += 1
-        j = max(j, i + 1)
+        limit = max(width * 5 // 4, width + 64)
+        j = int(np.searchsorted(lengths[order], limit, side="right"))
+        j = max(i + 1, min(j, i + max(1, budget // (limit + 4))))
         group = order[i:j]
-        longest = int(lengths[group].max())
-        t = (longest + 3) // 4 * 4
-        mat = np.zeros((len(group), t), dtype=np.uint8)
-        for row, rec in enumerate(group):
-            s, n = int(starts[rec]), int(lengths[rec])
-            mat[row, t - n:] = buf[s:s + n]
-            mat[row, t - n:t - n + 4] ^= 0xFF
-        words = np.ascontiguousarray(mat.view("<u4").T)  # [t/4, N], little-endian words
-        crc = np.zeros(len(group), dtype=np.uint32)
-        t0, t1, t2, t3 = _TABLES
-        m8 = np.uint32(0xFF)
-        for w in words:
-            c = crc ^ w
-            crc = t3[c & m8] ^ t2[(c >> np.uint32(8)) & m8] ^ t1[(c >> np.uint32(16)) & m8] \
-                ^ t0[c >> np.uint32(24)]
-        out[group] = crc ^ np.uint32(0xFFFFFFFF)
         i = j
+        t = (int(lengths[group].max()) + 3) // 4 * 4
+        # The inversion needs four bytes to invert, and the window needs t bytes before the end.
+        slow = (lengths[group] < 4) | (ends[group] < t)
+        for rec in group[slow]:
+            out[rec] = crc32c(buf[starts[rec]:ends[rec]].tobytes())
+        group = group[~slow]
+        if not group.size:
+            continue
+        mat = windows(buf, t)[ends[group] - t]  # [N, t] copy: each slice right-aligned
+        pad = (t - lengths[group])[:, None]
+        col = np.arange(t)[None, :]
+        mat[col < pad] = 0
+        mat[(col >= pad) & (col < pad + 4)] ^= 0xFF
+        crc = np.zeros(len(group), dtype=np.uint32)
+        for w in mat.view("<u4").T:  # [t/4] columns of N little-endian words
+            c = crc ^ w
+            crc = t3[c & m8] ^ t2[(c >> s8) & m8] ^ t1[(c >> s16) & m8] ^ t0[c >> s24]
+        out[group] = crc ^ np.uint32(0xFFFFFFFF)
     return out
 
 
@@ -351,12 +352,13 @@ class _TFRecordFile:
             if pos + 12 > n:
                 raise DataError(f"{self.path}: record {len(offsets)} (byte {pos}): truncated header "
                                 f"({n - pos} bytes, expected 12); the file is cut short")
-            (length,) = struct.unpack_from("<Q", raw, pos)
+            # The length is checked before it is trusted: a damaged length would misplace every
+            # later record and the error would name the wrong one.
+            (length,), (stored,) = struct.unpack_from("<Q", raw, pos), struct.unpack_from("<I", raw, pos + 8)
+            if masked_crc32c(bytes(raw[pos:pos + 8])) != stored:
+                raise DataError(f"{self.path}: record {len(offsets)} (byte {pos}): length CRC32C mismatch; "
+                                f"the file is corrupt" + ("" if offsets else " or not a TFRecord file"))
             if pos + 12 + length + 4 > n:
-                stored_len_crc = struct.unpack_from("<I", raw, pos + 8)[0]
-                if masked_crc32c(bytes(raw[pos:pos + 8])) != stored_len_crc:
-                    raise DataError(f"{self.path}: record {len(offsets)} (byte {pos}): length CRC "
-                                    f"mismatch; the file is corrupt")
                 raise DataError(f"{self.path}: record {len(offsets)} (byte {pos}): {length}-byte record "
                                 f"runs past the end of the file ({n} bytes); the file is cut short")
             offsets.append(pos + 12)
@@ -366,20 +368,17 @@ class _TFRecordFile:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if not verify or not offsets:
             return
-        header_crc = _mask(crc32c_many(buf, self.offsets - 12, np.full(len(offsets), 8)))
-        stored = buf[(self.offsets - 4)[:, None] + np.arange(4)].copy().view("<u4").reshape(-1)
-        self._check(header_crc, stored, "length")
         data_crc = _mask(crc32c_many(buf, self.offsets, self.lengths))
         ends = self.offsets + self.lengths
         stored = buf[ends[:, None] + np.arange(4)].copy().view("<u4").reshape(-1)
-        self._check(data_crc, stored, "data")
+        self._check(data_crc, stored)
 
-    def _check(self, computed: np.ndarray, stored: np.ndarray, what: str) -> None:
+    def _check(self, computed: np.ndarray, stored: np.ndarray) -> None:
         bad = np.flatnonzero(computed != stored)
         if bad.size:
             i = int(bad[0])
             more = f" (and {bad.size - 1} more records)" if bad.size > 1 else ""
-            raise DataError(f"{self.path}: record {i} (byte {int(self.offsets[i]) - 12}): {what} CRC32C "
+            raise DataError(f"{self.path}: record {i} (byte {int(self.offsets[i]) - 12}): data CRC32C "
                             f"mismatch, stored 0x{int(stored[i]):08x}, computed 0x{int(computed[i]):08x}"
                             f"{more}; the file is corrupt")
 
@@ -448,6 +447,11 @@ class TFRecordDataset:
             raise IndexError(f"record {i} out of range for {n} records")
         k = bisect_right(self._ends, i)
         return self.files[k], i - (self._ends[k - 1] if k else 0)
+
+    def where(self, i: int) -> str:
+        """'FILE: record J': where record i of the dataset is stored, for error messages."""
+        f, j = self._locate(i)
+        return f"{f.path}: record {j}"
 
     def raw(self, i: int) -> dict[str, np.ndarray]:
         """The stored features of record i, padded, as TensorFlow would parse them (int64 / float32)."""
@@ -546,6 +550,11 @@ class HDF5Dataset:
             raise IndexError(f"record {i} out of range for {n} records")
         k = bisect_right(self._ends, i)
         return k, i - (self._ends[k - 1] if k else 0)
+
+    def where(self, i: int) -> str:
+        """'FILE: row J': where instance i of the dataset is stored, for error messages."""
+        k, j = self._locate(i)
+        return f"{self.paths[k]}: row {j}"
 
     def raw(self, i: int) -> dict[str, np.ndarray]:
         """Row i of every stored dataset, as stored (NVIDIA writes int32)."""
