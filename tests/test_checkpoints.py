@@ -1,0 +1,239 @@
+"""Checkpoint interop: HF files in every layout, Google TF bundles read without TensorFlow, the
+info/convert commands, and a clear error for each kind of bad checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from bertkit.cli import main as cli_main
+from bertkit.config import ModelConfig
+from bertkit.modeling.bert import BertModel
+from bertkit.modeling.checkpoints import (bertkit_name, convert, load_state_dict, model_info,
+                                          read_tf_checkpoint, read_tf_index, to_bertkit_names)
+from bertkit.modeling.heads import BertForPreTraining, BertForSequenceClassification
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tf_fixture(shared_dir: Path) -> Path:
+    path = shared_dir / "models" / "tf-bert-fixture"
+    if not (path / "bert_model.ckpt.index").is_file():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tf_index_only(shared_dir: Path) -> Path:
+    path = shared_dir / "models" / "bert-mini-uncased-L4-H256-tf-index-only"
+    if not (path / "bert_model.ckpt.index").is_file():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path: Path) -> Path:
+    """A saved tiny BertForSequenceClassification with a vocab.txt of matching size."""
+    config = ModelConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    torch.manual_seed(0)
+    out = tmp_path / "tiny"
+    BertForSequenceClassification(config).save_pretrained(out)
+    (out / "vocab.txt").write_text("\n".join(f"tok{i}" for i in range(40)) + "\n")
+    return out
+
+
+def batch_for(vocab_size: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab_size, (2, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return dict(input_ids=ids * mask, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
+
+
+# ---- Google TF checkpoints ----------------------------------------------------------------------
+def test_tf_fixture_tensors_equal_expected(tf_fixture: Path) -> None:
+    tensors = read_tf_checkpoint(tf_fixture / "bert_model.ckpt")
+    expected = np.load(tf_fixture / "expected.npz")
+    model_tensors = {k: v for k, v in tensors.items() if bertkit_name(k)[0] is not None}
+    assert sorted(k.replace("/", "__") for k in model_tensors) == sorted(expected.files)
+    for key in expected.files:
+        np.testing.assert_array_equal(tensors[key.replace("__", "/")], expected[key], err_msg=key)
+    # Optimizer slots and the step counter are in the file but not in the mapped weights.
+    assert tensors["global_step"] == 1000
+    assert any(k.endswith("/adam_m") for k in tensors)
+    mapped = to_bertkit_names(tensors)
+    assert not any("adam" in k or "global_step" in k for k in mapped)
+    kernel = expected["bert__encoder__layer_0__attention__self__query__kernel"]  # [in, out]
+    assert torch.equal(mapped["bert.encoder.layer.0.attention.self.query.weight"], torch.from_numpy(kernel.T))
+    nsp = expected["cls__seq_relationship__output_weights"]  # already [2, H]
+    assert torch.equal(mapped["cls.seq_relationship.weight"], torch.from_numpy(nsp))
+
+
+def test_tf_convert_matches_transformers(tf_fixture: Path, tmp_path: Path) -> None:
+    dst = convert(tf_fixture, tmp_path / "hf")
+    assert (dst / "vocab.txt").read_bytes() == (tf_fixture / "vocab.txt").read_bytes()
+    assert json.loads((dst / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+    ref, info = transformers.BertForPreTraining.from_pretrained(dst, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    direct = BertForPreTraining.from_pretrained(tf_fixture).eval()  # straight from the TF bundle
+    batch = batch_for(1024)
+    with torch.no_grad():
+        theirs, ours = ref.eval()(**batch), direct(**batch)
+    mask = batch["attention_mask"].bool()
+    assert (ours.mlm_logits - theirs.prediction_logits)[mask].abs().max() <= TOL
+    assert (ours.nsp_logits - theirs.seq_relationship_logits).abs().max() <= TOL
+
+
+def test_tf_index_only_lists_tensors_and_load_names_missing_data(tf_index_only: Path) -> None:
+    entries = read_tf_index(tf_index_only / "bert_model.ckpt")
+    assert len(entries) == 78
+    assert entries["bert/embeddings/word_embeddings"].shape == (30522, 256)
+    assert entries["bert/encoder/layer_3/intermediate/dense/kernel"].shape == (256, 1024)
+    assert entries["cls/seq_relationship/output_weights"].shape == (2, 256)
+    assert entries["cls/seq_relationship/output_weights"].offset == 45_069_552
+    assert all(e.dtype == 1 for e in entries.values())  # DT_FLOAT
+    info = model_info(tf_index_only)
+    assert (info["layers"], info["hidden"], info["parameters"]) == (4, 256, 11_267_900)
+    assert info["heads_present"] == ["pooler", "mlm", "nsp"]
+    with pytest.raises(FileNotFoundError, match=r"data file missing: expected .*bert_model\.ckpt\.data-00000-of-00001"):
+        BertModel.from_pretrained(tf_index_only)
+
+
+def test_tf_index_rejects_a_non_index_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.ckpt.index").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match="bad.ckpt.index: not a TF checkpoint index"):
+        read_tf_index(tmp_path / "bad.ckpt")
+
+
+# ---- HF layouts and the key map ----------------------------------------------------------------
+def test_bin_with_old_names_and_sharded_safetensors_load_the_same(tiny_dir: Path, tmp_path: Path) -> None:
+    state = load_file(str(tiny_dir / "model.safetensors"))
+    reference = BertForSequenceClassification.from_pretrained(tiny_dir).eval()
+    # pytorch_model.bin with TF-era LayerNorm names, no `bert.` prefix and HF's position_ids buffer.
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(tiny_dir / "config.json", old / "config.json")
+    renamed = {k.removeprefix("bert.").replace("LayerNorm.weight", "LayerNorm.gamma")
+               .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in state.items()}
+    renamed["embeddings.position_ids"] = torch.arange(32)[None]
+    torch.save(renamed, old / "pytorch_model.bin")
+    # Two safetensors shards with an index.
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(tiny_dir / "config.json", sharded / "config.json")
+    names = sorted(state)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in halves.items():
+        save_file({k: state[k] for k in keys}, str(sharded / file))
+    weight_map = {k: f for f, keys in halves.items() for k in keys}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    batch = batch_for(40)
+    with torch.no_grad():
+        want = reference(**batch).logits
+        for path in (old, sharded):
+            assert torch.equal(BertForSequenceClassification.from_pretrained(path).eval()(**batch).logits, want)
+    assert set(to_bertkit_names(load_state_dict(old))) == set(state)
+
+
+def test_encoder_checkpoint_loads_into_bertmodel_and_heads_ignore_extra(tiny_dir: Path) -> None:
+    encoder = BertModel.from_pretrained(tiny_dir)  # a head checkpoint loads as a bare encoder
+    head = BertForSequenceClassification.from_pretrained(tiny_dir)
+    assert torch.equal(encoder.encoder.layer[1].output.dense.weight, head.bert.encoder.layer[1].output.dense.weight)
+
+
+def test_save_writes_hf_layout_without_the_tied_decoder(tmp_path: Path) -> None:
+    config = ModelConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=16)
+    model = BertForPreTraining(config)
+    model.save_pretrained(tmp_path)
+    keys = set(load_file(str(tmp_path / "model.safetensors")))
+    assert "cls.predictions.decoder.weight" not in keys and "cls.predictions.bias" in keys
+    again = BertForPreTraining.from_pretrained(tmp_path)
+    assert again.cls.predictions.decoder.weight is again.bert.embeddings.word_embeddings.weight
+    assert torch.equal(again.cls.predictions.decoder.weight, model.bert.embeddings.word_embeddings.weight)
+
+
+# ---- bad inputs: one clear error each ----------------------------------------------------------
+def test_truncated_safetensors(tiny_dir: Path) -> None:
+    file = tiny_dir / "model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read safetensors file, it is truncated"):
+        BertForSequenceClassification.from_pretrained(tiny_dir)
+
+
+def test_config_hidden_size_disagrees_with_weights(tiny_dir: Path) -> None:
+    config = json.loads((tiny_dir / "config.json").read_text())
+    config.update(hidden_size=32, intermediate_size=64)
+    (tiny_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config says hidden_size=32 but the weights .* shape \[40, 16\]"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_shape_mismatch_names_tensor_shapes_and_file(tiny_dir: Path) -> None:
+    config = json.loads((tiny_dir / "config.json").read_text())
+    config["intermediate_size"] = 48
+    (tiny_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor encoder\.layer\.0\.intermediate\.dense\.(bias|weight) "
+                                         r"has shape \[32(, 16)?\] in the file but the model .* expects \[48(, 16)?\]"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_vocab_larger_than_embeddings(tiny_dir: Path) -> None:
+    (tiny_dir / "vocab.txt").write_text("\n".join(f"tok{i}" for i in range(45)) + "\n")
+    with pytest.raises(ValueError, match=r"vocab\.txt has 45 tokens but the word embeddings .* have only 40 rows"):
+        BertModel.from_pretrained(tiny_dir)
+
+
+def test_missing_encoder_weights(tiny_dir: Path) -> None:
+    state = load_file(str(tiny_dir / "model.safetensors"))
+    del state["bert.encoder.layer.1.attention.self.key.weight"]
+    save_file(state, str(tiny_dir / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"encoder weights missing .*encoder\.layer\.1\.attention\.self\.key\.weight"):
+        BertForSequenceClassification.from_pretrained(tiny_dir)
+
+
+def test_directory_with_only_vocab_and_config(shared_dir: Path) -> None:
+    path = shared_dir / "models" / "bert-base-uncased"
+    with pytest.raises(FileNotFoundError, match=r"no weights found in .*bert-base-uncased: expected "
+                                                r"model\.safetensors, pytorch_model\.bin or bert_model\.ckpt"):
+        BertModel.from_pretrained(path)
+
+
+def test_offline_hub_id_says_to_pass_a_local_directory(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"'no-such-user/fake-bert-xyz' is not a local path .*HF_HUB_OFFLINE"
+                                                r".*pass a local directory"):
+        BertModel.from_pretrained("no-such-user/fake-bert-xyz")
+
+
+def test_missing_local_path() -> None:
+    with pytest.raises(FileNotFoundError, match="model path './nowhere/model' does not exist"):
+        BertModel.from_pretrained("./nowhere/model")
+
+
+# ---- commands -----------------------------------------------------------------------------------
+def test_info_command_on_minilm(minilm_dir: Path, capsys) -> None:
+    assert cli_main(["info", str(minilm_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "22,713,216 in 103 tensors" in out and "pooler" in out
+    assert cli_main(["info", str(minilm_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["layers"], info["hidden"], info["heads"], info["vocab"]) == (6, 384, 12, 30522)
+
+
+def test_convert_command_and_its_errors(tf_fixture: Path, tf_index_only: Path, tmp_path: Path, capsys) -> None:
+    assert cli_main(["convert", str(tf_fixture), str(tmp_path / "out"), "--from", "tf"]) == 0
+    assert "BertForPreTraining, 2 layers, hidden 64" in capsys.readouterr().out
+    assert cli_main(["convert", str(tf_fixture), str(tmp_path / "out2"), "--from", "hf"]) == 1
+    assert "--from hf but" in capsys.readouterr().err
+    assert cli_main(["convert", str(tf_index_only), str(tmp_path / "out3")]) == 1
+    assert "data file missing" in capsys.readouterr().err
