@@ -489,9 +489,11 @@ def train_wordpiece(lines: Iterable[str] | Iterable[list[str]], vocab_size: int,
     backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                     strip_accents=None, lowercase=do_lower_case)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # The trainer takes no None for "unlimited"; leaving the argument out means that.
+    alphabet = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=reserved, limit_alphabet=limit_alphabet,
-                                        continuing_subword_prefix="##", show_progress=False)
+                                        special_tokens=reserved, continuing_subword_prefix="##",
+                                        show_progress=False, **alphabet)
     backend.train_from_iterator(lines, trainer)
     learned = sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     tokens = [t for t, _ in learned]
