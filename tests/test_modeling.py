@@ -58,7 +58,7 @@ def test_encoder_matches_transformers_random_init(tmp_path: Path, act: str) -> N
     batch = random_batch(config, [9, 5, 1, 7])
     with torch.no_grad():
         expected = ref(**batch)
-        for backend in ("padded", "unpadded", "auto"):
+        for backend in ("padded", "unpadded", "flex", "auto"):
             model.attn_backend = backend
             out = model(**batch)
             assert max_diff(out.last_hidden_state, expected.last_hidden_state, batch["attention_mask"]) <= TOL
@@ -102,7 +102,7 @@ def test_packed_rows_equal_separate_sequences() -> None:
     mask[0, :6], mask[0, 6:10], mask[1, :5] = 1, 2, 1
     with torch.no_grad():
         alone = [model(s[None]).last_hidden_state[0] for s in (a, b, c)]
-        for backend in ("padded", "unpadded"):
+        for backend in ("padded", "unpadded", "flex"):
             model.attn_backend = backend
             packed = model(ids, attention_mask=mask).last_hidden_state
             assert max_diff(packed[0, :6], alone[0]) <= TOL
@@ -115,7 +115,7 @@ def test_attention_dropout_is_active_in_training_on_every_path() -> None:
     config = tiny_config(attention_probs_dropout_prob=0.5)
     model = BertModel(config)
     batch = random_batch(config, [8, 3])
-    for backend in ("padded", "unpadded"):
+    for backend in ("padded", "unpadded", "flex"):
         model.attn_backend = backend
         model.train()
         first, second = model(**batch).last_hidden_state, model(**batch).last_hidden_state
@@ -123,6 +123,20 @@ def test_attention_dropout_is_active_in_training_on_every_path() -> None:
         model.eval()
         with torch.no_grad():
             assert max_diff(model(**batch).last_hidden_state, model(**batch).last_hidden_state) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn (flash) needs a CUDA GPU")
+def test_varlen_kernel_matches_padded_on_cuda() -> None:
+    torch.manual_seed(7)
+    config = tiny_config()
+    model = BertModel(config).cuda().eval().to(torch.bfloat16)  # flash kernels take 16-bit inputs
+    batch = {k: v.cuda() for k, v in random_batch(config, [12, 5, 9]).items()}
+    with torch.no_grad():
+        model.attn_backend = "varlen"
+        varlen = model(**batch).last_hidden_state.float()
+        model.attn_backend = "padded"
+        padded = model(**batch).last_hidden_state.float()
+    assert max_diff(varlen, padded, batch["attention_mask"]) <= 2e-2  # bf16 rounding
 
 
 def test_unknown_backend_lists_valid_ones() -> None:

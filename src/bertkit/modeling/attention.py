@@ -113,6 +113,48 @@ class UnpaddedAttention:
         return out.transpose(1, 2)[seq, pos]  # [S,heads,L,D] -> [S,L,heads,D] -> [N,heads,D]
 
 
+@dataclass
+class FlexAttention:
+    """Attention on the `[B, T, H]` layout with FlexAttention and a document block mask: blocks of
+    the score matrix with no same-id pair are skipped, which is where packed rows save compute
+    (torch.compile the model for the fused kernel; eager mode is a slow reference)."""
+
+    ids: torch.Tensor  # [B,T] sequence ids (0 = pad)
+    block_mask: object  # torch.nn.attention.flex_attention.BlockMask
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+               dropout_p: float) -> torch.Tensor:
+        """q, k, v [B,T,H] -> [B,T,H]."""
+        if dropout_p > 0.0:
+            # flex_attention has no dropout; training with attention dropout uses SDPA with the
+            # equivalent dense mask so that the regularisation is the same on every path.
+            same = self.ids[:, :, None] == self.ids[:, None, :]  # [B,T,T]
+            return PaddedAttention(mask=same[:, None]).attend(q, k, v, num_heads, dropout_p)
+        from torch.nn.attention.flex_attention import flex_attention
+
+        B, T, H = q.shape
+        q, k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in (q, k, v))  # [B,heads,T,D]
+        out = flex_attention(q, k, v, block_mask=self.block_mask)
+        return out.transpose(1, 2).reshape(B, T, H)  # [B,heads,T,D] -> [B,T,H]
+
+
+def _flex_context(mask: torch.Tensor) -> FlexAttention:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_sequence(b, h, q_idx, kv_idx):  # padding (id 0) attends to padding: no empty rows
+        return mask[b, q_idx] == mask[b, kv_idx]
+
+    B, T = mask.shape
+    block_mask = create_block_mask(same_sequence, B, None, T, T, device=mask.device)
+    return FlexAttention(ids=mask, block_mask=block_mask)
+
+
 def sequence_starts(attention_mask: torch.Tensor) -> torch.Tensor:
     """bool [B,T]: True where a new sequence begins (the id differs from the token before it)."""
     starts = torch.ones_like(attention_mask, dtype=torch.bool)
@@ -130,25 +172,25 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return column - start_column.cummax(dim=1).values
 
 
-def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto",
-                      batch_shape: tuple[int, int] | None = None) -> PaddedAttention | UnpaddedAttention:
+def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
+                      ) -> PaddedAttention | UnpaddedAttention | FlexAttention:
     """Choose the attention layout for one batch.
 
     attention_mask: [B,T] ints (0 = pad, k > 0 = sequence id) or None (no padding, one sequence per row).
     backend: "padded" | "unpadded" (varlen on CUDA, else re-padding) | "varlen" | "sdpa_unpadded" |
+    "flex" (FlexAttention with a document block mask) |
     "auto" (unpad only when the batch has padding or more than one sequence in a row: otherwise
     the padded path has nothing to skip and no gather/scatter to pay for).
     """
     if backend not in BACKENDS:
         raise ValueError(f"attn_backend={backend!r} is not supported; valid: {', '.join(BACKENDS)}")
-    if backend == "flex":
-        raise ValueError("attn_backend='flex' is not implemented in this build; use 'auto', 'padded', "
-                         "'varlen' or 'sdpa_unpadded'")
     if attention_mask is None:
         return PaddedAttention(mask=None)
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be [B,T], got shape {tuple(attention_mask.shape)}")
     mask = attention_mask.long()
+    if backend == "flex":
+        return _flex_context(mask)
     packed = bool((mask > 1).any())
     if backend == "auto":
         if not packed and bool((mask > 0).all()):

@@ -17,7 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertkit.config import TANH_GELU_NAMES, ModelConfig
-from bertkit.modeling.attention import PaddedAttention, UnpaddedAttention, positions_from_mask, prepare_attention
+from bertkit.modeling.attention import (FlexAttention, PaddedAttention, UnpaddedAttention, positions_from_mask,
+                                       prepare_attention)
+
+AttentionContext = PaddedAttention | UnpaddedAttention | FlexAttention
 
 
 def activation(name: str):
@@ -65,7 +68,7 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """x [..., H] (layout of ctx) -> context vectors, same shape."""
         p = self.dropout_p if self.training else 0.0
         return ctx.attend(self.query(x), self.key(x), self.value(x), self.num_heads, p)
@@ -88,7 +91,7 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         return self.output(self.self(x, ctx), x)
 
 
@@ -124,7 +127,7 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertFeedForwardOutput(config)
 
-    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         x = self.attention(x, ctx)
         return self.output(self.intermediate(x), x)
 
@@ -134,7 +137,7 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor, ctx: PaddedAttention | UnpaddedAttention) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         for layer in self.layer:
             x = layer(x, ctx)
         return x

@@ -429,10 +429,14 @@ def _block_entries(data: bytes, handle: tuple[int, int], file: Path) -> list[tup
     return entries
 
 
-def read_tf_index(prefix: str | Path) -> dict[str, TFEntry]:
-    """Parse `<prefix>.index` (no TensorFlow needed) -> tensor name -> TFEntry, in file order."""
+def _read_tf_table(prefix: str | Path) -> tuple[dict[int, Any], dict[str, TFEntry]]:
+    """Parse `<prefix>.index` -> (BundleHeaderProto fields, tensor name -> TFEntry in file order).
+
+    Layout (LevelDB table): data blocks, a metaindex block, an index block whose values are
+    BlockHandles (varint offset, varint size) of the data blocks, then a 48-byte footer holding the
+    metaindex and index handles and the magic number."""
     prefix = Path(prefix)
-    file = Path(f"{prefix}.index") if not prefix.name.endswith(".index") else prefix
+    file = prefix if prefix.name.endswith(".index") else Path(f"{prefix}.index")
     if not file.is_file():
         raise FileNotFoundError(f"TF checkpoint index {file} does not exist")
     data = file.read_bytes()
@@ -443,36 +447,24 @@ def read_tf_index(prefix: str | Path) -> dict[str, TFEntry]:
     _, pos = _varint(footer, pos)  # metaindex size
     index_offset, pos = _varint(footer, pos)
     index_size, pos = _varint(footer, pos)
+    header: dict[int, Any] = {}
     entries: dict[str, TFEntry] = {}
     for _, handle in _block_entries(data, (index_offset, index_size), file):
         block_offset, p = _varint(handle, 0)
         block_size, _ = _varint(handle, p)
         for key, value in _block_entries(data, (block_offset, block_size), file):
-            if key == b"":  # BundleHeaderProto: num_shards (1), endianness (2: 1 = big)
+            if key == b"":  # BundleHeaderProto: num_shards (1), endianness (2: 1 = big), version (3)
                 header = dict(_proto_fields(value))
                 if header.get(2, 0) == 1:
                     raise ValueError(f"{file}: big-endian TF checkpoints are not supported")
                 continue
             entries[key.decode("utf-8")] = _bundle_entry(value)
-    return entries
+    return header, entries
 
 
-def _tf_num_shards(prefix: Path) -> int:
-    data = Path(f"{prefix}.index").read_bytes()
-    header_fields = {}
-    # The header is the first entry (empty key sorts first); re-read it rather than carry state.
-    footer = data[-48:]
-    _, pos = _varint(footer, 0)
-    _, pos = _varint(footer, pos)
-    index_offset, pos = _varint(footer, pos)
-    index_size, _ = _varint(footer, pos)
-    first_handle = _block_entries(data, (index_offset, index_size), Path(f"{prefix}.index"))[0][1]
-    off, p = _varint(first_handle, 0)
-    size, _ = _varint(first_handle, p)
-    key, value = _block_entries(data, (off, size), Path(f"{prefix}.index"))[0]
-    if key == b"":
-        header_fields = dict(_proto_fields(value))
-    return int(header_fields.get(1, 1))
+def read_tf_index(prefix: str | Path) -> dict[str, TFEntry]:
+    """The tensors listed in `<prefix>.index` (no TensorFlow, no .data file needed)."""
+    return _read_tf_table(prefix)[1]
 
 
 def read_tf_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
@@ -480,8 +472,8 @@ def read_tf_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
     prefix = Path(prefix)
     if prefix.name.endswith(".index"):
         prefix = prefix.with_name(prefix.name[: -len(".index")])
-    entries = read_tf_index(prefix)
-    num_shards = _tf_num_shards(prefix)
+    header, entries = _read_tf_table(prefix)
+    num_shards = int(header.get(1, 1))
     shards: dict[int, np.memmap] = {}
     out: dict[str, np.ndarray] = {}
     for name, entry in entries.items():
