@@ -80,9 +80,9 @@ class UnpaddedAttention:
         """q, k, v [N,H] -> [N,H]."""
         N, H = q.shape
         q, k, v = (_split_heads(t, num_heads) for t in (q, k, v))  # [N,heads,D]
-        # varlen_attn has no dropout argument, so training with attention dropout takes the
-        # re-padding path, which passes dropout_p to SDPA.
-        if self.kernel == "varlen" and dropout_p == 0.0:
+        # varlen_attn is a flash kernel: 16-bit inputs only and no dropout argument, so fp32 runs
+        # and training with attention dropout take the re-padding path (SDPA has dropout_p).
+        if self.kernel == "varlen" and dropout_p == 0.0 and q.dtype in (torch.float16, torch.bfloat16):
             from torch.nn.attention.varlen import varlen_attn
 
             out = varlen_attn(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen)
