@@ -194,12 +194,15 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, do_lower_case: bool | None = None) -> "Tokenizer":
         """Load from a directory (tokenizer.json and/or vocab.txt, plus tokenizer_config.json),
-        a vocab.txt file, or a Hugging Face hub id (downloaded when online).
+        a vocab.txt or tokenizer.json file, or a Hugging Face hub id (downloaded when online).
 
         Casing, in order: the `do_lower_case` argument; tokenizer_config.json; the normalizer in
         tokenizer.json; the vocabulary's own casing. A mismatch with the vocabulary warns.
         """
         path = Path(path_or_id)
+        if path.is_file() and path.suffix == ".json":
+            return cls._from_tokenizer_json(path, do_lower_case, "do_lower_case argument", None, True,
+                                            DEFAULT_MODEL_MAX_LENGTH)
         if path.is_file():
             return cls.from_vocab(path, do_lower_case, casing_source="do_lower_case argument")
         if not path.is_dir():
@@ -331,12 +334,12 @@ class Tokenizer:
             raise ValueError(f"pairs has {len(pairs)} entries but texts has {len(texts)}; "
                              f"give one second segment per text")
         inputs: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs))
-        for i, item in enumerate(texts if pairs is None else pairs):
-            expected = (list, tuple) if is_pretokenized else str
-            if not isinstance(item, expected):
-                kind = "a list of words (is_pretokenized=True)" if is_pretokenized else "a str"
-                raise TypeError(f"{'texts' if pairs is None else 'pairs'}[{i}] is "
-                                f"{type(item).__name__}; expected {kind}")
+        expected = (list, tuple) if is_pretokenized else str
+        kind = "a list of words (is_pretokenized=True)" if is_pretokenized else "a str"
+        for name, items in (("texts", texts), ("pairs", pairs or ())):
+            for i, item in enumerate(items):
+                if not isinstance(item, expected):
+                    raise TypeError(f"{name}[{i}] is {type(item).__name__}; expected {kind}")
         self._configure_truncation(max_length, truncation, stride)
         try:
             return self._backend.encode_batch(inputs, is_pretokenized=is_pretokenized,
