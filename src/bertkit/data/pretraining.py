@@ -374,7 +374,10 @@ _WORKER_CTX: _Context | None = None
 
 def _worker_init(tokenizer_spec: str, config: dict[str, Any]) -> None:
     global _WORKER_CTX
-    _WORKER_CTX = make_context(load_tokenizer(tokenizer_spec), PretrainDataConfig.from_dict(config))
+    # Workers split the corpus between them; the Rust thread pool inside each would oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if _WORKER_CTX is None:  # spawn start method: nothing inherited, rebuild from the spec
+        _WORKER_CTX = make_context(load_tokenizer(tokenizer_spec), PretrainDataConfig.from_dict(config))
 
 
 def _worker_build(chunk_index: int, documents: list[list[str]], out_dir: str, fingerprint: str) -> dict[str, Any]:
@@ -465,8 +468,14 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
             built += 1
             log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
     else:
-        # spawn, not fork: the parent's tokenizer has used its Rust thread pool, which fork breaks.
-        pool = mp.get_context("spawn").Pool(workers, _worker_init, (tokenizer_spec, config.to_dict()))
+        # fork where there is one: workers inherit the loaded tokenizer instead of importing torch
+        # and reloading it (seconds per worker). `tokenizers` turns its thread pool off in a
+        # forked child, which is what we want with one process per core anyway.
+        global _WORKER_CTX
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        _WORKER_CTX = ctx if method == "fork" else None
+        pool = mp.get_context(method).Pool(workers, _worker_init, (tokenizer_spec, config.to_dict()))
+        _WORKER_CTX = None
         pending: deque = deque()
         try:
             for c, docs in enumerate(chunks):

@@ -1,0 +1,444 @@
+"""Pre-training data: instances (NSP / packed), masking strategies, determinism, workers and parts,
+bad input, and the pretrain-data / inspect commands, on the shared real corpora."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertkit.data.masking import DynamicMasking, MaskingConfig, TargetWords, VocabInfo, mask_row, word_spans
+from bertkit.data.pretraining import PretrainDataConfig, create_pretraining_data, dynamic_masking_for
+from bertkit.data.records import collate_pretraining, open_pretraining_data
+from bertkit.tasks.base import DataError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SAMPLE = SHARED / "data/bert_sample_text/sample_text.txt"
+WIKITEXT_VALID = SHARED / "data/wikitext-2/valid.txt"
+POLYPHONE = SHARED / "data/polyphone/g2pL/train.sent"
+UNCASED = SHARED / "models/bert-base-uncased"
+CHINESE = SHARED / "models/bert-base-chinese"
+
+
+def need(*paths: Path) -> None:
+    for p in paths:
+        if not p.exists():
+            pytest.skip(f"shared asset {p} is missing")
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def uncased():
+    need(UNCASED)
+    from bertkit.tokenization import Tokenizer
+
+    return Tokenizer.from_pretrained(str(UNCASED))
+
+
+@pytest.fixture(scope="module")
+def vocab(uncased) -> VocabInfo:
+    return VocabInfo.from_vocab(uncased.vocab)
+
+
+@pytest.fixture(scope="module")
+def wiki_rows(uncased) -> list[np.ndarray]:
+    """600 rows of [CLS] up-to-126 wikitext tokens [SEP] (real text, real word pieces)."""
+    need(WIKITEXT_VALID)
+    lines = [l.strip() for l in WIKITEXT_VALID.read_text(encoding="utf-8").splitlines()
+             if len(l.split()) > 20 and not l.strip().startswith("=")][:600]
+    encs = uncased.backend.encode_batch(lines, add_special_tokens=False)
+    return [np.array([uncased.cls_id] + e.ids[:126] + [uncased.sep_id], dtype=np.int32) for e in encs]
+
+
+@pytest.fixture(scope="module")
+def wiki_corpus(tmp_path_factory) -> Path:
+    """A slice of WikiText-2 valid (paragraphs as documents), big enough for several chunks."""
+    need(WIKITEXT_VALID)
+    path = tmp_path_factory.mktemp("corpus") / "wiki.txt"
+    path.write_text("\n".join(WIKITEXT_VALID.read_text(encoding="utf-8").splitlines()[:600]) + "\n", encoding="utf-8")
+    return path
+
+
+def build(tmp_path: Path, inputs, name: str = "r", tokenizer: Path = UNCASED, **kwargs):
+    opts = {k: kwargs.pop(k) for k in ("workers", "num_shards", "shard_index") if k in kwargs}
+    out = tmp_path / name
+    create_pretraining_data([str(p) for p in inputs], str(tokenizer), out, PretrainDataConfig(**kwargs), log=quiet, **opts)
+    return out, open_pretraining_data(out)
+
+
+def words_whole(masked: np.ndarray, spans: np.ndarray) -> bool:
+    """True when every word of `spans` [W,2] is either fully masked or not at all."""
+    if not len(spans):
+        return True
+    per_word = np.add.reduceat(masked.astype(np.int64), spans[:, 0])
+    # reduceat sums up to the next start; words are followed by at most special tokens, never masked.
+    return bool(np.all((per_word == 0) | (per_word == spans[:, 1] - spans[:, 0])))
+
+
+def shard_digests(directory: Path) -> list[tuple[str, str]]:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return [(s["name"], s["sha256"]) for s in manifest["shards"]]
+
+
+# ---- NSP instances ----------------------------------------------------------------------------
+def test_nsp_structure_on_sample_text(tmp_path, uncased):
+    need(SAMPLE)
+    out, ds = build(tmp_path, [SAMPLE], dupe_factor=3)
+    assert len(ds) > 20
+    labels = set()
+    for i in range(len(ds)):
+        r = ds[i]
+        ids, types = r["input_ids"], r["token_type_ids"]
+        assert ids.size <= 128 and ids[0] == uncased.cls_id and ids[-1] == uncased.sep_id
+        seps = np.flatnonzero(ids == uncased.sep_id)
+        assert seps.size == 2, "exactly [CLS] A [SEP] B [SEP]"
+        assert (types[:seps[0] + 1] == 0).all() and (types[seps[0] + 1:] == 1).all()
+        assert seps[0] >= 2 and seps[1] - seps[0] >= 2, "A and B each hold at least one token"
+        assert (r["sequence_ids"] == 1).all()
+        labels.add(int(r["nsp_label"]))
+        pos = r["masked_positions"]
+        assert np.all(np.diff(pos) > 0) and not np.isin(ids[pos], [uncased.cls_id, uncased.sep_id]).any()
+        assert 1 <= pos.size <= 20
+    assert labels == {0, 1}
+    manifest = ds.manifest
+    assert manifest["shards"][0]["epoch_rows"] and len(manifest["shards"][0]["epoch_rows"]) == 3
+    # Each generated epoch pairs and masks differently.
+    e0 = manifest["shards"][0]["epoch_rows"][0]
+    first = [tuple(ds[i]["input_ids"]) for i in range(e0)]
+    second = [tuple(ds[e0 + i]["input_ids"]) for i in range(manifest["shards"][0]["epoch_rows"][1])]
+    assert set(first) != set(second)
+
+
+def test_nsp_follows_are_real_continuations(tmp_path, uncased):
+    """With label 0, B is text that follows A in the same document (checked on unmasked rows)."""
+    need(SAMPLE)
+    _, ds = build(tmp_path, [SAMPLE], masking="dynamic", short_seq_prob=0.0)
+    text_ids = np.concatenate([np.array(uncased.backend.encode(l, add_special_tokens=False).ids)
+                               for l in SAMPLE.read_text(encoding="utf-8").splitlines() if l.strip()])
+    joined = " " + " ".join(map(str, text_ids.tolist())) + " "
+
+    def find(tokens: np.ndarray) -> int:
+        return joined.find(" " + " ".join(map(str, tokens.tolist())) + " ")
+
+    checked = 0
+    for i in range(len(ds)):
+        r = ds[i]
+        ids = r["input_ids"]
+        seps = np.flatnonzero(ids == uncased.sep_id)
+        a, b = ids[1:seps[0]], ids[seps[0] + 1:seps[1]]
+        # truncate_seq_pair trims only segment ends, so A and B are each contiguous corpus text.
+        start_a, start_b = find(a), find(b)
+        assert start_a >= 0 and start_b >= 0
+        if int(r["nsp_label"]) == 0:
+            end_a = start_a + len(" ".join(map(str, a.tolist())))
+            assert 0 <= start_b - end_a < 400, "B starts right after A (up to trimmed tokens)"
+            checked += 1
+    assert checked >= 3
+
+
+# ---- masking statistics -----------------------------------------------------------------------
+def test_uniform_masking_rate_and_80_10_10(wiki_rows, vocab):
+    rng = np.random.default_rng(0)
+    cfg = MaskingConfig()
+    n_pred = n_mask = n_rand = n_keep = expected = 0
+    for ids in wiki_rows:
+        out, pos, orig = mask_row(ids, rng, cfg, vocab)
+        expected += min(20, max(1, round(ids.size * 0.15)))
+        assert np.array_equal(orig, ids[pos]) and pos.size <= 20
+        assert not np.isin(ids[pos], vocab.special_ids).any()
+        unchanged = np.setdiff1d(np.arange(ids.size), pos)
+        assert np.array_equal(out[unchanged], ids[unchanged])
+        n_pred += pos.size
+        n_mask += int((out[pos] == vocab.mask_id).sum())
+        n_keep += int((out[pos] == orig).sum())
+        n_rand += int(((out[pos] != vocab.mask_id) & (out[pos] != orig)).sum())
+    assert n_pred == expected  # the reference's budget: round(15% of the row), capped at 20
+    # ~11,000 predictions: the binomial std of a 10% share is 0.003, so +-0.015 is a 5-sigma band.
+    assert abs(n_mask / n_pred - 0.8) < 0.015
+    assert abs(n_rand / n_pred - 0.1) < 0.015
+    assert abs(n_keep / n_pred - 0.1) < 0.015
+
+
+def test_whole_word_mask_never_splits_a_word(wiki_rows, vocab):
+    rng = np.random.default_rng(1)
+    cfg = MaskingConfig(whole_word_mask=True)
+    multi_piece_words_masked = 0
+    for ids in wiki_rows:
+        _, pos, _ = mask_row(ids, rng, cfg, vocab)
+        assert 1 <= pos.size <= 20
+        masked = np.zeros(ids.size, dtype=bool)
+        masked[pos] = True
+        spans = word_spans(ids, vocab)
+        assert words_whole(masked, spans), "a word was partly masked"
+        multi_piece_words_masked += int(((spans[:, 1] - spans[:, 0] > 1) & masked[spans[:, 0]]).sum())
+    assert multi_piece_words_masked > 20  # the check above had split-able words to fail on
+
+
+def test_max_predictions_respected(wiki_rows, vocab):
+    rng = np.random.default_rng(2)
+    cfg = MaskingConfig(masked_lm_prob=0.5, max_predictions_per_seq=7, whole_word_mask=True)
+    sizes = [mask_row(ids, rng, cfg, vocab)[1].size for ids in wiki_rows]
+    assert max(sizes) <= 7 and np.mean(sizes) > 6
+
+
+def test_span_masking_contiguous_spans(wiki_rows, vocab):
+    rng = np.random.default_rng(3)
+    cfg = MaskingConfig(strategy="span")
+    run_lengths, totals, budgets = [], 0, 0
+    for ids in wiki_rows:
+        out, pos, _ = mask_row(ids, rng, cfg, vocab)
+        budget = min(20, max(1, round(ids.size * 0.15)))
+        assert pos.size <= budget
+        totals += pos.size
+        budgets += budget
+        masked = np.zeros(ids.size, dtype=bool)
+        masked[pos] = True
+        assert words_whole(masked, word_spans(ids, vocab))
+        # Maximal runs of masked positions; a span's tokens share one replacement decision.
+        breaks = np.flatnonzero(np.diff(pos) > 1) + 1
+        for run in np.split(pos, breaks):
+            run_lengths.append(run.size)
+    assert totals / budgets > 0.9  # spans fill nearly all of the 15% budget
+    # Geometric(0.2) word spans clipped at 10: runs are much longer than single tokens.
+    assert np.mean(run_lengths) > 3.0
+
+
+def test_dynamic_masking_and_collate(tmp_path, uncased):
+    need(SAMPLE)
+    out, ds = build(tmp_path, [SAMPLE], masking="dynamic", mask=MaskingConfig(whole_word_mask=True))
+    assert all(ds[i]["masked_positions"].size == 0 for i in range(len(ds)))
+    dm = dynamic_masking_for(ds.manifest, uncased, seed=0)
+    assert dm.config.whole_word_mask
+    rows = [ds[i] for i in range(6)]
+    batch = collate_pretraining(rows, uncased.pad_id, 20, dynamic_masking=dm)
+    b, t = batch["input_ids"].shape
+    assert b == 6 and t == max(r["input_ids"].size for r in rows)
+    assert batch["masked_positions"].shape == (6, 20) and batch["masked_ids"].shape == (6, 20)
+    for i, r in enumerate(rows):
+        n = r["input_ids"].size
+        k = int((batch["masked_positions"][i] >= 0).sum())
+        assert k >= 1 and (batch["masked_ids"][i, k:] == -100).all() and (batch["masked_positions"][i, k:] == -1).all()
+        pos = batch["masked_positions"][i, :k].numpy()
+        assert np.array_equal(batch["masked_ids"][i, :k].numpy(), r["input_ids"][pos])
+        assert (batch["attention_mask"][i, :n] == 1).all() and (batch["attention_mask"][i, n:] == 0).all()
+        assert (batch["input_ids"][i, n:] == uncased.pad_id).all()
+    assert set(batch["next_sentence_label"].tolist()) <= {0, 1}
+    # Fresh masks on every call: dynamic masking is the point.
+    again = collate_pretraining(rows, uncased.pad_id, 20, dynamic_masking=dm)
+    assert not np.array_equal(again["masked_positions"].numpy(), batch["masked_positions"].numpy())
+
+
+# ---- MLM-only packed rows ---------------------------------------------------------------------
+def test_no_nsp_packs_documents_with_sequence_ids(tmp_path, uncased, wiki_corpus):
+    _, ds = build(tmp_path, [wiki_corpus], nsp=False, max_seq_length=128)
+    full = 0
+    for i in range(len(ds)):
+        r = ds[i]
+        ids, seq = r["input_ids"], r["sequence_ids"]
+        assert ids.size <= 128 and int(r["nsp_label"]) == -1 and not r["token_type_ids"].any()
+        k = int(seq.max())
+        assert np.array_equal(np.unique(seq), np.arange(1, k + 1)) and (np.diff(seq) >= 0).all()
+        for d in range(1, k + 1):
+            piece = np.flatnonzero(seq == d)
+            assert ids[piece[0]] == uncased.cls_id and ids[piece[-1]] == uncased.sep_id
+        full += ids.size >= 128 - 16
+    assert full / len(ds) > 0.9  # packed to (nearly) full length
+    batch = collate_pretraining([ds[0], ds[1]], uncased.pad_id, 20)
+    assert batch["attention_mask"].max() >= 1 and (batch["next_sentence_label"] == -100).all()
+
+
+# ---- target-word masking (polyphone characters, Chinese vocab) ----------------------------------
+@pytest.fixture(scope="module")
+def polyphone(tmp_path_factory):
+    """Polyphone sentences with the ▁ markers removed (5 per document) and the marked characters."""
+    need(POLYPHONE, CHINESE)
+    lines = POLYPHONE.read_text(encoding="utf-8").splitlines()
+    targets = sorted({line.split("▁")[1] for line in lines})
+    d = tmp_path_factory.mktemp("poly")
+    corpus = d / "poly.txt"
+    sents = [line.replace("▁", "") for line in lines[:400]]
+    corpus.write_text("\n\n".join("\n".join(sents[i:i + 5]) for i in range(0, len(sents), 5)) + "\n", encoding="utf-8")
+    words = d / "targets.txt"
+    words.write_text("\n".join(targets) + "\n", encoding="utf-8")
+    return corpus, words, targets
+
+
+def test_target_words_only_targets_when_others_rate_zero(tmp_path, polyphone):
+    corpus, words_file, targets = polyphone
+    from bertkit.tokenization import Tokenizer
+
+    tok = Tokenizer.from_pretrained(str(CHINESE))
+    target_ids = set(tok.convert_tokens_to_ids(targets))
+    assert len(targets) == 114  # the g2pL README: 114 polyphonic characters
+    _, ds = build(tmp_path, [corpus], tokenizer=CHINESE, target_words=targets,
+                  mask=MaskingConfig(masked_lm_prob=0.0, target_mask_prob=1.0, max_predictions_per_seq=64))
+    n = 0
+    for i in range(len(ds)):
+        r = ds[i]
+        assert set(r["masked_ids"].tolist()) <= target_ids
+        n += r["masked_ids"].size
+    assert n > 300
+
+
+def test_target_mask_prob_hits_about_80_percent(polyphone):
+    corpus, _, targets = polyphone
+    from bertkit.tokenization import Tokenizer
+
+    tok = Tokenizer.from_pretrained(str(CHINESE))
+    vocab = VocabInfo.from_vocab(tok.vocab)
+    tw = TargetWords({(i,) for i in tok.convert_tokens_to_ids(targets)})
+    cfg = MaskingConfig(masked_lm_prob=0.0, target_mask_prob=0.8, max_predictions_per_seq=128)
+    rng = np.random.default_rng(4)
+    occurrences = hits = 0
+    lines = [l for l in corpus.read_text(encoding="utf-8").splitlines() if l]
+    for enc in tok.backend.encode_batch(lines, add_special_tokens=False):
+        ids = np.array([tok.cls_id] + enc.ids[:126] + [tok.sep_id], dtype=np.int32)
+        is_target = tw(ids, word_spans(ids, vocab))
+        _, pos, _ = mask_row(ids, rng, cfg, vocab, is_target)
+        occurrences += int(is_target.sum())
+        hits += pos.size
+    # >= 400 occurrences: binomial std of the rate is <= 0.02, so +-0.06 is a 3-sigma band.
+    assert occurrences >= 400
+    assert abs(hits / occurrences - 0.8) < 0.06
+
+
+def test_target_words_plus_normal_rate_for_others(polyphone):
+    corpus, _, targets = polyphone
+    from bertkit.tokenization import Tokenizer
+
+    tok = Tokenizer.from_pretrained(str(CHINESE))
+    vocab = VocabInfo.from_vocab(tok.vocab)
+    target_ids = np.array(tok.convert_tokens_to_ids(targets))
+    tw = TargetWords({(int(i),) for i in target_ids})
+    cfg = MaskingConfig(masked_lm_prob=0.15, target_mask_prob=1.0, max_predictions_per_seq=64)
+    rng = np.random.default_rng(5)
+    others = 0
+    for line in corpus.read_text(encoding="utf-8").splitlines()[:100]:
+        if not line:
+            continue
+        ids = np.array([tok.cls_id] + tok.backend.encode(line, add_special_tokens=False).ids[:126] + [tok.sep_id])
+        is_target = tw(ids, word_spans(ids, vocab))
+        _, pos, orig = mask_row(ids, rng, cfg, vocab, is_target)
+        spans = word_spans(ids, vocab)
+        target_pos = spans[is_target, 0]
+        assert np.isin(target_pos, pos).all(), "p=1.0 masks every target occurrence"
+        others += int((~np.isin(pos, target_pos)).sum())
+    assert others > 50
+
+
+# ---- determinism, workers, parts, resume ------------------------------------------------------
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, wiki_corpus):
+    a, _ = build(tmp_path, [wiki_corpus], "a", chunk_docs=60)
+    b, _ = build(tmp_path, [wiki_corpus], "b", chunk_docs=60)
+    c, _ = build(tmp_path, [wiki_corpus], "c", chunk_docs=60, seed=7)
+    assert len(shard_digests(a)) >= 2
+    assert shard_digests(a) == shard_digests(b)
+    assert shard_digests(a) != shard_digests(c)
+
+
+def test_workers_and_machine_parts_give_identical_shards(tmp_path, wiki_corpus):
+    one, _ = build(tmp_path, [wiki_corpus], "one", chunk_docs=60)
+    two, _ = build(tmp_path, [wiki_corpus], "two", chunk_docs=60, workers=2)
+    assert shard_digests(one) == shard_digests(two)
+
+    p0 = tmp_path / "p0"
+    create_pretraining_data([str(wiki_corpus)], str(UNCASED), p0, PretrainDataConfig(chunk_docs=60),
+                            num_shards=2, shard_index=0, log=quiet)
+    create_pretraining_data([str(wiki_corpus)], str(UNCASED), tmp_path / "p1", PretrainDataConfig(chunk_docs=60),
+                            num_shards=2, shard_index=1, log=quiet)
+    assert not json.loads((p0 / "manifest.json").read_text())["complete"]
+    with pytest.raises(DataError, match="missing"):
+        open_pretraining_data(p0)
+    for f in (tmp_path / "p1").glob("shard-*"):
+        shutil.copy(f, p0 / f.name)
+    merged = open_pretraining_data(p0)  # completes the manifest from the copied sidecars
+    assert shard_digests(p0) == shard_digests(one) and len(merged) == len(open_pretraining_data(one))
+
+    # A rerun skips complete shards; settings that differ are refused.
+    logs: list[str] = []
+    create_pretraining_data([str(wiki_corpus)], str(UNCASED), one, PretrainDataConfig(chunk_docs=60), log=logs.append)
+    assert "0 built" in logs[-1]
+    with pytest.raises(ValueError, match="other settings"):
+        create_pretraining_data([str(wiki_corpus)], str(UNCASED), one, PretrainDataConfig(chunk_docs=60, seed=1),
+                                log=quiet)
+
+
+# ---- bad and odd input ------------------------------------------------------------------------
+def test_empty_corpus_is_an_error(tmp_path):
+    need(UNCASED)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no documents"):
+        build(tmp_path, [empty])
+
+
+def test_one_sentence_document_and_overlong_line(tmp_path, uncased):
+    need(UNCASED)
+    corpus = tmp_path / "odd.txt"
+    long_line = " ".join(f"word{i}" for i in range(3000))
+    corpus.write_text(f"Only one sentence here.\n\n{long_line}\n\nAnother lonely line.\n", encoding="utf-8")
+    _, ds = build(tmp_path, [corpus], max_seq_length=64)
+    assert len(ds) >= 3
+    for i in range(len(ds)):
+        r = ds[i]
+        assert r["input_ids"].size <= 64 and int(r["nsp_label"]) == 1  # single segments: B is random
+    assert max(ds[i]["input_ids"].size for i in range(len(ds))) == 64  # the long line was truncated
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    need(UNCASED)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\nanother\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match=r"bad\.txt:3: invalid UTF-8"):
+        build(tmp_path, [bad])
+
+
+def test_gzip_and_jsonl_inputs(tmp_path, uncased):
+    need(SAMPLE)
+    gz = tmp_path / "sample.txt.gz"
+    gz.write_bytes(gzip.compress(SAMPLE.read_bytes()))
+    plain, _ = build(tmp_path, [SAMPLE], "plain")
+    zipped, _ = build(tmp_path, [gz], "zipped")
+    assert [d for _, d in shard_digests(plain)] == [d for _, d in shard_digests(zipped)]
+
+    docs = SAMPLE.read_text(encoding="utf-8").split("\n\n")
+    jl = tmp_path / "docs.jsonl"
+    jl.write_text("".join(json.dumps({"body": " ".join(d.split("\n"))}) + "\n" for d in docs if d.strip()),
+                  encoding="utf-8")
+    _, ds = build(tmp_path, [jl], "jsonl", text_field="body")
+    assert len(ds) > 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": "ok."}\n{"text": "no body"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: .*'body'"):
+        build(tmp_path, [bad], "bad", text_field="body")
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def test_cli_pretrain_data_then_inspect(tmp_path, capsys):
+    need(SAMPLE, UNCASED)
+    from bertkit.cli import main
+
+    out = tmp_path / "rec"
+    rc = main(["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED), "--output-dir", str(out),
+               "--whole-word-mask", "--dupe-factor", "2", "--seed", "3"])
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--n", "3", "--stats"]) == 0
+    text = capsys.readouterr().out
+    assert "[MASK](" in text and "  A: [CLS]" in text and "  B: " in text and "nsp_label" in text
+    # The original token is printed after each [MASK]: check one against the record.
+    ds = open_pretraining_data(out)
+    r = ds[0]
+    from bertkit.tokenization import Tokenizer
+
+    tok = Tokenizer.from_pretrained(str(out / "tokenizer"))
+    k = int(np.flatnonzero(r["input_ids"][r["masked_positions"]] == tok.mask_id)[0])
+    assert f"[MASK]({tok.convert_ids_to_tokens(int(r['masked_ids'][k]))})" in text
+    assert "masking rate:" in text and "length histogram" in text and f"records: {len(ds)}" in text
