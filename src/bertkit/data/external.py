@@ -490,6 +490,8 @@ class HDF5Dataset:
     input_mask, segment_ids [N, T], masked_lm_positions, masked_lm_ids [N, P] (zero-padded past
     the real predictions), next_sentence_labels [N]."""
 
+    BLOCK = 256  # rows read per h5py call
+
     def __init__(self, paths: list[Path]):
         import h5py
 
@@ -518,6 +520,7 @@ class HDF5Dataset:
                 raise DataError(f"{path}: cannot read as HDF5 ({err})") from None
         self._ends = np.cumsum(counts).tolist()
         self._handles: dict[int, Any] = {}
+        self._blocks: dict[int, tuple[tuple[int, int], dict[str, np.ndarray]]] = {}
         self._pid = os.getpid()
         self.manifest: dict[str, Any] = {
             "format": "hdf5",
@@ -531,16 +534,26 @@ class HDF5Dataset:
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
-    def _file(self, k: int):
+    def _block(self, k: int, b: int) -> dict[str, np.ndarray]:
+        """Rows [b * BLOCK, (b + 1) * BLOCK) of file k, every dataset, kept until the next block.
+
+        Reading a block at a time matters: one h5py row read costs ~70 us per dataset, a 256-row
+        slice about the same. Random access is slow whatever we do (~1-30 ms: a row spans a band of
+        gzip chunks that must be decompressed); train on `bertkit convert-records` output for that."""
         import h5py
 
         if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
-            self._handles, self._pid = {}, os.getpid()
-        if k not in self._handles:
-            # A 16 MiB chunk cache holds the gzip chunks of a sequential read instead of
-            # decompressing them again for every row (h5py's default cache is 1 MiB).
-            self._handles[k] = h5py.File(self.paths[k], "r", rdcc_nbytes=16 << 20)
-        return self._handles[k]
+            self._handles, self._blocks, self._pid = {}, {}, os.getpid()
+        key = (k, b)
+        if self._blocks.get(k, (None,))[0] != key:
+            if k not in self._handles:
+                # Dataset objects are kept open: each holds its own chunk cache (64 MiB here, so a
+                # band of gzip chunks is decompressed once, not once per block).
+                f = h5py.File(self.paths[k], "r", rdcc_nbytes=64 << 20, rdcc_nslots=4099)
+                self._handles[k] = {name: f[name] for name in HDF5_KEYS if name in f}
+            lo = b * self.BLOCK
+            self._blocks[k] = (key, {name: d[lo:lo + self.BLOCK] for name, d in self._handles[k].items()})
+        return self._blocks[k][1]
 
     def _locate(self, i: int) -> tuple[int, int]:
         n = len(self)
@@ -559,8 +572,8 @@ class HDF5Dataset:
     def raw(self, i: int) -> dict[str, np.ndarray]:
         """Row i of every stored dataset, as stored (NVIDIA writes int32)."""
         k, j = self._locate(i)
-        f = self._file(k)
-        return {key: f[key][j] for key in HDF5_KEYS if key in f}
+        block = self._block(k, j // self.BLOCK)
+        return {name: rows[j % self.BLOCK] for name, rows in block.items()}
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         k, j = self._locate(i)
@@ -574,7 +587,7 @@ class HDF5Dataset:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handles"] = {}
+        state["_handles"], state["_blocks"] = {}, {}
         return state
 
 
