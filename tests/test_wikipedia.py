@@ -1,0 +1,109 @@
+"""prepare-wiki: the shared real dump (206 pages) -> one sentence per line; markup stripping and
+sentence splitting on crafted cases; malformed input."""
+
+from __future__ import annotations
+
+import bz2
+import re
+from pathlib import Path
+
+import pytest
+
+from bertkit.data.wikipedia import iter_articles, prepare_wiki, split_sentences, wikitext_to_paragraphs
+from bertkit.tasks.base import DataError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DUMP = SHARED / "data/wikipedia_dump/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    if not DUMP.is_file():
+        pytest.skip(f"shared asset {DUMP} is missing")
+    from bertkit.cli import main
+
+    out = tmp_path_factory.mktemp("wiki") / "wiki.txt"
+    assert main(["prepare-wiki", str(DUMP), "--output", str(out)]) == 0
+    return out
+
+
+def test_real_dump_counts_and_layout(extracted, capsys):
+    text = extracted.read_text(encoding="utf-8")
+    articles = text.split("\n\n")
+    # README: 206 <page> elements, 205 in ns 0 of which 100 are redirects (grep of <redirect).
+    # One article (a stub whose text is only templates) has no prose left.
+    assert len(articles) == 105
+    assert text.startswith("Anarchism is a political philosophy")
+    lines = [l for l in text.splitlines() if l]
+    assert len(lines) > 15000
+    assert not any(l != l.strip() for l in lines)
+
+
+def test_no_markup_left(extracted):
+    text = extracted.read_text(encoding="utf-8")
+    for pattern in (r"\{\{", r"\}\}", r"\[\[", r"\]\]", r"<ref", r"</", r"&nbsp;", r"\|thumb", r"^=+ ",
+                    r"Category:", r"'''"):
+        assert not re.search(pattern, text, re.M), pattern
+
+
+def test_iter_articles_skips_redirects_and_other_namespaces():
+    if not DUMP.is_file():
+        pytest.skip(f"shared asset {DUMP} is missing")
+    from bertkit.data.wikipedia import WikiStats
+
+    stats = WikiStats()
+    titles = [t for t, _ in iter_articles(DUMP, stats)]
+    assert stats.pages == 206 and stats.other_namespaces == 1
+    assert stats.redirects + stats.articles + stats.empty == 205
+    assert "AccessibleComputing" not in titles and "Anarchism" in titles  # the first page is a redirect
+    assert len(titles) == stats.articles == 105
+
+
+def test_wikitext_markup_stripping():
+    wikitext = """{{Infobox person|name=X|born={{birth date|1900|1|1}}}}
+'''Ada Lovelace''' (born 1815<ref name="a">{{cite book|title=T}}</ref>) was an [[England|English]] [[mathematician]].<!-- hidden -->
+[[File:Ada.jpg|thumb|A [[portrait]] of Ada [above].]]
+She wrote about the [[Analytical Engine]] of [https://example.org Babbage] &amp; others.
+== Life ==
+{| class="wikitable"
+| cell || cell
+|}
+* a list item that is skipped
+Her father was Lord Byron.[[Category:Mathematicians]] [[de:Ada Lovelace]]
+== See also ==
+Trailing section text that must go.
+"""
+    paragraphs = wikitext_to_paragraphs(wikitext)
+    joined = " ".join(paragraphs)
+    assert "Ada Lovelace (born 1815) was an English mathematician." in joined
+    assert "She wrote about the Analytical Engine of Babbage & others." in joined
+    assert "Her father was Lord Byron." in joined
+    for gone in ("Infobox", "cite", "portrait", "thumb", "wikitable", "list item", "Category", "de:", "Trailing",
+                 "hidden", "Life"):
+        assert gone not in joined, gone
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Mr. Smith met Dr. Jones. They talked.", ["Mr. Smith met Dr. Jones.", "They talked."]),
+    ("It cost $5.50 in the U.S. today. Really?", ["It cost $5.50 in the U.S. today.", "Really?"]),
+    ('He said "Stop!" Then he left.', ['He said "Stop!"', "Then he left."]),
+    ("J. R. R. Tolkien wrote it in 1937. It sold.", ["J. R. R. Tolkien wrote it in 1937.", "It sold."]),
+    ("See e.g. the notes. Fine.", ["See e.g. the notes.", "Fine."]),
+    ("lower case. after a period stays", ["lower case. after a period stays"]),
+    ("他来了。她走了！", ["他来了。", "她走了！"]),
+    ("   ", []),
+])
+def test_split_sentences(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_malformed_and_non_wikipedia_xml(tmp_path):
+    bad = tmp_path / "bad.xml.bz2"
+    bad.write_bytes(bz2.compress(b"<mediawiki><page><title>x</title>\n<ns>0</ns><revision><text>hi</text>"))
+    with pytest.raises(DataError, match=r"bad\.xml\.bz2:2: malformed XML"):
+        prepare_wiki(bad, tmp_path / "out.txt")
+    other = tmp_path / "other.xml"
+    other.write_text("<html><body/></html>")
+    with pytest.raises(DataError, match="not <mediawiki>"):
+        prepare_wiki(other, tmp_path / "out.txt")
+    assert not (tmp_path / "out.txt").exists()  # nothing half-written under the final name
