@@ -279,6 +279,30 @@ def test_hdf5_without_expected_datasets_names_them(tmp_path):
         open_external(path)
 
 
+def test_hdf5_rows_across_read_blocks_and_bad_masks(tmp_path, expected):
+    import h5py
+
+    if not HDF5.is_file():
+        pytest.skip(f"{HDF5} is absent")
+    reps = 600 // N + 1  # > 2 read blocks of HDF5Dataset.BLOCK rows
+    path = tmp_path / "tiled.h5"
+    with h5py.File(HDF5, "r") as src, h5py.File(path, "w") as dst:
+        for key in src:
+            dst.create_dataset(key, data=np.concatenate([src[key][:]] * reps), compression="gzip")
+    ds = open_external(path)
+    assert len(ds) == reps * N and HDF5Dataset.BLOCK < 600
+    for i in (0, 255, 256, 257, 511, 512, 599, 3, 300):  # forwards, then back into old blocks
+        np.testing.assert_array_equal(ds.raw(i)["input_ids"], expected["input_ids"][i % N], err_msg=str(i))
+    ds.close()
+
+    with h5py.File(path, "r+") as f:
+        mask = f["input_mask"][300]
+        mask[2] = 0  # a hole: not one unpadded sequence
+        f["input_mask"][300] = mask
+    with pytest.raises(DataError, match=r"tiled\.h5: row 300: input_mask must be 128 values, 1s then 0s"):
+        open_external(path)[300]
+
+
 # ---- the Example decoder on shapes the fixture does not use -------------------------------------------
 
 

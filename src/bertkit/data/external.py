@@ -585,6 +585,13 @@ class HDF5Dataset:
                              raw["masked_lm_positions"], ids, ids != 0,
                              None if nsp is None else int(nsp), f"{self.paths[k]}: row {j}")
 
+    def close(self) -> None:
+        """Close this process's HDF5 files (they reopen on the next access)."""
+        if self._pid == os.getpid():
+            for datasets in self._handles.values():
+                next(iter(datasets.values())).file.close()
+        self._handles, self._blocks = {}, {}
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_handles"], state["_blocks"] = {}, {}
