@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import warnings
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -398,15 +399,14 @@ class Tokenizer:
             raise ValueError(f"texts[{row}] has {len(ids[row])} tokens, more than "
                              f"max_length={max_length} with truncation={truncation!r}; enable "
                              f"truncation or raise max_length")
+        # Scatter all rows at once through a [B, T] mask: a per-row tensor copy costs ~100 us a row.
+        lengths = torch.tensor([len(r) for r in ids], dtype=torch.long)
+        real = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)  # [B, T] bool
         input_ids = torch.full((len(ids), length), self.pad_id, dtype=torch.long)
+        input_ids[real] = torch.tensor(list(chain.from_iterable(ids)), dtype=torch.long)
         token_type_ids = torch.zeros((len(ids), length), dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for i, (row_ids, row_types) in enumerate(zip(ids, types)):
-            n = len(row_ids)
-            input_ids[i, :n] = torch.tensor(row_ids, dtype=torch.long)
-            token_type_ids[i, :n] = torch.tensor(row_types, dtype=torch.long)
-            attention_mask[i, :n] = 1
-        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+        token_type_ids[real] = torch.tensor(list(chain.from_iterable(types)), dtype=torch.long)
+        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": real.long()}
         if not return_tensors:
             return {k: v.tolist() for k, v in batch.items()}
         return batch
