@@ -1,0 +1,355 @@
+"""SQuAD v1.1/v2.0: official metric semantics, reader counts on the real dev files, windowed
+encoding + offset mapping proven by oracle logits, bad-input errors, and a short real fine-tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertkit.metrics.squad import (best_threshold, exact_match, f1_v1, f1_v2, normalize_answer,
+                                   squad_v1_evaluate, squad_v2_evaluate)
+from bertkit.tasks import DataError, TaskOptions, get_task_class
+from bertkit.tasks.squad import SquadTask
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+V1_DEV = SHARED / "data" / "squad_v1.1" / "dev-v1.1.json"
+V2_DEV = SHARED / "data" / "squad_v2.0" / "dev-v2.0.json"
+MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+def make_task(**extra) -> SquadTask:
+    files = {k: extra.pop(k) for k in ("train_file", "dev_file", "data_dir") if k in extra}
+    return SquadTask(TaskOptions(**files, extra=extra))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from bertkit.tokenization import Tokenizer
+
+    return Tokenizer.from_pretrained(need(MINILM))
+
+
+@pytest.fixture(scope="module")
+def v1_dev():
+    return make_task(dev_file=str(need(V1_DEV))).read("dev")
+
+
+@pytest.fixture(scope="module")
+def v2_dev():
+    return make_task(dev_file=str(need(V2_DEV))).read("dev")
+
+
+def oracle_outputs(features) -> list[np.ndarray]:
+    """Logits [2, T] peaked at each feature's gold start/end token (at [CLS] when it has none)."""
+    outputs = []
+    for f in features:
+        logits = np.zeros((2, len(f["input_ids"])), dtype=np.float32)
+        logits[0, f["start_positions"]] = 10.0
+        logits[1, f["end_positions"]] = 10.0
+        outputs.append(logits)
+    return outputs
+
+
+# ---- metric -------------------------------------------------------------------------------------
+def test_normalization_follows_the_official_rules():
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear & the end.") == "apple pear end"
+    # Articles go only as whole words; punctuation goes even inside words.
+    assert normalize_answer("Theatre anthem") == "theatre anthem"
+    assert normalize_answer("U.S.-based") == "usbased"
+    assert normalize_answer("  \tA\n") == ""
+
+
+def test_exact_and_f1_on_known_pairs():
+    assert exact_match("the Eiffel Tower.", "Eiffel tower") == 1
+    assert exact_match("Eiffel", "Eiffel Tower") == 0
+    # pred {denver, broncos} vs gold {denver, broncos, team}: P = 1, R = 2/3, F1 = 0.8
+    assert f1_v1("Denver Broncos", "the Denver Broncos team") == pytest.approx(0.8)
+    # Counts are clipped: pred has "new" and "york" twice, gold once -> P = 2/4, R = 1, F1 = 2/3.
+    assert f1_v1("New York New York", "new york") == pytest.approx(2 / 3)
+    assert f1_v1("Paris", "London") == 0.0
+    # The two scripts disagree only on empty answers: v1.1 gives 0, v2.0 rewards "no answer".
+    assert f1_v1("", "") == 0.0 and f1_v2("", "") == 1.0
+    assert f1_v2("the", "") == 1.0  # "the" normalises to empty
+    assert f1_v2("", "Paris") == 0.0
+
+
+def test_v1_evaluate_takes_the_best_gold_answer():
+    golds = {"q1": ["Denver Broncos", "The Broncos"], "q2": ["1990s", "the 1990s decade"], "q3": ["x"]}
+    preds = {"q1": "broncos", "q2": "1990s decade", "q3": "y"}
+    out = squad_v1_evaluate(golds, preds)
+    # q1: "broncos" equals "The Broncos" after normalisation -> 1 / 1 (0 / 2/3 against the first).
+    # q2: equals "the 1990s decade" -> 1 / 1.   q3: 0 / 0.
+    assert out["exact_match"] == pytest.approx(100 * 2 / 3)
+    assert out["f1"] == pytest.approx(100 * 2 / 3)
+    out = squad_v1_evaluate({"q": ["Denver Broncos", "Carolina Panthers"]}, {"q": "the Panthers"})
+    assert out["exact_match"] == 0.0 and out["f1"] == pytest.approx(100 * 2 / 3)
+    with pytest.raises(ValueError, match="no prediction"):
+        squad_v1_evaluate(golds, {"q1": "x"})
+
+
+def hand_made_v2():
+    """Five questions; expected numbers worked out by hand below."""
+    golds = {"q1": ["Denver Broncos"], "q2": ["Carolina Panthers"], "q3": [], "q4": [], "q5": ["Levi's Stadium"]}
+    preds = {"q1": "Denver Broncos",  # exact 1, f1 1
+             "q2": "Panthers",        # exact 0, f1 P=1 R=1/2 -> 2/3
+             "q3": "Santa Clara",     # unanswerable but answered: 0 / 0
+             "q4": "",                # unanswerable, abstained: 1 / 1
+             "q5": ""}                # answerable, abstained: 0 / 0
+    na_probs = {"q1": 0.1, "q2": 0.5, "q3": 0.6, "q4": 0.9, "q5": 0.7}
+    return golds, preds, na_probs
+
+
+def test_v2_evaluate_breakdown_and_best_threshold_by_hand():
+    golds, preds, na_probs = hand_made_v2()
+    out = squad_v2_evaluate(golds, preds, na_probs)  # official default --na-prob-thresh 1.0: no override
+    assert out["exact_match"] == pytest.approx(100 * 2 / 5)
+    assert out["f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 5)
+    assert out["total"] == 5
+    assert out["HasAns_exact"] == pytest.approx(100 / 3) and out["HasAns_total"] == 3
+    assert out["HasAns_f1"] == pytest.approx(100 * (5 / 3) / 3)
+    assert out["NoAns_exact"] == 50.0 and out["NoAns_f1"] == 50.0 and out["NoAns_total"] == 2
+    # Best threshold, walking questions by na_prob from "all abstain" (score 2 = #unanswerable):
+    #   exact: q1 +1 -> 3 (best, thresh 0.1); q2 +0 -> 3 (not strictly better); q3 -1 -> 2; q5 +0; q4 +0.
+    #   f1:    q1 +1 -> 3 (0.1); q2 +2/3 -> 3.667 (best, thresh 0.5); q3 -1 -> 2.667; q5, q4 +0.
+    assert out["best_exact"] == pytest.approx(60.0) and out["best_exact_thresh"] == 0.1
+    assert out["best_f1"] == pytest.approx(100 * (11 / 3) / 5) and out["best_f1_thresh"] == 0.5
+
+
+def test_v2_na_prob_threshold_turns_answers_into_abstentions():
+    golds, preds, na_probs = hand_made_v2()
+    # Cut-off 0.55: q3 (0.6), q5 (0.7), q4 (0.9) count as "no answer": q3 becomes right (1/1),
+    # q5 stays wrong, q4 stays right -> exact 3/5, f1 (1 + 2/3 + 1 + 1) / 5.
+    out = squad_v2_evaluate(golds, preds, na_probs, na_prob_thresh=0.55)
+    assert out["exact_match"] == pytest.approx(60.0)
+    assert out["f1"] == pytest.approx(100 * (11 / 3) / 5)
+    # Without na_probs no threshold search happens (as the official script without --na-prob-file).
+    assert "best_f1" not in squad_v2_evaluate(golds, preds)
+    score, thresh = best_threshold(preds, {q: 0.0 for q in golds}, na_probs, {q: bool(g) for q, g in golds.items()})
+    assert (score, thresh) == (40.0, 0.0)  # nothing ever beats abstaining on all: 2 / 5
+
+
+def test_v2_empty_gold_answers_are_unanswerable():
+    # A gold answer that normalises to "" ("the") is dropped, leaving the question unanswerable.
+    out = squad_v2_evaluate({"q": ["The"]}, {"q": ""})
+    assert out["exact_match"] == 100.0 and out["NoAns_total"] == 1 and "HasAns_total" not in out
+
+
+# ---- reader -------------------------------------------------------------------------------------
+def test_reader_counts_on_official_dev_files(v1_dev, v2_dev):
+    assert len(v1_dev) == 10_570
+    assert all(e.is_impossible is None and e.answers for e in v1_dev)
+    assert len({e.title for e in v1_dev}) == 48
+    assert len(v2_dev) == 11_873
+    assert sum(e.is_impossible for e in v2_dev) == 5_945
+    assert all(bool(e.answers) != e.is_impossible for e in v2_dev)
+    # The official dev files contain no answer_start that misses its text.
+    assert all(s >= 0 for e in v1_dev + v2_dev for s in e.answer_starts)
+    assert get_task_class("squad") is SquadTask
+
+
+def test_data_dir_layout_and_version_detection(tmp_path):
+    v1 = make_task(data_dir=str(need(V1_DEV).parent))
+    assert v1.read("dev")[0].is_impossible is None
+    # v2 is detected from the file, not from the file name.
+    (tmp_path / "dev-v1.1.json").write_bytes(need(V2_DEV).read_bytes())
+    assert make_task(data_dir=str(tmp_path)).read("dev")[0].is_impossible is not None
+    with pytest.raises(FileNotFoundError, match="train-v1.1.json or train-v2.0.json"):
+        make_task(data_dir=str(tmp_path)).read("train")
+
+
+def test_article_split_uses_disjoint_articles_of_the_dev_file():
+    task = make_task(data_dir=str(need(V1_DEV).parent), article_split=3)
+    train, dev = task.read("train"), task.read("dev")
+    assert len({e.title for e in train}) == 3
+    assert len(train) + len(dev) == 10_570
+    assert not {e.context for e in train} & {e.context for e in dev}
+    with pytest.raises(DataError, match="article-split 100"):
+        make_task(dev_file=str(V1_DEV), article_split=100).read("dev")
+
+
+def write_squad(path: Path, qas: list[dict], context: str = "Paris is the capital of France.",
+                version: str = "1.1") -> Path:
+    path.write_text(json.dumps({"version": version, "data": [
+        {"title": "T", "paragraphs": [{"context": context, "qas": qas}]}]}))
+    return path
+
+
+def test_answer_start_mismatch_names_file_and_question(tmp_path):
+    bad = write_squad(tmp_path / "dev.json", [
+        {"id": "good1", "question": "What?", "answers": [{"text": "Paris", "answer_start": 0}]},
+        {"id": "off-by-3", "question": "Which?", "answers": [{"text": "France", "answer_start": 27}]}])
+    with pytest.raises(DataError, match=r"dev\.json: question id 'off-by-3': answer_start 27"):
+        make_task(dev_file=str(bad)).read("dev")
+
+
+def test_other_bad_inputs(tmp_path):
+    dup = write_squad(tmp_path / "dup.json", [
+        {"id": "a", "question": "Q?", "answers": [{"text": "Paris", "answer_start": 0}]},
+        {"id": "a", "question": "Q2?", "answers": [{"text": "Paris", "answer_start": 0}]}])
+    with pytest.raises(DataError, match=r"dup\.json: question id 'a' appears twice"):
+        make_task(dev_file=str(dup)).read("dev")
+    contradiction = write_squad(tmp_path / "imp.json", [
+        {"id": "b", "question": "Q?", "is_impossible": True, "answers": [{"text": "Paris", "answer_start": 0}]}],
+        version="v2.0")
+    with pytest.raises(DataError, match=r"imp\.json: question id 'b': is_impossible"):
+        make_task(dev_file=str(contradiction)).read("dev")
+    (tmp_path / "notsquad.json").write_text('{"rows": []}')
+    with pytest.raises(DataError, match="notsquad.json.*'data' list"):
+        make_task(dev_file=str(tmp_path / "notsquad.json")).read("dev")
+    with pytest.raises(ValueError, match="--doc-stride must be >= 1"):
+        make_task(doc_stride=0)
+
+
+def test_whitespace_slips_are_counted_and_not_trained_on(tmp_path):
+    context = "The  Eiffel Tower is in Paris."
+    path = write_squad(tmp_path / "slip.json", [
+        {"id": "slip", "question": "What?", "answers": [{"text": "The Eiffel Tower", "answer_start": 0}]},
+        {"id": "ok", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 24}]},
+        {"id": "early", "question": "Where?", "answers": [{"text": "Paris", "answer_start": 23},
+                                                          {"text": "in Paris", "answer_start": 21}]}],
+        context=context)
+    task = make_task(train_file=str(path), dev_file=str(path))
+    assert [e.qid for e in task.read("train")] == ["ok", "early"]  # "early" keeps its good answer
+    dev = task.read("dev")
+    assert [e.qid for e in dev] == ["slip", "ok", "early"]
+    assert dev[0].answer_starts == [-1] and dev[2].answer_starts == [-1, 21]
+    assert task.slipped_answers == 4  # 2 per read
+
+
+# ---- encoding + post-processing ---------------------------------------------------------------
+def test_feature_layout_and_labels_point_at_the_answer(v1_dev, tokenizer):
+    task = make_task()
+    examples = v1_dev[:300]
+    features = task.encode(examples, tokenizer, 384)
+    for f in features:
+        ids, types, c0 = f["input_ids"], f["token_type_ids"], f["context_start"]
+        assert ids[0] == tokenizer.cls_id and ids[c0 - 1] == tokenizer.sep_id and ids[-1] == tokenizer.sep_id
+        assert len(ids) == len(types) <= 384 and types[c0 - 1] == 0 and types[c0] == 1
+        assert len(f["char_offsets"]) == len(f["max_context"]) == len(ids) - c0 - 1
+        if f["start_positions"]:
+            e = examples[f["example_index"]]
+            s, t = f["char_offsets"][f["start_positions"] - c0][0], f["char_offsets"][f["end_positions"] - c0][1]
+            # The labelled token span covers one of the gold answers (tokens can be wider than it).
+            assert any(s <= a and a + len(text) <= t for text, a in zip(e.answers, e.answer_starts))
+
+
+def test_windows_cover_each_token_once_as_max_context(v1_dev, tokenizer):
+    task = make_task(doc_stride=32, max_query_length=24)
+    examples = v1_dev[:200]
+    features = task.encode(examples, tokenizer, 96)
+    assert len(features) > 2 * len(examples)  # short windows: long contexts must be split
+    by_example: dict[int, list[dict]] = {}
+    for f in features:
+        by_example.setdefault(f["example_index"], []).append(f)
+    for index, feats in by_example.items():
+        owned = [tuple(o) for f in feats for o, m in zip(f["char_offsets"], f["max_context"]) if m]
+        every = {tuple(o) for f in feats for o in f["char_offsets"]}
+        assert len(owned) == len(set(owned)) and set(owned) == every
+        # Consecutive windows start doc_stride tokens apart, so they overlap.
+        assert len(feats) == 1 or feats[1]["char_offsets"][0] == feats[0]["char_offsets"][32]
+
+
+def test_oracle_logits_recover_v1_answers(v1_dev, tokenizer):
+    """Logits peaked at the gold tokens must give back the gold text through windows and offsets:
+    EM falls short of 100 only where an answer starts or ends inside a word piece ("8" in "18")."""
+    examples = v1_dev[:1000]
+    for max_len, stride in ((384, 128), (128, 48)):
+        task = make_task(doc_stride=stride)
+        features = task.encode(examples, tokenizer, max_len)
+        predictions = task.postprocess(examples, features, oracle_outputs(features))
+        scores = task.metrics(examples, predictions)
+        assert scores["exact_match"] >= 99.0, (max_len, scores)
+        assert scores["f1"] >= 99.0, (max_len, scores)
+    assert len(features) > 1.5 * len(examples)  # the 128-token run really went through windows
+
+
+def test_oracle_logits_v2_give_no_answer_exactly(v2_dev, tokenizer):
+    examples = v2_dev[:1500]
+    task = make_task()
+    features = task.encode(examples, tokenizer, 384)
+    predictions = task.postprocess(examples, features, oracle_outputs(features))
+    scores = task.metrics(examples, predictions)
+    assert scores["NoAns_exact"] == 100.0 and scores["NoAns_total"] == sum(e.is_impossible for e in examples)
+    assert scores["HasAns_exact"] >= 98.0  # a few gold answers exceed --max-answer-length 30
+    assert scores["best_f1"] >= scores["f1"]
+    # Null odds: +20 (null 10 + 10 against any span's 0) when unanswerable; negative when answerable,
+    # since the window holding the answer has [CLS] logits of 0.
+    assert all((p.null_odds > 0) == e.is_impossible for e, p in zip(examples, predictions))
+
+
+def test_postprocess_respects_max_answer_length_and_threshold(v2_dev, tokenizer):
+    example = next(e for e in v2_dev if not e.is_impossible and len(e.answers[0].split()) >= 3)
+    task = make_task(max_answer_length=1)
+    features = task.encode([example], tokenizer, 384)
+    prediction = task.postprocess([example], features, oracle_outputs(features))[0]
+    assert prediction.text != example.answers[0] and len(prediction.nbest) <= 20
+    assert abs(sum(c["probability"] for c in prediction.nbest) - 1) < 1e-6
+    # A high threshold keeps the best span even when the null score beats it.
+    logits = oracle_outputs(features)
+    for x in logits:
+        x[:, 0] = 30.0
+    lenient = make_task(null_score_diff_threshold=1000.0).postprocess([example], features, logits)[0]
+    strict = make_task().postprocess([example], features, logits)[0]
+    assert strict.text == "" and lenient.text == example.answers[0] and strict.null_odds == lenient.null_odds > 0
+
+
+def test_write_predictions_files(v2_dev, tokenizer, tmp_path):
+    examples = v2_dev[:40]
+    task = make_task()
+    features = task.encode(examples, tokenizer, 384)
+    predictions = task.postprocess(examples, features, oracle_outputs(features))
+    written = task.write_predictions(examples, predictions, tmp_path / "out")
+    assert written == tmp_path / "out" / "predictions.json"
+    preds = json.loads(written.read_text())
+    odds = json.loads((tmp_path / "out" / "null_odds.json").read_text())
+    nbest = json.loads((tmp_path / "out" / "nbest_predictions.json").read_text())
+    assert list(preds) == list(odds) == list(nbest) == [e.qid for e in examples]
+    # The files alone reproduce the metrics, as the official script would read them.
+    golds = {e.qid: e.answers for e in examples}
+    assert squad_v2_evaluate(golds, preds, odds) == pytest.approx(task.metrics(examples, predictions))
+
+
+def test_encode_leaves_a_truncating_tokenizer_alone(v1_dev):
+    from tokenizers import Tokenizer as RustTokenizer
+
+    raw = RustTokenizer.from_file(str(need(MINILM / "tokenizer.json")))
+    assert raw.truncation["max_length"] == 128  # this file pads and cuts to 128 tokens
+    example = max(v1_dev[:500], key=lambda e: len(e.context))
+    features = make_task().encode([example], raw, 512)
+    assert len(features) == 1 and len(features[0]["input_ids"]) > 128
+    assert raw.truncation["max_length"] == 128
+
+
+# ---- a real fine-tune -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_minilm_learns_span_qa_on_held_out_articles(tmp_path, tokenizer):
+    torch = pytest.importorskip("torch")
+    trainer = pytest.importorskip("bertkit.training.trainer")
+    from bertkit.config import TrainConfig
+    from bertkit.modeling.heads import BertForQuestionAnswering
+
+    torch.manual_seed(0)
+    task = make_task(dev_file=str(need(V1_DEV)), article_split=3, doc_stride=64)
+    train_examples, dev_examples = task.read("train")[:256], task.read("dev")[:120]
+    # 128-token windows keep the CPU run short; only windows holding the answer are trained on.
+    train_features = [f for f in task.encode(train_examples, tokenizer, 128) if f["start_positions"]]
+    dev_features = task.encode(dev_examples, tokenizer, 128)
+    model = BertForQuestionAnswering.from_pretrained(MINILM)
+    device = torch.device("cpu")
+    before, _ = trainer.evaluate(task, model, dev_examples, dev_features, 64, device)
+    config = TrainConfig(output_dir=str(tmp_path), epochs=2, lr=1e-4, batch_size=16, warmup_ratio=0.1,
+                         eval_every="none", progress=False, device="cpu")
+    trainer.train(task, model, train_features, None, config)
+    after, _ = trainer.evaluate(task, model, dev_examples, dev_features, 64, device)
+    assert after["f1"] > before["f1"] + 10, (before, after)
+    assert after["f1"] > 20.0, after
