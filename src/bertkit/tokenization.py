@@ -155,6 +155,11 @@ class Tokenizer:
 
     Build it with `Tokenizer.from_pretrained(dir | vocab.txt | hub id)` or
     `Tokenizer.from_vocab(tokens, do_lower_case)`.
+
+    `vocab_hash` is sha256("\\n".join(tokens in id order)) as hex, first 16 characters: the same
+    vocab.txt gives the same hash whether read from vocab.txt or tokenizer.json, so pre-training
+    records can check they were made with the tokenizer now in use. Calls configure truncation
+    on the shared `backend` for their duration, so one Tokenizer is not for concurrent threads.
     """
 
     def __init__(self, backend: RustTokenizer, do_lower_case: bool, *, strip_accents: bool | None = None,
