@@ -155,6 +155,8 @@ class _ProtoError(ValueError):
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    if pos < len(buf) and buf[pos] < 0x80:  # tags and short lengths: one byte
+        return buf[pos], pos + 1
     result = shift = 0
     while True:
         if pos >= len(buf):
@@ -196,19 +198,19 @@ def _packed_varints(raw: bytes) -> np.ndarray:
     """Packed varints -> int64 [n], vectorised: each byte's 7 payload bits are shifted into place
     and summed per varint (the bit ranges do not overlap, so a sum is an OR)."""
     b = np.frombuffer(raw, dtype=np.uint8)
-    if b.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if b.max() < 0x80:  # every value < 128: one byte each
+    last = b < 0x80
+    if last.all():  # every value < 128 (padding zeros, labels): one byte each
         return b.astype(np.int64)
-    ends = np.flatnonzero(b < 0x80)
-    if ends.size == 0 or ends[-1] != b.size - 1:
+    if not last[-1]:
         raise _ProtoError("packed int64 list ends inside a varint")
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    sizes = ends - starts + 1
-    if sizes.max() > 10:
+    ends = np.flatnonzero(last)
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    # Byte k of a varint carries bits 7k..7k+6: k is the distance to the varint's first byte.
+    place = (np.arange(b.size) - np.repeat(starts, ends - starts + 1)).astype(np.uint64)
+    if place.max() > 9:
         raise _ProtoError("varint longer than 10 bytes")
-    place = np.arange(b.size) - np.repeat(starts, sizes)
-    parts = (b & 0x7F).astype(np.uint64) << (place * 7).astype(np.uint64)
+    parts = (b & 0x7F).astype(np.uint64) << (place * np.uint64(7))
     return np.add.reduceat(parts, starts).view(np.int64)
 
 
