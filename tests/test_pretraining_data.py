@@ -442,3 +442,13 @@ def test_cli_pretrain_data_then_inspect(tmp_path, capsys):
     k = int(np.flatnonzero(r["input_ids"][r["masked_positions"]] == tok.mask_id)[0])
     assert f"[MASK]({tok.convert_ids_to_tokens(int(r['masked_ids'][k]))})" in text
     assert "masking rate:" in text and "length histogram" in text and f"records: {len(ds)}" in text
+
+
+def test_split_sentences_for_paragraph_corpora(tmp_path):
+    from bertkit.data.pretraining import iter_documents
+
+    f = tmp_path / "paras.txt"
+    f.write_text(" = Title = \n \n The first one . The second , longer one ! \n Third line\n", encoding="utf-8")
+    assert list(iter_documents([f])) == [["= Title ="], ["The first one . The second , longer one !", "Third line"]]
+    assert list(iter_documents([f], split=True)) == [["= Title ="],
+                                                     ["The first one .", "The second , longer one !", "Third line"]]

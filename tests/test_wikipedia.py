@@ -18,45 +18,52 @@ DUMP = SHARED / "data/wikipedia_dump/enwiki-latest-pages-articles1.xml-p00000001
 
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory):
+    """The real dump extracted once (parsing it is the slow part of this file)."""
     if not DUMP.is_file():
         pytest.skip(f"shared asset {DUMP} is missing")
-    from bertkit.cli import main
-
     out = tmp_path_factory.mktemp("wiki") / "wiki.txt"
-    assert main(["prepare-wiki", str(DUMP), "--output", str(out)]) == 0
-    return out
+    return out, prepare_wiki(DUMP, out)
 
 
-def test_real_dump_counts_and_layout(extracted, capsys):
-    text = extracted.read_text(encoding="utf-8")
+def test_real_dump_counts_and_layout(extracted):
+    out, stats = extracted
+    text = out.read_text(encoding="utf-8")
     articles = text.split("\n\n")
-    # README: 206 <page> elements, 205 in ns 0 of which 100 are redirects (grep of <redirect).
-    # One article (a stub whose text is only templates) has no prose left.
-    assert len(articles) == 105
+    # README: 206 <page> elements, 205 in ns 0, of which 100 carry <redirect (99 are redirect pages
+    # of ns 0). One article (a stub whose text is only templates) has no prose left.
+    assert stats.pages == 206 and stats.other_namespaces == 1
+    assert stats.redirects + stats.articles + stats.empty == 205
+    assert len(articles) == stats.articles == 105
     assert text.startswith("Anarchism is a political philosophy")
     lines = [l for l in text.splitlines() if l]
-    assert len(lines) > 15000
+    assert len(lines) == stats.sentences > 15000
     assert not any(l != l.strip() for l in lines)
 
 
 def test_no_markup_left(extracted):
-    text = extracted.read_text(encoding="utf-8")
+    text = extracted[0].read_text(encoding="utf-8")
     for pattern in (r"\{\{", r"\}\}", r"\[\[", r"\]\]", r"<ref", r"</", r"&nbsp;", r"\|thumb", r"^=+ ",
                     r"Category:", r"'''"):
         assert not re.search(pattern, text, re.M), pattern
 
 
-def test_iter_articles_skips_redirects_and_other_namespaces():
-    if not DUMP.is_file():
-        pytest.skip(f"shared asset {DUMP} is missing")
-    from bertkit.data.wikipedia import WikiStats
+def test_cli_skips_redirects_and_other_namespaces(tmp_path, capsys):
+    from bertkit.cli import main
 
-    stats = WikiStats()
-    titles = [t for t, _ in iter_articles(DUMP, stats)]
-    assert stats.pages == 206 and stats.other_namespaces == 1
-    assert stats.redirects + stats.articles + stats.empty == 205
-    assert "AccessibleComputing" not in titles and "Anarchism" in titles  # the first page is a redirect
-    assert len(titles) == stats.articles == 105
+    ns = 'xmlns="http://www.mediawiki.org/xml/export-0.10/"'
+    dump = tmp_path / "mini.xml.bz2"
+    dump.write_bytes(bz2.compress(f"""<mediawiki {ns}><siteinfo><sitename>W</sitename></siteinfo>
+<page><title>Old</title><ns>0</ns><redirect title="New"/><revision><text>#REDIRECT [[New]]</text></revision></page>
+<page><title>Talk:New</title><ns>1</ns><revision><text>Talk text is here. It is long enough.</text></revision></page>
+<page><title>New</title><ns>0</ns><revision><text>The new article is here. It has two sentences.</text></revision></page>
+<page><title>Second</title><ns>0</ns><revision><text>Another article with words.</text></revision></page>
+</mediawiki>""".encode()))
+    out = tmp_path / "mini.txt"
+    assert main(["prepare-wiki", str(dump), "--output", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == ("The new article is here.\nIt has two sentences.\n\n"
+                                               "Another article with words.\n")
+    assert "2 articles, 3 sentences from 4 pages (skipped 1 redirects, 1 non-article" in capsys.readouterr().out
+    assert [t for t, _ in iter_articles(dump)] == ["New", "Second"]
 
 
 def test_wikitext_markup_stripping():

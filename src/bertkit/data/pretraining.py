@@ -68,6 +68,7 @@ class PretrainDataConfig:
     chunk_docs: int = 10_000  # documents per chunk (= per shard); bounds memory
     chunk_bytes: int = 64 << 20  # ... or this much text, whichever comes first
     text_field: str | None = None  # JSONL input: the field holding a document's text
+    split_sentences: bool = False  # text input: lines are paragraphs, split them into sentences
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 5:
@@ -130,11 +131,14 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, line.rstrip("\r\n")
 
 
-def iter_documents(paths: Sequence[Path], text_field: str | None = None) -> Iterator[list[str]]:
-    """Documents (lists of non-empty sentences) from text or JSONL files, streamed."""
-    if text_field is not None:
-        from bertkit.data.wikipedia import split_sentences
+def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: bool = False) -> Iterator[list[str]]:
+    """Documents (lists of non-empty sentences) from text or JSONL files, streamed. `split`
+    runs the rule-based sentence splitter over each line of text input (paragraph-per-line
+    corpora such as WikiText, where otherwise every document is one "sentence" and NSP always
+    picks a random B)."""
+    from bertkit.data.wikipedia import split_sentences
 
+    if text_field is not None:
         for path in paths:
             for lineno, line in read_lines(path):
                 if not line.strip():
@@ -156,7 +160,7 @@ def iter_documents(paths: Sequence[Path], text_field: str | None = None) -> Iter
         for _, line in read_lines(path):
             text = line.strip()
             if text:
-                doc.append(text)
+                doc.extend(split_sentences(text) if split else [text])
             elif doc:
                 yield doc
                 doc = []
@@ -210,13 +214,16 @@ def make_context(tokenizer: Any, config: PretrainDataConfig) -> _Context:
 def tokenize_documents(documents: list[list[str]], backend: Any) -> list[list[np.ndarray]]:
     """Documents of sentences -> documents of int32 id arrays; empty sentences/documents dropped."""
     flat = [s for doc in documents for s in doc]
-    encodings = backend.encode_batch(flat, add_special_tokens=False)
+    ids: list[np.ndarray] = []
+    # Encodings carry tokens, offsets and masks besides ids (~60 bytes a token in Rust memory):
+    # encoding a whole chunk at once cost ~250 MB on WikiText; batches of 2048 keep only the ids.
+    for b in range(0, len(flat), 2048):
+        ids.extend(np.asarray(e.ids, dtype=np.int32) for e in backend.encode_batch(flat[b:b + 2048], add_special_tokens=False))
     out: list[list[np.ndarray]] = []
     k = 0
     for doc in documents:
-        segs = [np.asarray(encodings[k + j].ids, dtype=np.int32) for j in range(len(doc))]
+        segs = [x for x in ids[k:k + len(doc)] if x.size]
         k += len(doc)
-        segs = [s for s in segs if s.size]
         if segs:
             out.append(segs)
     return out
@@ -455,7 +462,7 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
 
     n_chunks = 0
     built = skipped = 0
-    chunks = iter_chunks(iter_documents(paths, config.text_field), config.chunk_docs, config.chunk_bytes)
+    chunks = iter_chunks(iter_documents(paths, config.text_field, config.split_sentences), config.chunk_docs, config.chunk_bytes)
     if workers == 1:
         for c, docs in enumerate(chunks):
             n_chunks += 1
