@@ -368,9 +368,11 @@ class PolyphoneTask(Task):
         features = []
         self.unk_targets = 0
         for i, (ex, enc) in enumerate(zip(examples, encodings)):
+            # Each Encoding attribute access copies the whole list out of Rust: read each once.
+            all_ids, all_offsets = enc.ids, enc.offsets
             content = [t for t, special in enumerate(enc.special_tokens_mask) if not special]
-            ids = [enc.ids[t] for t in content]
-            offsets = [enc.offsets[t] for t in content]
+            ids = [all_ids[t] for t in content]
+            offsets = [all_offsets[t] for t in content]
             hits = [k for k, (start, end) in enumerate(offsets) if start <= ex.position < end]
             if not hits:
                 raise DataError(f"example {ex.id}: the tokenizer dropped the target character "
