@@ -33,7 +33,13 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Arg
         p = sub.add_parser(name, help=help_text, description=help_text)
         # Only the chosen command's module is imported to add its flags.
         if argv and argv[0] == name:
-            importlib.import_module(f"bertkit.commands.{module}").add_arguments(p)
+            command = importlib.import_module(f"bertkit.commands.{module}")
+            # Commands whose flags depend on other flags (finetune adds the flags of the tasks
+            # named by --task) take the raw argv as well.
+            if command.add_arguments.__code__.co_argcount > 1:
+                command.add_arguments(p, argv[1:])
+            else:
+                command.add_arguments(p)
             p.set_defaults(_module=module)
             chosen = p
     return parser, chosen

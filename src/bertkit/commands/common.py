@@ -1,0 +1,189 @@
+"""Flags shared by finetune / evaluate / predict / pretrain, and the run-directory files.
+
+The flags of the original BERT scripts (google-research/bert, pytorch-pretrained-bert, the
+seeds' run_classifier.py) are accepted as aliases of ours, so their command lines run unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bertkit.config import TrainConfig
+from bertkit.tasks.base import Task, TaskOptions, get_task_class
+
+BERTKIT_JSON = "bertkit.json"
+
+
+def task_names_in(argv: list[str]) -> list[str]:
+    """The values of every --task/--task_name in argv (before argparse runs)."""
+    names = []
+    for i, arg in enumerate(argv):
+        for flag in ("--task", "--task_name"):
+            if arg == flag and i + 1 < len(argv):
+                names.append(argv[i + 1])
+            elif arg.startswith(flag + "="):
+                names.append(arg.split("=", 1)[1])
+    return names
+
+
+def normalize_task_name(name: str) -> str:
+    return name.strip().lower()
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], required: bool = True) -> None:
+    parser.add_argument("--task", "--task_name", dest="task", action="append", required=required,
+                        type=normalize_task_name, help="task name (repeat for multi-task training)")
+    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="the benchmark's data directory")
+    parser.add_argument("--train-file", help="training file (overrides --data-dir layout)")
+    parser.add_argument("--dev-file", help="dev/validation file")
+    parser.add_argument("--test-file", help="test file")
+    parser.add_argument("--max-seq-length", "--max_seq_length", dest="max_seq_length", type=int, default=None,
+                        help="tokens per sequence incl. [CLS]/[SEP] (default: the task's, usually 128)")
+    parser.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", action="store_true",
+                        default=None, help="lower-case input (default: as the checkpoint's tokenizer says)")
+    seen: set[type[Task]] = set()
+    for name in task_names_in(argv):
+        try:
+            cls = get_task_class(normalize_task_name(name))
+        except ValueError:
+            continue  # argparse reports the unknown task with the valid names later
+        if cls not in seen:
+            seen.add(cls)
+            cls.add_arguments(parser)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    g = parser.add_argument_group("training")
+    g.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True, help="run directory")
+    g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float, default=d.epochs)
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=d.lr)
+    g.add_argument("--batch-size", "--train_batch_size", dest="batch_size", type=int, default=d.batch_size,
+                   help="examples per device per micro-step")
+    g.add_argument("--eval-batch-size", "--eval_batch_size", dest="eval_batch_size", type=int,
+                   default=d.eval_batch_size)
+    g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=int, default=d.grad_accum)
+    g.add_argument("--warmup-ratio", "--warmup_proportion", dest="warmup_ratio", type=float, default=d.warmup_ratio)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--schedule", choices=("linear", "constant", "cosine"), default=d.schedule)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--optimizer", choices=("adamw", "lamb"), default=d.optimizer)
+    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="default: bf16 on GPUs that support it, else fp32")
+    g.add_argument("--fp16", action="store_true", help="alias of --precision fp16 (seed scripts)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--eval-every", default=d.eval_every, help="'epoch', 'none' or a step count")
+    g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    g.add_argument("--group-by-length", action="store_true", help="batch examples of similar length")
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--no_cuda", "--no-cuda", dest="no_cuda", action="store_true", help="alias of --device cpu")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes")
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    # Seed-script switches: accepted; --do_eval alone means evaluate only.
+    g.add_argument("--do_train", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--do_eval", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help="accepted for old launchers; torchrun's LOCAL_RANK is what counts")
+
+
+def default_precision(device_flag: str) -> str:
+    import torch
+
+    if device_flag != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    device = "cpu" if getattr(args, "no_cuda", False) else args.device
+    precision = args.precision or ("fp16" if args.fp16 else default_precision(device))
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    fields.update(device=device, precision=precision)
+    return TrainConfig(**fields)
+
+
+def task_options_from_args(args: argparse.Namespace, task_cls: type[Task], saved: dict | None = None) -> TaskOptions:
+    """TaskOptions from the command line; values saved with a fine-tuned model fill the gaps."""
+    saved = saved or {}
+    extra = dict(saved.get("extra", {}))
+    probe = argparse.ArgumentParser(add_help=False)
+    task_cls.add_arguments(probe)
+    for action in probe._actions:
+        if hasattr(args, action.dest):
+            value = getattr(args, action.dest)
+            if value != action.default or action.dest not in extra:
+                extra[action.dest] = value
+    max_len = args.max_seq_length or saved.get("max_seq_length") or getattr(task_cls, "default_max_seq_length", 128)
+    return TaskOptions(data_dir=args.data_dir or saved.get("data_dir"), train_file=args.train_file,
+                       dev_file=args.dev_file, test_file=args.test_file, max_seq_length=max_len, extra=extra)
+
+
+def load_tokenizer(model_path: str, do_lower_case: bool | None):
+    from bertkit.tokenization import Tokenizer
+
+    return Tokenizer.from_pretrained(model_path, do_lower_case=do_lower_case)
+
+
+# ---- feature cache ------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    return Path(os.environ.get("BERTKIT_CACHE", Path.home() / ".cache" / "bertkit")) / "features"
+
+
+def encode_cached(task: Task, split: str, examples: list, tokenizer, max_len: int, info=None) -> list[dict]:
+    """task.encode, cached on disk keyed by the split's files, the tokenizer, the length and the
+    task options: the second run (and every other rank) reads the cache instead of tokenizing."""
+    from bertkit.training import distributed
+
+    key_parts = [task.name, split, str(max_len), getattr(tokenizer, "vocab_hash", ""),
+                 str(getattr(tokenizer, "do_lower_case", "")), json.dumps(task.options.extra, sort_keys=True, default=str),
+                 json.dumps(task.label_names()), str(len(examples))]
+    for source in sorted({str(getattr(e, "source", "")).rsplit(":", 1)[0] for e in examples[:1]}):
+        if source and Path(source).is_file():
+            stat = Path(source).stat()
+            key_parts += [str(Path(source).resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
+    path = cache_dir() / (hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:24] + ".pkl")
+    info = info or distributed.DistInfo()
+    with distributed.main_process_first(info):
+        if path.is_file():
+            try:
+                return pickle.loads(path.read_bytes())
+            except Exception:
+                pass  # a damaged cache file is rebuilt below
+        features = task.encode(examples, tokenizer, max_len)
+        if info.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(features, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)
+        return features
+
+
+# ---- run directory ------------------------------------------------------------------------------
+def read_run_info(model_dir: str) -> dict[str, Any]:
+    path = Path(model_dir) / BERTKIT_JSON
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def eprint(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)

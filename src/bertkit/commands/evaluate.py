@@ -1,0 +1,79 @@
+"""`bertkit evaluate --task T --model RUN_DIR --data-dir D [--split dev]`: print and save metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bertkit.commands import common
+
+
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    add_model_and_data_arguments(parser, argv)
+    parser.add_argument("--split", default="dev", help="which split to evaluate")
+    parser.add_argument("--output", default=None, help="metrics file (default: MODEL/metrics.json)")
+
+
+def add_model_and_data_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("--model", "--bert_model", dest="model", required=True, help="fine-tuned run directory")
+    common.add_task_arguments(parser, argv, required=False)
+    parser.add_argument("--batch-size", "--eval_batch_size", dest="batch_size", type=int, default=128)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no_cuda", action="store_true", help="alias of --device cpu")
+
+
+def load_for_inference(args: argparse.Namespace):
+    """(task, model, tokenizer, info) for a fine-tuned run directory; the task, labels and options
+    saved in bertkit.json are used unless the command line overrides them."""
+    from bertkit.commands.finetune import load_task_model
+    from bertkit.tasks import get_task_class
+    from bertkit.training import distributed
+
+    saved = common.read_run_info(args.model)
+    names = args.task or [saved.get("task")] if (args.task or saved.get("task")) else None
+    if not names or names[0] is None:
+        raise ValueError(f"--task is required: {args.model} has no {common.BERTKIT_JSON} naming its task")
+    name = names[0]
+    # AX is predicted with an MNLI model: same labels, its own reader.
+    compatible = saved.get("task") in (None, name) or (name == "ax" and saved.get("task") == "mnli")
+    if not compatible and name not in saved.get("tasks", []):
+        raise ValueError(f"--task {name}: the model in {args.model} was fine-tuned for "
+                         f"{', '.join(saved.get('tasks', [saved.get('task')]))}")
+    task_cls = get_task_class(name)
+    task = task_cls(common.task_options_from_args(args, task_cls, saved))
+    heads = saved.get("heads", {})
+    if name in heads:  # a multi-task model: this task's head and labels
+        task.set_label_names(heads[name].get("labels"))
+    elif saved.get("labels") is not None:
+        task.set_label_names(saved["labels"])
+    device_flag = "cpu" if getattr(args, "no_cuda", False) else args.device
+    info = distributed.setup(device_flag)
+    precision = args.precision or common.default_precision(device_flag)
+    if name in heads:
+        from bertkit.tasks.multitask import load_head_model
+
+        model = load_head_model(args.model, name, task)
+    else:
+        model = load_task_model(task, args.model)
+    tokenizer = common.load_tokenizer(args.model, args.do_lower_case)
+    return task, model.to(info.device).eval(), tokenizer, info, precision
+
+
+def run(args: argparse.Namespace) -> int:
+    from bertkit.training import distributed
+    from bertkit.training.trainer import evaluate
+
+    task, model, tokenizer, info, precision = load_for_inference(args)
+    examples = task.read(args.split)
+    features = common.encode_cached(task, args.split, examples, tokenizer, task.options.max_seq_length, info)
+    metrics, _ = evaluate(task, model, examples, features, args.batch_size, info.device, precision, info)
+    if info.is_main:
+        path = Path(args.output) if args.output else Path(args.model) / "metrics.json"
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+        existing[args.split] = metrics
+        common.write_json_atomic(path, existing)
+        print(json.dumps({"task": task.name, "split": args.split, **metrics}, indent=2))
+    distributed.shutdown()
+    return 0

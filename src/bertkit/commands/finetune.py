@@ -1,0 +1,99 @@
+"""`bertkit finetune --task T --model M --data-dir D --output-dir O`: fine-tune, evaluate, keep the best.
+
+Order of work, chosen so that bad input fails before anything is written: read and encode every
+split first (errors name file and line), then create the run directory and train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from bertkit.commands import common
+
+
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("--model", "--bert_model", dest="model", required=True,
+                        help="checkpoint: a local directory (HF or Google TF) or a hub id")
+    common.add_task_arguments(parser, argv)
+    common.add_train_arguments(parser)
+    parser.add_argument("--eval-split", default="dev", help="split evaluated during training")
+    parser.add_argument("--task-sampling", choices=("proportional", "uniform", "temperature"),
+                        default="proportional", help="multi-task: how tasks are sampled")
+    parser.add_argument("--temperature", type=float, default=2.0, help="multi-task: T for temperature sampling")
+
+
+def run(args: argparse.Namespace) -> int:
+    if len(args.task) > 1:
+        from bertkit.tasks import multitask
+
+        return multitask.run_finetune(args)
+    if args.do_eval and not args.do_train:  # seed-script semantics: evaluate the model only
+        from bertkit.commands import evaluate
+
+        return evaluate.run(argparse.Namespace(**{**vars(args), "split": args.eval_split, "output": None}))
+    return finetune_single(args)
+
+
+def finetune_single(args: argparse.Namespace) -> int:
+    from bertkit.tasks import get_task_class
+    from bertkit.training import distributed
+    from bertkit.training.trainer import seed_everything, train
+
+    task_cls = get_task_class(args.task[0])
+    config = common.train_config_from_args(args)
+    info = distributed.setup(config.device)
+    task = task_cls(common.task_options_from_args(args, task_cls))
+    tokenizer = common.load_tokenizer(args.model, args.do_lower_case)
+    max_len = task.options.max_seq_length
+
+    train_examples = task.read("train")
+    eval_examples = task.read(args.eval_split) if config.eval_every != "none" else None
+    train_features = common.encode_cached(task, "train", train_examples, tokenizer, max_len, info)
+    eval_set = None
+    if eval_examples is not None:
+        eval_set = (eval_examples, common.encode_cached(task, args.eval_split, eval_examples, tokenizer, max_len, info))
+
+    output_dir = Path(config.output_dir)
+    if (output_dir / common.BERTKIT_JSON).exists() and not config.resume and info.is_main:
+        common.eprint(f"note: {output_dir} holds a finished run; it will be overwritten")
+        (output_dir / common.BERTKIT_JSON).unlink()
+
+    seed_everything(config.seed)  # head initialisation is part of the seeded run
+    model = load_task_model(task, args.model)
+    run_info = {
+        "task": task.name, "tasks": [task.name], "head": task.head, "labels": task.label_names(),
+        "max_seq_length": max_len, "data_dir": task.options.data_dir, "extra": task.options.extra,
+        "base_model": args.model, "train": dataclasses.asdict(config), "main_metric": task.main_metric,
+        "command": " ".join(["bertkit", *sys.argv[1:]]),
+    }
+
+    def save_model(model_to_save, directory: Path) -> None:
+        model_to_save.save_pretrained(directory, tokenizer=tokenizer)
+        common.write_json_atomic(Path(directory) / common.BERTKIT_JSON, run_info)
+
+    if info.is_main:
+        common.eprint(f"{task.name}: {len(train_features)} training features, "
+                      f"{len(eval_set[1]) if eval_set else 0} eval features; {config.precision} on {info.device}, "
+                      f"global batch {config.batch_size} x {info.world_size} x {config.grad_accum}")
+    result = train(task, model, train_features, eval_set, config, info=info, save_model=save_model)
+    if info.is_main:
+        metrics = {"task": task.name, "best_step": result.state.best_step, "steps": result.state.global_step,
+                   "skipped_steps": result.state.skipped_steps,
+                   args.eval_split: result.final_metrics, "history": result.state.history}
+        common.write_json_atomic(output_dir / "metrics.json", metrics)
+        # bertkit.json last: its presence marks a complete run directory.
+        common.write_json_atomic(output_dir / common.BERTKIT_JSON, run_info)
+        print(f"{task.name} {args.eval_split}: {result.final_metrics}")
+    distributed.shutdown()
+    return 0
+
+
+def load_task_model(task, model_path: str):
+    """The task's head model with encoder weights from `model_path` (new head weights initialised)."""
+    from bertkit.modeling.heads import model_class_for_head
+
+    cls = model_class_for_head(task.head)
+    return cls.from_pretrained(model_path, **task.model_config_updates())

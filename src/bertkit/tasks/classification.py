@@ -1,0 +1,210 @@
+"""Sentence and sentence-pair classification/regression: the shared encoder for GLUE-style tasks,
+and `--task classification` / `--task regression` on the user's own CSV, TSV or JSONL files.
+
+Custom data example:
+    bertkit finetune --task classification --train-file train.csv --dev-file dev.csv \
+        --text-column review --label-column stars --model M --output-dir O
+The label set is inferred from the training file (sorted) and saved with the model (bertkit.json).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bertkit.metrics.glue import accuracy, glue_metrics, macro_f1
+from bertkit.tasks.base import DataError, Task, register
+
+
+@dataclass
+class PairExample:
+    guid: str  # id written to prediction files (the GLUE index for test sets)
+    text_a: str
+    text_b: str | None
+    label: Any  # label name (str) for classification, float for regression, None when unlabeled
+    source: str = ""  # "file:line", for error messages
+
+
+class SentencePairTask(Task):
+    """Encoding, prediction and metrics common to single-sentence and sentence-pair tasks.
+    Subclasses implement `read` and set `labels` (None for regression) and `metric_kind`."""
+
+    labels: tuple[str, ...] | None = None
+    metric_kind = "acc"  # see bertkit.metrics.glue.glue_metrics
+
+    def label_names(self) -> list[str] | None:
+        if self._labels is not None:
+            return self._labels
+        return list(self.labels) if self.labels is not None else None
+
+    def label_index(self, example: PairExample) -> int | float:
+        if self.head == "regression":
+            return float(example.label)
+        names = self.label_names() or []
+        try:
+            return names.index(example.label)
+        except ValueError:
+            raise DataError(f"{example.source}: label {example.label!r} is not in the label set of "
+                            f"task {self.name!r} ({', '.join(names)})") from None
+
+    def encode(self, examples: list[PairExample], tokenizer, max_seq_length: int) -> list[dict[str, Any]]:
+        has_pairs = any(e.text_b is not None for e in examples)
+        if has_pairs and any(e.text_b is None for e in examples):
+            missing = next(e for e in examples if e.text_b is None)
+            raise DataError(f"{missing.source}: second sentence missing while other rows have one")
+        encodings = tokenizer.encode_batch([e.text_a for e in examples],
+                                           [e.text_b for e in examples] if has_pairs else None,
+                                           max_length=max_seq_length, truncation="longest_first")
+        features = []
+        for i, (example, enc) in enumerate(zip(examples, encodings)):
+            feature = {"input_ids": enc.ids, "token_type_ids": enc.type_ids, "example_index": i}
+            if example.label is not None:
+                feature["labels"] = self.label_index(example)
+            features.append(feature)
+        return features
+
+    def gold(self, examples: list[PairExample]) -> list:
+        if any(e.label is None for e in examples):
+            raise DataError("this split has no labels (a test split?); use `bertkit predict` for it")
+        return [self.label_index(e) for e in examples]
+
+    def metrics(self, examples: list[PairExample], predictions: list) -> dict[str, float]:
+        return glue_metrics(self.metric_kind, predictions, self.gold(examples))
+
+    def prediction_label(self, prediction) -> str:
+        if self.head == "regression":
+            return f"{prediction:.3f}"
+        return (self.label_names() or [])[prediction]
+
+    def write_predictions(self, examples: list[PairExample], predictions: list, path: str | Path,
+                          probabilities: Sequence[np.ndarray] | None = None) -> Path:
+        """TSV `index<TAB>prediction` (the GLUE submission layout)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            f.write("index\tprediction\n")
+            for example, prediction in zip(examples, predictions):
+                f.write(f"{example.guid}\t{self.prediction_label(prediction)}\n")
+        return path
+
+
+# ---- the user's own files --------------------------------------------------------------------------
+def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV, TSV (with a header) or JSONL file as (line number, {column: value})."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        if suffix in (".jsonl", ".json"):
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{line_no}: expected a JSON object per line")
+                rows.append((line_no, row))
+        elif suffix in (".csv", ".tsv", ".txt"):
+            reader = csv.DictReader(f, delimiter="\t" if suffix != ".csv" else ",")
+            if reader.fieldnames is None:
+                raise DataError(f"{path}: empty file (expected a header row and data rows)")
+            for row in reader:
+                if None in row or any(v is None for v in row.values()):
+                    raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} "
+                                    f"columns ({', '.join(reader.fieldnames)})")
+                rows.append((reader.line_num, row))
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    return rows
+
+
+class CustomTask(SentencePairTask):
+    """Shared by --task classification and --task regression."""
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        group = parser.add_argument_group("custom data (--task classification|regression)")
+        group.add_argument("--text-column", default="text", help="column with the (first) text")
+        group.add_argument("--text-pair-column", default=None, help="column with the second text, if any")
+        group.add_argument("--label-column", default="label", help="column with the label or score")
+        group.add_argument("--id-column", default=None, help="column used as example id in predictions")
+
+    def split_file(self, split: str) -> Path:
+        chosen = {"train": self.options.train_file, "dev": self.options.dev_file,
+                  "test": self.options.test_file}.get(split)
+        if chosen is None:
+            raise DataError(f"--task {self.name} reads explicit files: give --{split}-file")
+        return Path(chosen)
+
+    def read(self, split: str) -> list[PairExample]:
+        path = self.split_file(split)
+        text, pair = self.options.get("text_column", "text"), self.options.get("text_pair_column")
+        label_col, id_col = self.options.get("label_column", "label"), self.options.get("id_column")
+        examples = []
+        for line_no, row in read_table(path):
+            source = f"{path}:{line_no}"
+            for column in (text, pair):
+                if column is not None and column not in row:
+                    raise DataError(f"{source}: no column {column!r} (columns: {', '.join(map(str, row))})")
+            label = row.get(label_col)
+            if label is not None and self.head == "regression":
+                try:
+                    label = float(label)
+                except (TypeError, ValueError):
+                    raise DataError(f"{source}: {label_col}={label!r} is not a number") from None
+            elif label is not None:
+                label = str(label)
+            if split == "train" and label is None:
+                raise DataError(f"{source}: no column {label_col!r} (the training file needs labels)")
+            examples.append(PairExample(
+                guid=str(row[id_col]) if id_col else str(len(examples)), text_a=str(row[text]),
+                text_b=str(row[pair]) if pair else None, label=label, source=source))
+        if split == "train" and self.head != "regression" and self._labels is None:
+            self._labels = sorted({e.label for e in examples})
+            if len(self._labels) < 2:
+                raise DataError(f"{path}: only one label ({self._labels[0]!r}) in the training file")
+        return examples
+
+    def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
+        """JSONL: id, prediction and (for classification) the probability of each label."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = self.label_names()
+        with path.open("w", encoding="utf-8") as f:
+            for i, (example, prediction) in enumerate(zip(examples, predictions)):
+                record: dict[str, Any] = {"id": example.guid, "prediction": self.prediction_label(prediction)
+                                          if names or self.head == "regression" else prediction}
+                if self.head == "regression":
+                    record["prediction"] = float(prediction)
+                if probabilities is not None and names:
+                    record["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probabilities[i])}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return path
+
+
+@register("classification")
+class CustomClassification(CustomTask):
+    head = "sequence_classification"
+    main_metric = "accuracy"
+
+    def metrics(self, examples, predictions) -> dict[str, float]:
+        gold = self.gold(examples)
+        return {"accuracy": accuracy(predictions, gold),
+                "macro_f1": macro_f1(predictions, gold, len(self.label_names() or []))}
+
+
+@register("regression")
+class CustomRegression(CustomTask):
+    head = "regression"
+    main_metric = "pearson"
+    metric_kind = "corr"

@@ -1,0 +1,238 @@
+"""The GLUE benchmark: nine tasks plus the AX diagnostic set, read from the standard
+`glue_data/<TASK>/` layout that GLUE's download script writes.
+
+Quirks handled: CoLA train/dev have no header (columns: source, label, original label, sentence);
+MRPC files begin with a UTF-8 byte-order mark; MNLI has matched and mismatched dev/test files and
+reports both accuracies; STS-B is regression (declared, MSE head); AX is predicted with an MNLI model.
+Prediction files are named and formatted as the GLUE server expects (`index<TAB>prediction`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertkit.metrics.glue import accuracy
+from bertkit.tasks.base import DataError, register
+from bertkit.tasks.classification import PairExample, SentencePairTask
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where the fields are: header names (or positions for CoLA's headerless files)."""
+
+    text_a: str | int
+    text_b: str | int | None
+    label: str | int | None
+    guid: str | int | None = "index"
+
+
+def read_glue_tsv(path: Path, columns: Columns, has_header: bool) -> list[PairExample]:
+    if not path.is_file():
+        siblings = sorted(p.name for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
+        raise DataError(f"{path}: split file not found (files there: {', '.join(siblings) or 'none'})")
+    # utf-8-sig drops MRPC's byte-order mark; GLUE text contains quotes, so no CSV quoting rules.
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    if not lines or (has_header and len(lines) == 1):
+        raise DataError(f"{path}: empty file (expected {'a header and ' if has_header else ''}data rows)")
+    header = lines[0].split("\t") if has_header else None
+
+    def position(name: str | int | None) -> int | None:
+        if name is None or isinstance(name, int):
+            return name
+        if name not in header:
+            raise DataError(f"{path}:1: header has no column {name!r} (found: {', '.join(header)})")
+        return header.index(name)
+
+    a, b, y, g = (position(c) for c in (columns.text_a, columns.text_b, columns.label, columns.guid))
+    needed = max(p for p in (a, b, y, g) if p is not None) + 1
+    examples = []
+    for line_no, line in enumerate(lines[1:] if has_header else lines, 2 if has_header else 1):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) < needed:
+            raise DataError(f"{path}:{line_no}: expected at least {needed} tab-separated columns, "
+                            f"found {len(cells)}")
+        examples.append(PairExample(
+            guid=cells[g] if g is not None else str(len(examples)), text_a=cells[a],
+            text_b=cells[b] if b is not None else None, label=cells[y] if y is not None else None,
+            source=f"{path}:{line_no}"))
+    return examples
+
+
+class GlueTask(SentencePairTask):
+    directory: str = ""  # folder name inside glue_data
+    submission_name: str = ""  # file name the GLUE server expects for test predictions
+    train_columns: Columns
+    test_columns: Columns
+
+    def task_dir(self) -> Path:
+        if not self.options.data_dir:
+            raise DataError(f"--task {self.name} needs --data-dir (the {self.directory}/ folder of glue_data, "
+                            f"or glue_data itself)")
+        root = Path(self.options.data_dir)
+        return root / self.directory if (root / self.directory).is_dir() else root
+
+    def split_path(self, split: str) -> Path:
+        explicit = {"train": self.options.train_file, "dev": self.options.dev_file,
+                    "test": self.options.test_file}.get(split)
+        if explicit:
+            return Path(explicit)
+        if split not in self.splits:
+            raise DataError(f"--task {self.name} has no split {split!r}; valid: {', '.join(self.splits)}")
+        return self.task_dir() / f"{split}.tsv"
+
+    def read(self, split: str) -> list[PairExample]:
+        is_test = split.startswith("test")
+        examples = read_glue_tsv(self.split_path(split), self.test_columns if is_test else self.train_columns,
+                                 has_header=True)
+        self.check(examples)
+        return examples
+
+    def check(self, examples: list[PairExample]) -> None:
+        """Validate labels up front so a bad row fails before any training starts."""
+        for example in examples:
+            if example.label is None:
+                continue
+            if self.head == "regression":
+                try:
+                    example.label = float(example.label)
+                except ValueError:
+                    raise DataError(f"{example.source}: score {example.label!r} is not a number") from None
+            else:
+                self.label_index(example)
+
+
+@register("cola")
+class CoLA(GlueTask):
+    directory, submission_name = "CoLA", "CoLA.tsv"
+    labels, metric_kind, main_metric = ("0", "1"), "mcc", "mcc"
+    train_columns = Columns(text_a=3, text_b=None, label=1, guid=None)
+    test_columns = Columns(text_a="sentence", text_b=None, label=None)
+
+    def read(self, split: str) -> list[PairExample]:
+        is_test = split.startswith("test")
+        examples = read_glue_tsv(self.split_path(split), self.test_columns if is_test else self.train_columns,
+                                 has_header=is_test)
+        self.check(examples)
+        return examples
+
+
+@register("sst2", "sst-2")
+class SST2(GlueTask):
+    directory, submission_name = "SST-2", "SST-2.tsv"
+    labels = ("0", "1")
+    train_columns = Columns(text_a="sentence", text_b=None, label="label", guid=None)
+    test_columns = Columns(text_a="sentence", text_b=None, label=None)
+
+
+@register("mrpc")
+class MRPC(GlueTask):
+    directory, submission_name = "MRPC", "MRPC.tsv"
+    labels, metric_kind, main_metric = ("0", "1"), "acc_f1", "f1"
+    train_columns = Columns(text_a="#1 String", text_b="#2 String", label="Quality", guid=None)
+    test_columns = Columns(text_a="#1 String", text_b="#2 String", label=None)
+
+
+@register("stsb", "sts-b")
+class STSB(GlueTask):
+    directory, submission_name = "STS-B", "STS-B.tsv"
+    head, labels, metric_kind, main_metric = "regression", None, "corr", "pearson"
+    train_columns = Columns(text_a="sentence1", text_b="sentence2", label="score")
+    test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
+
+
+@register("qqp")
+class QQP(GlueTask):
+    directory, submission_name = "QQP", "QQP.tsv"
+    labels, metric_kind, main_metric = ("0", "1"), "acc_f1", "f1"
+    train_columns = Columns(text_a="question1", text_b="question2", label="is_duplicate", guid="id")
+    test_columns = Columns(text_a="question1", text_b="question2", label=None, guid="id")
+
+
+@register("qnli")
+class QNLI(GlueTask):
+    directory, submission_name = "QNLI", "QNLI.tsv"
+    labels = ("entailment", "not_entailment")
+    train_columns = Columns(text_a="question", text_b="sentence", label="label")
+    test_columns = Columns(text_a="question", text_b="sentence", label=None)
+
+
+@register("rte")
+class RTE(GlueTask):
+    directory, submission_name = "RTE", "RTE.tsv"
+    labels = ("entailment", "not_entailment")
+    train_columns = Columns(text_a="sentence1", text_b="sentence2", label="label")
+    test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
+
+
+@register("wnli")
+class WNLI(GlueTask):
+    directory, submission_name = "WNLI", "WNLI.tsv"
+    labels = ("0", "1")
+    train_columns = Columns(text_a="sentence1", text_b="sentence2", label="label")
+    test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
+
+
+MNLI_LABELS = ("contradiction", "entailment", "neutral")
+
+
+@register("mnli")
+class MNLI(GlueTask):
+    """`dev` and `test` cover both the matched and the mismatched file: metrics report
+    `accuracy` (matched, the main metric) and `accuracy_mm`; test predictions go to MNLI-m.tsv and
+    MNLI-mm.tsv. `dev_matched`, `dev_mismatched`, `test_matched`, `test_mismatched` read one file."""
+
+    directory, submission_name = "MNLI", "MNLI-m.tsv"
+    labels = MNLI_LABELS
+    splits = ("train", "dev", "test", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched")
+    train_columns = Columns(text_a="sentence1", text_b="sentence2", label="gold_label")
+    test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
+
+    def read(self, split: str) -> list[PairExample]:
+        if split in ("dev", "test") and not getattr(self.options, f"{split}_file"):
+            matched = super().read(f"{split}_matched")
+            mismatched = super().read(f"{split}_mismatched")
+            for e in mismatched:
+                e.guid = f"mm:{e.guid}"
+            return matched + mismatched
+        return super().read(split)
+
+    def metrics(self, examples, predictions) -> dict[str, float]:
+        gold = self.gold(examples)
+        is_mm = [e.guid.startswith("mm:") for e in examples]
+        m = [(p, y) for p, y, mm in zip(predictions, gold, is_mm) if not mm]
+        mm = [(p, y) for p, y, flag in zip(predictions, gold, is_mm) if flag]
+        out = {"accuracy": accuracy(*zip(*m)) if m else 0.0}
+        if mm:
+            out["accuracy_mm"] = accuracy(*zip(*mm))
+        return out
+
+    def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
+        path = Path(path)
+        pairs = list(zip(examples, predictions))
+        matched = [(e, p) for e, p in pairs if not e.guid.startswith("mm:")]
+        mismatched = [(PairExample(e.guid[3:], e.text_a, e.text_b, e.label, e.source), p)
+                      for e, p in pairs if e.guid.startswith("mm:")]
+        if mismatched:  # both files, named as GLUE expects, beside the path given
+            super().write_predictions(*zip(*mismatched), path.parent / "MNLI-mm.tsv")
+            path = path.parent / "MNLI-m.tsv"
+        return super().write_predictions(*zip(*matched), path) if matched else path
+
+
+@register("ax")
+class AX(GlueTask):
+    """GLUE's diagnostic set: unlabeled, predicted with a model fine-tuned on MNLI
+    (`bertkit predict --task ax --model MNLI_RUN --data-dir glue_data --split test`)."""
+
+    directory, submission_name = "diagnostic", "AX.tsv"
+    labels = MNLI_LABELS
+    splits = ("test",)
+    test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
+    train_columns = test_columns
+
+    def split_path(self, split: str) -> Path:
+        if split != "test":
+            raise DataError("--task ax has only a test split (the diagnostic set); train on --task mnli")
+        return Path(self.options.test_file) if self.options.test_file else self.task_dir() / "diagnostic.tsv"

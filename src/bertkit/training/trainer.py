@@ -1,0 +1,521 @@
+"""The one training loop, shared by fine-tuning and pre-training. Read it top to bottom:
+
+    setup -> batch order for the epoch (seeded) -> [micro-steps: forward, backward (no all-reduce
+    until the last micro-step of an accumulation)] -> optimizer step (unscale, non-finite check,
+    clip, step, schedule) -> log / evaluate / checkpoint -> final model + metrics.
+
+Variation enters only through the Task (collate, head, metrics) and TrainConfig fields. There are
+no callbacks.
+
+Data order and exact resume. The order of an epoch is a function of (seed, epoch) alone: a
+permutation of the examples, or with --group-by-length, a permutation in which each run of
+`MEGABATCH_FACTOR x batch` examples is sorted by length. Global micro-batches are consecutive
+chunks of that order (per-device batch x world size), and rank r takes the r-th slice of each. The
+data position saved in a checkpoint is (epoch, examples consumed in the epoch): resume rebuilds the
+order and starts at that offset, so no batch is replayed and a run saved with N ranks resumes with
+M ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from bertkit.config import TrainConfig
+from bertkit.training import distributed
+from bertkit.training.distributed import DistInfo
+from bertkit.training.optim import build_optimizer, build_scheduler
+
+MEGABATCH_FACTOR = 50  # length grouping sorts within runs of 50 batches: little padding, still random
+STATE_FILE = "trainer_state.json"
+
+
+# ---- data order ---------------------------------------------------------------------------------
+def epoch_order(lengths: Sequence[int] | None, n: int, seed: int, epoch: int, batch_size: int,
+                group_by_length: bool) -> np.ndarray:
+    """Indices of the examples in the order epoch `epoch` visits them (depends on seed, epoch only)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if group_by_length and lengths is not None:
+        lengths_arr = np.asarray(lengths)
+        mega = MEGABATCH_FACTOR * batch_size
+        chunks = [order[i:i + mega] for i in range(0, n, mega)]
+        # Longest first within a megabatch so the biggest batch comes first (fail early on OOM).
+        order = np.concatenate([c[np.argsort(-lengths_arr[c], kind="stable")] for c in chunks])
+        # Shuffle whole batches so training does not see lengths in a sawtooth pattern.
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        perm = rng.permutation(len(batches))
+        order = np.concatenate([batches[i] for i in perm]) if batches else order
+    return order
+
+
+class _BatchDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole collated batches (so workers collate in parallel)."""
+
+    def __init__(self, features, batches: list[np.ndarray], collate, rng_seeds: list[int] | None):
+        self.features, self.batches, self.collate, self.rng_seeds = features, batches, collate, rng_seeds
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        items = [self.features[int(j)] for j in self.batches[i]]
+        if self.rng_seeds is not None:  # tasks that draw random numbers in collate (dynamic masking)
+            return self.collate(items, rng=np.random.default_rng(self.rng_seeds[i]))
+        return self.collate(items)
+
+
+def make_loader(features, batches: list[np.ndarray], task, config: TrainConfig, device: torch.device,
+                rng_seeds: list[int] | None = None, epoch: int = 0):
+    dataset = _BatchDataset(features, batches, task.collate, rng_seeds)
+    # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+    # which would shift the dropout stream of a resumed run relative to an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=config.num_workers, generator=generator,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if config.num_workers else None)
+
+
+def data_fingerprint(features) -> str:
+    """Identifies the training data: count and a sample of token ids. A resume on other data is refused."""
+    h = hashlib.sha256(str(len(features)).encode())
+    n = len(features)
+    for i in sorted({0, n // 2, n - 1}) if n else []:
+        h.update(np.asarray(features[i]["input_ids"]).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_better(value: float, best: float | None, greater: bool) -> bool:
+    return best is None or (value > best if greater else value < best)
+
+
+@dataclass
+class TrainerState:
+    """What, besides model/optimizer tensors, a checkpoint must hold to continue exactly."""
+
+    global_step: int = 0
+    epoch: int = 0
+    examples_in_epoch: int = 0  # examples of the current epoch already consumed (data position)
+    best_metric: float | None = None
+    best_step: int | None = None
+    skipped_steps: int = 0  # optimizer steps skipped because the loss or gradients were not finite
+    fingerprint: str = ""
+    world_size: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)  # eval results so far
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. A directory is complete only once renamed from *.tmp and
+    holding its state file, so a crash mid-write can never be picked up by --resume."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
+             and not p.name.endswith(".tmp") and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state: TrainerState,
+                    info: DistInfo, keep: int) -> None:
+    rng_states = distributed.all_gather_objects(rng_state(), info)  # every rank's RNG, in rank order
+    if not info.is_main:
+        distributed.barrier()
+        return
+    root = output_dir / "checkpoints"
+    final = root / f"step-{state.global_step}"
+    tmp = root / f"step-{state.global_step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(unwrap(model).state_dict(), tmp / "model.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_states}, tmp / "training.pt")
+    (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, info: DistInfo) -> TrainerState:
+    unwrap(model).load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    blob = torch.load(path / "training.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    if scaler is not None and blob["scaler"] is not None:
+        scaler.load_state_dict(blob["scaler"])
+    rngs = blob["rng"]
+    # Same world size: each rank continues its own random stream. Otherwise rank r takes rank r's
+    # stream where one was saved (dropout masks then differ from the original run, the data does not).
+    set_rng_state(rngs[info.rank] if info.rank < len(rngs) else rngs[0])
+    return TrainerState(**json.loads((path / STATE_FILE).read_text()))
+
+
+# ---- evaluation --------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_features(task, model: nn.Module, features: Sequence[dict], batch_size: int,
+                     device: torch.device, precision: str = "fp32",
+                     info: DistInfo | None = None) -> list[Any]:
+    """Per-feature outputs (task.gather_outputs) for every feature, in input order. With several
+    ranks each evaluates a contiguous slice and the slices are gathered, so the result covers
+    exactly the features given (no padding duplicates when the size does not divide)."""
+    info = info or DistInfo(device=device)
+    n = len(features)
+    per_rank = math.ceil(n / info.world_size)
+    start, stop = min(n, info.rank * per_rank), min(n, (info.rank + 1) * per_rank)
+    mine = list(range(start, stop))
+    # Sorting by length makes eval batches nearly pad-free; results are put back in input order.
+    mine.sort(key=lambda i: task.feature_length(features[i]))
+    was_training = model.training
+    model.eval()
+    outputs: dict[int, Any] = {}
+    for b in range(0, len(mine), batch_size):
+        idx = mine[b:b + batch_size]
+        batch = move_to(task.collate([features[i] for i in idx]), device)
+        with autocast_context(precision, device):
+            out = model(**batch)
+        for i, item in zip(idx, task.gather_outputs(batch, out)):
+            outputs[i] = item
+    model.train(was_training)
+    gathered = distributed.all_gather_objects(outputs, info)
+    merged: dict[int, Any] = {}
+    for part in gathered:
+        merged.update(part)
+    return [merged[i] for i in range(n)]
+
+
+def evaluate(task, model: nn.Module, examples: list, features: list[dict], batch_size: int,
+             device: torch.device, precision: str = "fp32", info: DistInfo | None = None
+             ) -> tuple[dict[str, float], list[Any]]:
+    """Metrics and per-example predictions of `model` on one split."""
+    outputs = predict_features(task, model, features, batch_size, device, precision, info)
+    predictions = task.postprocess(examples, features, outputs)
+    return task.metrics(examples, predictions), predictions
+
+
+# ---- logging ------------------------------------------------------------------------------------------
+class RunLog:
+    """log.jsonl writer and console progress: a tqdm bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, output_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool):
+        self.enabled = enabled
+        self.path = output_dir / "log.jsonl"
+        self.bar = None
+        if enabled and progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if "loss" in record:
+            text = f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.0f} samples/s"
+            if self.bar is not None:
+                self.bar.set_postfix_str(text)
+            else:
+                print(f"step {record['step']}: {text}", file=sys.stderr, flush=True)
+        elif "eval" in record:
+            shown = {k: round(v, 4) for k, v in record["eval"].items() if isinstance(v, (int, float))}
+            (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr))(
+                f"eval at step {record['step']}: {shown}")
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_curves(output_dir: Path, main_metric: str | None) -> None:
+    """curves.png: training loss and the eval metric over steps, from log.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines() if line]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval"].get(main_metric)) for r in records
+             if "eval" in r and main_metric and isinstance(r["eval"].get(main_metric), (int, float))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss", color="tab:blue")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals), "o-", label=f"eval {main_metric}", color="tab:orange")
+        ax2.set_ylabel(main_metric)
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(output_dir / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    state: TrainerState
+    final_metrics: dict[str, float] | None
+    model: nn.Module
+
+
+def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tuple[list, list] | None,
+          config: TrainConfig, info: DistInfo | None = None, save_model=None,
+          stop_after_steps: int | None = None) -> TrainResult:
+    """Train `model` on `train_features`, evaluating on `eval_set` = (examples, features).
+
+    save_model(model, directory) writes the HF-format model (+ tokenizer, bertkit.json); the
+    caller provides it because it knows the tokenizer and the task description.
+    stop_after_steps stops early (as if killed) without finishing: used by resume tests.
+    """
+    info = info or distributed.setup(config.device)
+    device = info.device
+    output_dir = Path(config.output_dir)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+
+    n = len(train_features)
+    if n == 0:
+        raise ValueError("the training set is empty")
+    global_batch = config.batch_size * info.world_size
+    micro_per_epoch = n // global_batch if info.enabled else math.ceil(n / global_batch)
+    steps_per_epoch = micro_per_epoch // config.grad_accum
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{n} training examples make no optimizer step with --batch-size {config.batch_size} x "
+            f"{info.world_size} processes x --grad-accum {config.grad_accum}; lower --batch-size or --grad-accum")
+    total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    lengths = ([task.feature_length(f) for f in train_features] if config.group_by_length else None)
+
+    model.to(device)
+    optimizer = build_optimizer(model, config, device)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+
+    state = TrainerState(fingerprint=data_fingerprint(train_features), world_size=info.world_size)
+    if config.resume:
+        found = checkpoint_dirs(output_dir)
+        if found:
+            saved_fingerprint = json.loads((found[-1] / STATE_FILE).read_text())["fingerprint"]
+            if saved_fingerprint != state.fingerprint:
+                raise ValueError(
+                    f"--resume: {found[-1]} was written for other training data (fingerprint "
+                    f"{saved_fingerprint}, now {state.fingerprint}); use the same data or a new --output-dir")
+            state = load_checkpoint(found[-1], model, optimizer, scheduler, scaler, info)
+            state.world_size = info.world_size
+        elif info.is_main:
+            print(f"--resume: no complete checkpoint in {output_dir / 'checkpoints'}; starting fresh",
+                  file=sys.stderr)
+    elif info.is_main and (output_dir / "log.jsonl").exists():
+        (output_dir / "log.jsonl").unlink()  # a fresh run: do not append to an old run's log
+
+    train_model: nn.Module = model
+    ddp_model = None
+    if info.enabled:
+        # Heads that ignore the pooler leave parameters without gradients; DDP must know.
+        unused = getattr(task, "head", "") in ("token_classification", "question_answering", "polyphone", "pretraining")
+        train_model = ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused)
+    if config.compile:
+        train_model = torch.compile(train_model, dynamic=True)
+
+    log = RunLog(output_dir, total_steps, state.global_step, info.is_main, config.progress)
+    if info.is_main and state.global_step == 0:
+        log.write({"event": "start", "examples": n, "total_steps": total_steps, "world_size": info.world_size,
+                   "global_batch": global_batch * config.grad_accum, "device": str(device),
+                   "precision": config.precision})
+    eval_steps = int(config.eval_every) if config.eval_every.isdigit() else 0
+    needs_rng = getattr(task, "collate_needs_rng", False)
+    best_dir = output_dir / "best"
+
+    def run_eval() -> dict[str, float] | None:
+        if eval_set is None:
+            return None
+        metrics, _ = evaluate(task, unwrap(model), eval_set[0], eval_set[1], config.eval_batch_size,
+                              device, config.precision, info)
+        record = {"step": state.global_step, "epoch": state.epoch, "eval": metrics}
+        state.history.append(record)
+        log.write(record)
+        value = metrics.get(task.main_metric)
+        if value is not None and is_better(value, state.best_metric, task.greater_is_better):
+            state.best_metric, state.best_step = float(value), state.global_step
+            if info.is_main and save_model is not None:
+                tmp = output_dir / "best.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model(unwrap(model), tmp)
+                shutil.rmtree(best_dir, ignore_errors=True)
+                os.replace(tmp, best_dir)
+        return metrics
+
+    train_model.train()
+    loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per micro-step
+    loss_count, t_last, samples_since = 0, time.perf_counter(), 0
+    stopped_early = False
+    while state.global_step < total_steps:
+        order = epoch_order(lengths, n, config.seed, state.epoch, config.batch_size, config.group_by_length)
+        usable = steps_per_epoch * config.grad_accum * global_batch  # whole optimizer steps only
+        order = order[:usable] if info.enabled or usable <= n else order
+        start = state.examples_in_epoch
+        global_batches = [order[i:i + global_batch] for i in range(start, min(len(order), usable), global_batch)]
+        my_batches = [g[info.rank * config.batch_size:(info.rank + 1) * config.batch_size] for g in global_batches]
+        seeds = ([hash((config.seed, state.epoch, start + k * global_batch, info.rank)) % 2**63
+                  for k in range(len(my_batches))] if needs_rng else None)
+        loader = make_loader(train_features, my_batches, task, config, device, seeds, state.epoch)
+        micro = (start // global_batch) % config.grad_accum
+        for batch, g in zip(loader, global_batches):
+            batch = move_to(batch, device)
+            boundary = (micro + 1) % config.grad_accum == 0
+            sync = contextlib.nullcontext() if boundary or ddp_model is None else ddp_model.no_sync()
+            with sync:
+                with autocast_context(config.precision, device):
+                    out = train_model(**batch)
+                loss = out.loss / config.grad_accum
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_sum += out.loss.detach()
+            loss_count += 1
+            samples_since += len(g)
+            state.examples_in_epoch += len(g)
+            micro += 1
+            if not boundary:
+                continue
+            micro = 0
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            finite = bool(torch.isfinite(grad_norm))
+            if scaler is not None:
+                scaler.step(optimizer)  # skips the update itself when it found inf/nan gradients
+                scaler.update()
+            elif finite:
+                optimizer.step()
+            if not finite:
+                state.skipped_steps += 1
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.global_step += 1
+            log.advance()
+
+            if state.global_step % config.log_every == 0 or state.global_step == total_steps:
+                mean_loss = distributed.all_reduce_mean(loss_sum / max(loss_count, 1), info).item()
+                now = time.perf_counter()
+                log.write({"step": state.global_step, "epoch": state.epoch, "loss": mean_loss,
+                           "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                           "samples_per_s": samples_since / max(now - t_last, 1e-9),
+                           "skipped_steps": state.skipped_steps})
+                loss_sum.zero_()
+                loss_count, t_last, samples_since = 0, now, 0
+            if eval_steps and state.global_step % eval_steps == 0:
+                run_eval()
+            if config.save_every and state.global_step % config.save_every == 0:
+                save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info,
+                                config.keep_checkpoints)
+            if stop_after_steps is not None and state.global_step >= stop_after_steps:
+                stopped_early = True
+                break
+            if state.global_step >= total_steps:
+                break
+        if stopped_early:
+            break
+        if state.examples_in_epoch >= min(len(order), usable):  # epoch finished
+            state.epoch += 1
+            state.examples_in_epoch = 0
+            if config.eval_every == "epoch":
+                run_eval()
+
+    log.close()
+    if stopped_early:
+        return TrainResult(state, None, unwrap(model))
+    if config.eval_every != "none" and eval_set is not None and (
+            not state.history or state.history[-1]["step"] != state.global_step):
+        run_eval()
+    if config.save_every:
+        save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info,
+                        config.keep_checkpoints)
+    final_metrics = None
+    if info.is_main:
+        # The run directory's model is the best one seen in evaluation (or the last without eval).
+        if best_dir.is_dir() and state.best_step is not None:
+            for item in best_dir.iterdir():
+                target = output_dir / item.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                shutil.copy2(item, target) if item.is_file() else shutil.copytree(item, target)
+            shutil.rmtree(best_dir)  # promoted to the run directory; no second copy of the weights
+            final_metrics = next(r["eval"] for r in state.history if r["step"] == state.best_step)
+        else:
+            if save_model is not None:
+                save_model(unwrap(model), output_dir)
+            final_metrics = state.history[-1]["eval"] if state.history else None
+        log.write({"event": "end", "step": state.global_step, "best_step": state.best_step,
+                   "best_metric": state.best_metric, "skipped_steps": state.skipped_steps})
+        try:
+            plot_curves(output_dir, getattr(task, "main_metric", None))
+        except Exception as err:  # a plotting problem must not lose a finished run
+            print(f"warning: could not write curves.png: {err}", file=sys.stderr)
+    distributed.barrier()
+    return TrainResult(state, final_metrics, unwrap(model))
