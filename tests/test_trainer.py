@@ -129,8 +129,9 @@ def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, sst2_small, tmp_p
     assert main(finetune_args(tiny_model_dir, sst2_small, straight, *common)) == 0
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "bertkit", *finetune_args(tiny_model_dir, sst2_small, killed, *common)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Same intra-op thread count as this process: float reductions then run in the same order.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while time.time() < deadline and not any(int(p.name.split("-")[1]) >= 10 for p in checkpoint_dirs(killed)):
         time.sleep(0.05)

@@ -63,6 +63,21 @@ def epoch_order(lengths: Sequence[int] | None, n: int, seed: int, epoch: int, ba
     return order
 
 
+def global_batches_of_epoch(task, lengths, n: int, config: TrainConfig, epoch: int, global_batch: int,
+                            info: DistInfo) -> list[np.ndarray]:
+    """The epoch's global micro-batches (index arrays). A task may plan them itself
+    (`task.epoch_batches(epoch, seed, global_batch)`, e.g. multi-task sampling); the plan must be a
+    function of its arguments so that resume can rebuild it."""
+    plan = getattr(task, "epoch_batches", None)
+    if plan is not None:
+        return [np.asarray(b) for b in plan(epoch, config.seed, global_batch)]
+    order = epoch_order(lengths, n, config.seed, epoch, config.batch_size, config.group_by_length)
+    batches = [order[i:i + global_batch] for i in range(0, n, global_batch)]
+    if info.enabled and batches and len(batches[-1]) < global_batch:
+        batches.pop()  # every rank gets an equal share of every batch
+    return batches
+
+
 class _BatchDataset(torch.utils.data.Dataset):
     """Map-style dataset whose items are whole collated batches (so workers collate in parallel)."""
 
@@ -341,14 +356,13 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     if n == 0:
         raise ValueError("the training set is empty")
     global_batch = config.batch_size * info.world_size
-    micro_per_epoch = n // global_batch if info.enabled else math.ceil(n / global_batch)
-    steps_per_epoch = micro_per_epoch // config.grad_accum
+    lengths = ([task.feature_length(f) for f in train_features] if config.group_by_length else None)
+    steps_per_epoch = len(global_batches_of_epoch(task, lengths, n, config, 0, global_batch, info)) // config.grad_accum
     if steps_per_epoch == 0:
         raise ValueError(
             f"{n} training examples make no optimizer step with --batch-size {config.batch_size} x "
             f"{info.world_size} processes x --grad-accum {config.grad_accum}; lower --batch-size or --grad-accum")
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
-    lengths = ([task.feature_length(f) for f in train_features] if config.group_by_length else None)
 
     model.to(device)
     optimizer = build_optimizer(model, config, device)
@@ -416,16 +430,20 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     loss_count, t_last, samples_since = 0, time.perf_counter(), 0
     stopped_early = False
     while state.global_step < total_steps:
-        order = epoch_order(lengths, n, config.seed, state.epoch, config.batch_size, config.group_by_length)
-        usable = steps_per_epoch * config.grad_accum * global_batch  # whole optimizer steps only
-        order = order[:usable] if info.enabled or usable <= n else order
-        start = state.examples_in_epoch
-        global_batches = [order[i:i + global_batch] for i in range(start, min(len(order), usable), global_batch)]
-        my_batches = [g[info.rank * config.batch_size:(info.rank + 1) * config.batch_size] for g in global_batches]
-        seeds = ([hash((config.seed, state.epoch, start + k * global_batch, info.rank)) % 2**63
+        epoch_batches = global_batches_of_epoch(task, lengths, n, config, state.epoch, global_batch, info)
+        epoch_batches = epoch_batches[:len(epoch_batches) // config.grad_accum * config.grad_accum]
+        epoch_examples = sum(len(g) for g in epoch_batches)
+        # Seek to the saved data position: skip the batches already consumed (nothing is loaded).
+        start, first, consumed = state.examples_in_epoch, 0, 0
+        while first < len(epoch_batches) and consumed < start:
+            consumed += len(epoch_batches[first])
+            first += 1
+        global_batches = epoch_batches[first:]
+        my_batches = [np.array_split(g, info.world_size)[info.rank] for g in global_batches]
+        seeds = ([hash((config.seed, state.epoch, first + k, info.rank)) % 2**63
                   for k in range(len(my_batches))] if needs_rng else None)
         loader = make_loader(train_features, my_batches, task, config, device, seeds, state.epoch)
-        micro = (start // global_batch) % config.grad_accum
+        micro = first % config.grad_accum
         for batch, g in zip(loader, global_batches):
             batch = move_to(batch, device)
             boundary = (micro + 1) % config.grad_accum == 0
@@ -481,7 +499,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 break
         if stopped_early:
             break
-        if state.examples_in_epoch >= min(len(order), usable):  # epoch finished
+        if state.examples_in_epoch >= epoch_examples:  # epoch finished
             state.epoch += 1
             state.examples_in_epoch = 0
             if config.eval_every == "epoch":
