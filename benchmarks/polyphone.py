@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N examples of each set (smoke runs)")
     args = parser.parse_args(argv)
 
     train = read_examples(args.g2pl / "train")
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "CPP test": cpp_test,
         "CPP test ∩ g2pL chars": [ex for ex in cpp_test if ex.char in g2pl_chars],
     }
+    if args.limit > 0:
+        sets = {name: examples[:args.limit] for name, examples in sets.items()}
     methods: dict[str, Predictor] = {
         "majority (g2pL train)": majority_predictor(train),
         "majority (CPP dev)": majority_predictor(read_examples(args.cpp / "dev")),

@@ -336,22 +336,62 @@ def test_short_training_run_lowers_loss_and_reaches_the_majority_baseline(splits
     write_sent_lb(rng.sample(splits["g2pL/dev"], 1000), data / "dev")
     task = make_task(data)
     train_examples, dev_examples = task.read("train"), task.read("dev")
-    train_features = task.encode(train_examples, tokenizer, 64)
-    dev_features = task.encode(dev_examples, tokenizer, 64)
+    train_features = task.encode(train_examples, tokenizer, 32)
+    dev_features = task.encode(dev_examples, tokenizer, 32)
 
     torch.manual_seed(0)
     model = task.build_model(preset("tiny", vocab_size=tokenizer.vocab_size))
-    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=300, batch_size=32, lr=1e-3,
-                         warmup_ratio=0.1, eval_every="none", log_every=25, progress=False, device="cpu",
+    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=200, batch_size=16, lr=1e-3,
+                         warmup_ratio=0.1, eval_every="none", log_every=10, progress=False, device="cpu",
                          seed=0)
     result = trainer.train(task, model, train_features, (dev_examples, dev_features), config)
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
               if "loss" in r]
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.75 * losses[0], losses
 
     metrics, _ = trainer.evaluate(task, result.model, dev_examples, dev_features, 256, torch.device("cpu"))
     majority = majority_readings(train_examples)
     baseline = sum(majority.get(ex.char) == ex.label for ex in dev_examples) / len(dev_examples)
     print(f"polyphone tiny run: loss {losses[0]:.3f} -> {losses[-1]:.3f}; dev accuracy "
           f"{metrics['accuracy']:.4f} vs majority {baseline:.4f}")
-    assert metrics["accuracy"] >= baseline - 0.01
+    assert metrics["accuracy"] >= baseline
+
+
+# ---- benchmark -----------------------------------------------------------------------------------
+
+@needs_data
+@needs_vocab
+def test_benchmark_scores_baselines_and_a_saved_model(task, tokenizer, tmp_path, capsys):
+    """The path the lead runs on the GPU (`--model DIR`), here with an untrained tiny model."""
+    import importlib.util
+
+    from bertkit.config import preset
+
+    spec = importlib.util.spec_from_file_location(
+        "polyphone_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "polyphone.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    torch.manual_seed(0)
+    model = task.build_model(preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+    model.save_pretrained(tmp_path / "model", tokenizer=tokenizer)
+    out = tmp_path / "table.json"
+    assert bench.main(["--model", str(tmp_path / "model"), "--limit", "150", "--device", "cpu",
+                       "--json", str(out)]) == 0
+    table = json.loads(out.read_text(encoding="utf-8"))
+    assert table["examples"] == {"g2pL test": 150, "CPP test": 150, "CPP test ∩ g2pL chars": 150}
+    acc = table["accuracy"]
+    assert set(acc) == {"majority (g2pL train)", "majority (CPP dev)", "pypinyin", "bertkit"}
+    assert "bertkit" in capsys.readouterr().out
+
+    # The benchmark reloads the model from disk and rebuilds labels from config.json; it must
+    # score exactly what the in-memory model scores through the task.
+    examples = task.read("test")[:150]
+    features = task.encode(examples, tokenizer, 128)
+    with torch.no_grad():
+        logits = model(**task.collate(features)).logits
+    expected = task.metrics(examples, task.postprocess(examples, features, list(logits.numpy())))
+    assert acc["bertkit"]["g2pL test"] == pytest.approx(expected["accuracy"])
+    majority = majority_readings(task.read("train"))
+    assert acc["majority (g2pL train)"]["g2pL test"] == pytest.approx(
+        sum(majority[ex.char] == ex.label for ex in examples) / 150)
