@@ -267,7 +267,7 @@ def _whitespace_tokenizer():
     return tok
 
 
-@pytest.mark.slow  # ~70 s of CPU on 2 idle cores: 63 optimizer steps of MiniLM
+@pytest.mark.slow  # 125 MiniLM optimizer steps: 90-150 s on the shared 2-core machine
 def test_finetune_minilm_on_2000_sentences_learns(conll_dir, tokenizer, tmp_path):
     if not (MINILM / "model.safetensors").is_file():
         pytest.skip(f"{MINILM}/model.safetensors is absent")
@@ -282,14 +282,14 @@ def test_finetune_minilm_on_2000_sentences_learns(conll_dir, tokenizer, tmp_path
     train_features = task.encode(train_examples, tokenizer, 64)
     dev_features = task.encode(dev_examples, tokenizer, 64)
     model = BertForTokenClassification.from_pretrained(MINILM, **task.model_config_updates())
-    config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, lr=1e-4, batch_size=32, warmup_ratio=0.1,
+    config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, lr=2e-4, batch_size=16, warmup_ratio=0.1,
                          eval_every="none", progress=False, device="cpu", group_by_length=True, log_every=20)
     start = time.perf_counter()
     train(task, model, train_features, None, config)
     metrics, predictions = evaluate(task, model, dev_examples, dev_features, 128, torch.device("cpu"))
     elapsed = time.perf_counter() - start
     print(f"\nconll2003 MiniLM 2000 sentences x 1 epoch: dev[:400] {json.dumps(metrics)} in {elapsed:.0f}s")
-    # An untrained head scores ~0; one epoch on 2,000 sentences gets well past 0.5 entity F1.
+    # An untrained head scores 0 (10 steps: 0.0); one epoch on 2,000 sentences measured 0.65 F1.
     assert metrics["f1"] > 0.5
     assert metrics["token_accuracy"] > 0.9
     assert len(predictions) == len(dev_examples)

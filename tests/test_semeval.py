@@ -131,7 +131,7 @@ def test_xml_skips_sentences_without_terms_and_rejects_bad_ones(tmp_path):
     assert [(e.guid, e.aspect, e.polarity) for e in examples] == [("2:0", "pizza", "positive"),
                                                                   ("2:1", "service", "negative")]
     path.write_text(XML_OK.format(polarity="mixed"))
-    with pytest.raises(DataError, match=rf"{path}, sentence id=2, aspectTerm 1: polarity 'mixed' is not one of"):
+    with pytest.raises(DataError, match=rf"{path}: sentence id=2, aspectTerm 1: polarity 'mixed' is not one of"):
         atsc(train_file=str(path)).read("train")
     path.write_text('<sentences>\n<sentence id="1"><text>No terms.</text></sentence>\n</sentences>\n')
     with pytest.raises(DataError, match=rf"{path}: no <aspectTerm> in any <sentence>"):

@@ -68,7 +68,7 @@ class AspectExample:
     polarity: str | None  # one of the label names; None when unlabelled
     span: tuple[int, int] | None  # character offsets of the aspect in `sentence`
     sentence_key: str  # identifies the sentence, so dev slices keep its aspects together
-    source: str  # "file, sentence id" or "file:line", for error messages
+    source: str  # "file: sentence id=.." or "file:line", for error messages
 
 
 @register("atsc")
@@ -158,10 +158,11 @@ class AspectSentimentTask(Task):
             sid = sentence.get("id", f"#{n_sentence}")
             text_node = sentence.find("text")
             if text_node is None or text_node.text is None:
-                raise DataError(f"{path}, sentence id={sid}: no <text>")
+                raise DataError(f"{path}: sentence id={sid}: no <text>")
             text = text_node.text
             for k, term in enumerate(sentence.iter("aspectTerm")):
-                where = f"{path}, sentence id={sid}, aspectTerm {k}"
+                # "file: ..." so that the part before the last colon is the file (cache keys use it).
+                where = f"{path}: sentence id={sid}, aspectTerm {k}"
                 aspect, polarity = term.get("term"), term.get("polarity")
                 if not aspect:
                     raise DataError(f"{where}: missing 'term' attribute")
