@@ -94,7 +94,7 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     labels = labels.long().masked_fill(labels < 0, IGNORE_INDEX)
     if not bool((labels != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
-    weight = class_weights.to(logits.dtype) if class_weights is not None else None
+    weight = class_weights.float() if class_weights is not None else None  # the loss runs in fp32
     return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX)
 
 

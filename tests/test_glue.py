@@ -1,0 +1,244 @@
+"""GLUE: every reader on the real files with exact counts, the MNLI/QQP/QNLI readers on files in the
+exact GLUE layout, metrics against scikit-learn/scipy and hand-computed values, bad input, custom
+CSV/TSV/JSONL data, prediction files, and short real fine-tuning runs of all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertkit.cli import main
+from bertkit.metrics.glue import f1_binary, glue_metrics, macro_f1, matthews_corrcoef
+from bertkit.tasks import DataError, TaskOptions, get_task_class
+
+COUNTS = {  # (task, folder): train, dev, test — the published GLUE sizes (shared/data/README.md)
+    ("cola", "CoLA"): (8551, 1043, 1063), ("sst2", "SST-2"): (67349, 872, 1821),
+    ("mrpc", "MRPC"): (3668, 408, 1725), ("stsb", "STS-B"): (5749, 1500, 1379),
+    ("rte", "RTE"): (2490, 277, 3000), ("wnli", "WNLI"): (635, 71, 146),
+}
+
+
+def glue_task(name: str, data_dir, **kwargs):
+    return get_task_class(name)(TaskOptions(data_dir=str(data_dir), **kwargs))
+
+
+@pytest.mark.parametrize("name,folder", list(COUNTS))
+def test_readers_parse_every_split_with_exact_counts(shared_dir: Path, name: str, folder: str) -> None:
+    task = glue_task(name, shared_dir / "data" / "glue" / folder)
+    counts = tuple(len(task.read(split)) for split in ("train", "dev", "test"))
+    assert counts == COUNTS[(name, folder)]
+
+
+def test_reader_details_on_real_files(shared_dir: Path) -> None:
+    glue = shared_dir / "data" / "glue"
+    mrpc = glue_task("mrpc", glue)  # the GLUE root works too: the task finds its folder
+    first = mrpc.read("train")[0]
+    assert not first.text_a.startswith("\ufeff") and first.label in ("0", "1")
+    assert mrpc.read("test")[0].guid == "0" and mrpc.read("test")[0].label is None
+    cola_dev = glue_task("cola", glue).read("dev")  # no header, no trailing newline
+    assert cola_dev[0].text_a == "The sailors rode the breeze clear of the rocks." and cola_dev[0].label == "1"
+    assert len(cola_dev) == 1043 and [e.label for e in cola_dev].count("1") == 721
+    stsb = glue_task("stsb", glue).read("dev")
+    assert all(isinstance(e.label, float) and 0.0 <= e.label <= 5.0 for e in stsb)
+    qnli = glue_task("qnli", glue).read("dev")
+    assert len(qnli) == 5463 and sum(e.label == "entailment" for e in qnli) == 2702
+    assert len(glue_task("ax", glue).read("test")) == 1104
+    with pytest.raises(DataError, match="only a test split"):
+        glue_task("ax", glue).read("train")
+
+
+def write(path: Path, rows: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+               "sentence1_parse\tsentence2_parse\tsentence1\tsentence2")
+
+
+def test_mnli_qqp_qnli_readers_on_files_in_the_glue_layout(tmp_path: Path) -> None:
+    """MNLI/QQP/QNLI train files are not available offline: these follow the GLUE layout exactly."""
+    mnli = tmp_path / "MNLI"
+    write(mnli / "train.tsv", [MNLI_HEADER + "\tlabel1\tgold_label",
+                               "0\t31193\t31193n\tgovernment\t( ( x ) )\t( y )\t(ROOT x)\t(ROOT y)\t"
+                               "Conceptually cream skimming has two basic dimensions.\t"
+                               "Product and geography are what make cream skimming work.\tneutral\tneutral"])
+    dev_header = MNLI_HEADER + "\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label"
+    write(mnli / "dev_matched.tsv", [dev_header, "0\t1\t1n\tfiction\tp\tp\tp\tp\tThe new rights are nice.\t"
+                                                 "Everyone loves them.\tneutral\tentailment\tneutral\tneutral\tneutral\tneutral",
+                                     "1\t2\t2e\tfiction\tp\tp\tp\tp\tA man eats.\tSomeone eats.\t"
+                                     "entailment\tentailment\tentailment\tentailment\tentailment\tentailment"])
+    write(mnli / "dev_mismatched.tsv", [dev_header, "0\t3\t3c\tletters\tp\tp\tp\tp\tIt rains.\tIt is dry.\t"
+                                                    "contradiction\tcontradiction\tcontradiction\tcontradiction\t"
+                                                    "contradiction\tcontradiction"])
+    write(mnli / "test_matched.tsv", [MNLI_HEADER, "0\t1\t1\tfiction\tp\tp\tp\tp\tA.\tB."])
+    write(mnli / "test_mismatched.tsv", [MNLI_HEADER, "0\t2\t2\tletters\tp\tp\tp\tp\tC.\tD.",
+                                         "1\t3\t3\tletters\tp\tp\tp\tp\tE.\tF."])
+    task = glue_task("mnli", tmp_path)
+    assert [e.label for e in task.read("train")] == ["neutral"]
+    dev = task.read("dev")
+    assert len(dev) == 3 and dev[2].guid == "mm:0" and dev[2].label == "contradiction"
+    # matched accuracy is the main metric; mismatched reported beside it
+    labels = task.label_names()
+    metrics = task.metrics(dev, [labels.index("neutral"), labels.index("contradiction"), labels.index("contradiction")])
+    assert metrics == {"accuracy": 0.5, "accuracy_mm": 1.0}
+    test = task.read("test")
+    written = task.write_predictions(test, [0, 1, 2], tmp_path / "out" / "MNLI-m.tsv")
+    assert written.name == "MNLI-m.tsv"
+    assert (tmp_path / "out" / "MNLI-m.tsv").read_text() == "index\tprediction\n0\tcontradiction\n"
+    assert (tmp_path / "out" / "MNLI-mm.tsv").read_text() == "index\tprediction\n0\tentailment\n1\tneutral\n"
+
+    qqp = tmp_path / "QQP"
+    write(qqp / "train.tsv", ["id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
+                              "133273\t213221\t213222\tHow is the life of a math student?\t"
+                              "Which level of prepration is enough for the exam jlpt5?\t0"])
+    write(qqp / "test.tsv", ["id\tquestion1\tquestion2", "0\tWhy am I mentally very lonely?\tHow can I stop?"])
+    train = glue_task("qqp", tmp_path).read("train")
+    assert train[0].label == "0" and train[0].text_b.startswith("Which level")
+    assert glue_task("qqp", tmp_path).read("test")[0].guid == "0"
+
+    write(tmp_path / "QNLI" / "train.tsv", ["index\tquestion\tsentence\tlabel",
+                                            "0\tWhen did it happen?\tIt happened in 1990.\tentailment"])
+    assert glue_task("qnli", tmp_path).read("train")[0].label == "entailment"
+
+
+def test_metrics_match_sklearn_and_scipy() -> None:
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 500), rng.integers(0, 2, 500)
+    assert matthews_corrcoef(p, y) == pytest.approx(sklearn_metrics.matthews_corrcoef(y, p), abs=1e-12)
+    assert f1_binary(p, y) == pytest.approx(sklearn_metrics.f1_score(y, p), abs=1e-12)
+    y3, p3 = rng.integers(0, 3, 500), rng.integers(0, 3, 500)
+    assert macro_f1(p3, y3, 3) == pytest.approx(sklearn_metrics.f1_score(y3, p3, average="macro"), abs=1e-12)
+    x, z = rng.normal(size=200), rng.normal(size=200)
+    corr = glue_metrics("corr", x, z)
+    assert corr["pearson"] == pytest.approx(pearsonr(x, z)[0]) and corr["spearman"] == pytest.approx(spearmanr(x, z)[0])
+
+
+def test_metrics_on_hand_computed_cases() -> None:
+    # tp=2 fp=1 fn=1 tn=1: precision 2/3, recall 2/3 -> F1 2/3; MCC = (2*1-1*1)/sqrt(3*3*2*2) = 1/6
+    pred, gold = [1, 1, 1, 0, 0], [1, 1, 0, 1, 0]
+    assert f1_binary(pred, gold) == pytest.approx(2 / 3)
+    assert matthews_corrcoef(pred, gold) == pytest.approx(1 / 6)
+    assert glue_metrics("acc_f1", pred, gold) == pytest.approx({"accuracy": 0.6, "f1": 2 / 3, "acc_and_f1": (0.6 + 2 / 3) / 2})
+    assert matthews_corrcoef([1, 1, 1], [1, 1, 1]) == 0.0  # undefined -> 0, as GLUE's scorer reports
+    assert glue_metrics("corr", [1.0, 2.0, 3.0], [2.0, 4.0, 7.0])["spearman"] == pytest.approx(1.0)
+
+
+def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
+    header = "index\tsentence1\tsentence2\tlabel"
+    write(tmp_path / "RTE" / "train.tsv", [header, "0\tA.\tB.\tentailment", "1\tC.\tD."])
+    with pytest.raises(DataError, match=r"RTE/train.tsv:3: expected at least 4 .*found 3"):
+        glue_task("rte", tmp_path).read("train")
+    write(tmp_path / "RTE" / "train.tsv", [header, "0\tA.\tB.\tentailment", "1\tC.\tD.\tmaybe"])
+    with pytest.raises(DataError, match=r"train.tsv:3: label 'maybe' is not in the label set .*entailment"):
+        glue_task("rte", tmp_path).read("train")
+    (tmp_path / "RTE" / "dev.tsv").write_text("")
+    with pytest.raises(DataError, match=r"dev.tsv: empty file"):
+        glue_task("rte", tmp_path).read("dev")
+    with pytest.raises(DataError, match=r"test.tsv: split file not found \(files there: dev.tsv, train.tsv\)"):
+        glue_task("rte", tmp_path).read("test")
+    stsb_header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    write(tmp_path / "STS-B" / "train.tsv", [stsb_header, "0\tmain\tf\t2012\t1\ts\ts\tA.\tB.\t3.8",
+                                             "1\tmain\tf\t2012\t2\ts\ts\tC.\tD.\tfour"])
+    with pytest.raises(DataError, match=r"STS-B/train.tsv:3: score 'four' is not a number"):
+        glue_task("stsb", tmp_path).read("train")
+
+
+def test_bad_data_fails_before_a_run_directory_exists(shared_dir: Path, tmp_path: Path) -> None:
+    write(tmp_path / "SST-2" / "train.tsv", ["sentence\tlabel", "good film\t1", "bad film\t7"])
+    write(tmp_path / "SST-2" / "dev.tsv", ["sentence\tlabel", "fine\t1"])
+    out = tmp_path / "run"
+    code = main(["finetune", "--task", "sst2", "--model", str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+                 "--data-dir", str(tmp_path / "SST-2"), "--output-dir", str(out), "--device", "cpu"])
+    assert code == 1 and not out.exists()
+
+
+def test_custom_classification_csv_tsv_jsonl(tmp_path: Path) -> None:
+    write(tmp_path / "train.csv", ["review,stars,id", '"Great, loved it",pos,a1', "Awful,neg,a2", "Meh,neu,a3"])
+    write(tmp_path / "dev.jsonl", [json.dumps({"review": "Nice", "stars": "pos", "id": "b1"})])
+    task = get_task_class("classification")(TaskOptions(
+        train_file=str(tmp_path / "train.csv"), dev_file=str(tmp_path / "dev.jsonl"),
+        extra={"text_column": "review", "label_column": "stars", "id_column": "id"}))
+    train = task.read("train")
+    assert train[0].text_a == "Great, loved it" and task.label_names() == ["neg", "neu", "pos"]
+    assert task.read("dev")[0].guid == "b1"
+    path = task.write_predictions(train, [2, 0, 1], tmp_path / "pred.jsonl",
+                                  probabilities=[np.array([0.1, 0.2, 0.7])] * 3)
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first == {"id": "a1", "prediction": "pos", "probabilities": {"neg": 0.1, "neu": 0.2, "pos": 0.7}}
+    write(tmp_path / "bad.tsv", ["text\tlabel", "only one column"])
+    bad = get_task_class("classification")(TaskOptions(train_file=str(tmp_path / "bad.tsv")))
+    with pytest.raises(DataError, match=r"bad.tsv:2: expected 2 columns"):
+        bad.read("train")
+    write(tmp_path / "reg.tsv", ["text\tlabel", "a\t0.5", "b\thigh"])
+    reg = get_task_class("regression")(TaskOptions(train_file=str(tmp_path / "reg.tsv")))
+    with pytest.raises(DataError, match=r"reg.tsv:3: label='high' is not a number"):
+        reg.read("train")
+
+
+def minilm_finetune(shared_dir: Path, tmp_path: Path, task: str, folder: str, train_rows: int, *extra: str) -> dict:
+    """Fine-tune the real all-MiniLM-L6-v2 on the first `train_rows` rows of a real GLUE train file."""
+    data = tmp_path / folder
+    lines = (shared_dir / "data" / "glue" / folder / "train.tsv").read_text(encoding="utf-8-sig").splitlines()
+    write(data / "train.tsv", lines[: train_rows + 1])
+    (data / "dev.tsv").write_text((shared_dir / "data" / "glue" / folder / "dev.tsv").read_text(encoding="utf-8"))
+    out = tmp_path / f"run-{task}"
+    assert main(["finetune", "--task", task, "--model", str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+                 "--data-dir", str(data), "--output-dir", str(out), "--device", "cpu", "--no-progress",
+                 "--batch-size", "32", "--seed", "1", *extra]) == 0
+    return json.loads((out / "metrics.json").read_text())["dev"] | {"_out": str(out)}
+
+
+@pytest.mark.slow
+def test_sst2_learns_with_real_minilm_and_predicts_the_submission_file(shared_dir: Path, tmp_path: Path) -> None:
+    metrics = minilm_finetune(shared_dir, tmp_path, "sst2", "SST-2", 1600, "--epochs", "1", "--lr", "1e-4",
+                              "--max-seq-length", "64", "--group-by-length")
+    majority = 444 / 872
+    assert metrics["accuracy"] > majority + 0.2, metrics  # well above the majority class (0.509)
+    out = Path(metrics["_out"])
+    assert main(["evaluate", "--model", str(out), "--data-dir", str(shared_dir / "data" / "glue" / "SST-2"),
+                 "--device", "cpu"]) == 0
+    evaluated = json.loads((out / "metrics.json").read_text())["dev"]
+    assert evaluated["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-9)
+    assert main(["predict", "--model", str(out), "--data-dir", str(shared_dir / "data" / "glue" / "SST-2"),
+                 "--split", "test", "--output", str(tmp_path / "submission") + "/", "--device", "cpu"]) == 0
+    rows = (tmp_path / "submission" / "SST-2.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == 1822
+    assert {r.split("\t")[1] for r in rows[1:]} <= {"0", "1"} and rows[1].startswith("0\t")
+
+
+@pytest.mark.slow
+def test_stsb_regression_learns(shared_dir: Path, tmp_path: Path) -> None:
+    metrics = minilm_finetune(shared_dir, tmp_path, "stsb", "STS-B", 1200, "--epochs", "1", "--lr", "1e-4",
+                              "--max-seq-length", "64")
+    assert metrics["pearson"] > 0.5 and metrics["spearman"] > 0.5, metrics
+    config = json.loads((Path(metrics["_out"]) / "config.json").read_text())
+    assert config["problem_type"] == "regression" and config["num_labels"] == 1
+
+
+def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path) -> None:
+    """The google-research / pytorch-pretrained-bert command line runs unchanged."""
+    data = tmp_path / "RTE"
+    lines = (shared_dir / "data" / "glue" / "RTE" / "train.tsv").read_text().splitlines()
+    write(data / "train.tsv", lines[:33])
+    write(data / "dev.tsv", lines[:1] + lines[33:49])
+    out = tmp_path / "seed"
+    argv = ["finetune", "--task_name", "RTE", "--do_train", "--do_eval", "--do_lower_case",
+            "--data_dir", str(data), "--bert_model", str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+            "--max_seq_length", "64", "--train_batch_size", "16", "--eval_batch_size", "8",
+            "--learning_rate", "2e-5", "--num_train_epochs", "1.0", "--warmup_proportion", "0.1",
+            "--gradient_accumulation_steps", "2", "--seed", "3", "--output_dir", str(out), "--no_cuda",
+            "--local_rank", "-1", "--no-progress"]
+    assert main(argv) == 0
+    info = json.loads((out / "bertkit.json").read_text())
+    train = info["train"]
+    assert (info["task"], train["batch_size"], train["lr"], train["grad_accum"], train["warmup_ratio"],
+            train["device"], info["max_seq_length"]) == ("rte", 16, 2e-5, 2, 0.1, "cpu", 64)
+    assert "accuracy" in json.loads((out / "metrics.json").read_text())["dev"]
