@@ -1,6 +1,11 @@
 """Thin helpers over torch.distributed. Processes are started by `torchrun` (never by bertkit):
 it sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; we read them, pick NCCL on GPUs and gloo
 on CPU, and expose the few collectives the trainer needs. Only rank 0 logs and saves.
+
+Two ways to spread a model: DistributedDataParallel (every rank holds all weights; the trainer's
+default) and FSDP2 (`wrap_fsdp`: each rank holds 1/world of every weight and of the optimizer
+state, gathered layer by layer for forward and backward). FSDP2 runs on gloo too, so the CPU tests
+exercise the same code path as NCCL on GPUs.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -104,3 +110,114 @@ def main_process_first(info: DistInfo) -> Iterator[None]:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- FSDP2 (fully_shard) ----------------------------------------------------------------------------
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def wrap_fsdp(model: nn.Module, info: DistInfo) -> nn.Module:
+    """Shard `model` in place with FSDP2 over all ranks and return it (same object, FSDP class).
+
+    Each encoder layer is its own unit, so only one layer's full weights exist at a time during
+    forward/backward; the embeddings, pooler and heads form the root unit (they hold the tied MLM
+    decoder, which must stay in the same unit as the word embeddings). Call it after `model.to(device)`
+    and BEFORE building the optimizer: the optimizer must see the sharded (DTensor) parameters.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from bertkit.modeling.bert import BertLayer
+
+    if not info.enabled:
+        raise ValueError("--fsdp shards the model across processes, but this is a single process; "
+                         "start with `torchrun --nproc-per-node N -m bertkit ...` (N >= 2) or drop --fsdp")
+    if not dist.is_initialized():
+        raise RuntimeError("wrap_fsdp: the process group is not initialised; call distributed.setup() first")
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    layers = [m for m in model.modules() if isinstance(m, BertLayer)]
+    if not layers:
+        raise ValueError(f"wrap_fsdp: {type(model).__name__} has no BertLayer to shard")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module) -> Iterator[None]:
+    """Skip the gradient all-reduce (DDP) / reduce-scatter (FSDP2) of the backward passes inside:
+    an accumulation micro-step only adds to local gradients; the last micro-step syncs the sum."""
+    if is_fsdp(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif isinstance(model, nn.parallel.DistributedDataParallel):
+        with model.no_sync():
+            yield
+    else:
+        yield
+
+
+def to_local_scalar(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from what clip_grad_norm_ returns (a replicated DTensor under FSDP2)."""
+    full = getattr(value, "full_tensor", None)
+    return full() if full is not None else value
+
+
+def full_state_dict(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
+    """The unsharded state dict as CPU tensors on rank 0 (an empty dict on the other ranks).
+
+    A collective under FSDP2: every rank must call it. Parameters are gathered one at a time to
+    rank 0's CPU memory, so no GPU ever holds the full model at once."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if info.is_main else {}
+    inner = getattr(model, "module", model)  # DDP
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+    if not info.is_main:
+        return {}
+    return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+
+
+def full_model(model: nn.Module, info: DistInfo) -> nn.Module | None:
+    """An unsharded CPU copy of an FSDP2 model on rank 0 (None on the others), for `save_pretrained`
+    and other code that expects ordinary tensors. A collective: every rank must call it.
+
+    The copy is built on the meta device and takes the gathered tensors by assignment, so rank 0
+    needs one full CPU copy of the weights, not two."""
+    state = full_state_dict(model, info)
+    if not info.is_main:
+        return None
+    cls = type(model)
+    if is_fsdp(model):
+        from torch.distributed.fsdp import FSDPModule
+
+        # fully_shard swaps the class for a subclass of (FSDPModule, original class).
+        cls = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule) and issubclass(c, nn.Module))
+    with torch.device("meta"):
+        plain = cls(model.config)
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        raise RuntimeError(f"full_model: gathered keys {unexpected[:5]} are not in {cls.__name__}")
+    if hasattr(plain, "tie_weights"):
+        plain.tie_weights()  # the tied MLM decoder is not a separate key
+    # Non-persistent buffers are not in any state dict; FSDP2 leaves buffers unsharded, so copy them.
+    sharded_buffers = dict(model.named_buffers())
+    for name, buf in list(plain.named_buffers()):
+        if buf.is_meta:
+            owner_name, _, attr = name.rpartition(".")
+            owner = plain.get_submodule(owner_name) if owner_name else plain
+            owner.register_buffer(attr, sharded_buffers[name].detach().cpu(),
+                                  persistent=attr not in owner._non_persistent_buffers_set)
+    still_meta = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if still_meta:
+        raise RuntimeError(f"full_model: {still_meta[:5]} were not gathered (missing keys: {missing[:5]})")
+    return plain.eval()
