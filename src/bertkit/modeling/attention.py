@@ -50,9 +50,25 @@ class PaddedAttention:
         return out.transpose(1, 2).reshape(B, T, H)  # [B,heads,T,D] -> [B,T,H]
 
 
+def unpadded_kernel(device_type: str, dtype: torch.dtype, dropout_p: float) -> str:
+    """The attention kernel of the unpadded path for one call (the "auto" policy).
+
+    "varlen": torch.nn.attention.varlen.varlen_attn, a flash kernel on the packed tokens. It only
+    exists on CUDA, takes 16-bit inputs only and has no dropout argument, so it serves evaluation,
+    inference and training with attention_probs_dropout_prob=0 under bf16/fp16 autocast.
+    "sdpa_unpadded": dense layers still run on the packed tokens, but each attention call scatters
+    q/k/v back to the batch's [B,T] layout and runs SDPA with the padding mask and dropout_p: exact
+    BERT semantics (attention dropout 0.1) on every device and dtype. On an H100 varlen costs
+    1.15 ms vs 2.61 ms for padded SDPA per fwd+bwd at SST-2 lengths (shared/GPU-NOTES.md).
+    """
+    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
+        return "varlen"
+    return "sdpa_unpadded"
+
+
 @dataclass
 class UnpaddedAttention:
-    """Attention on the `[N, H]` layout: the N real tokens of the batch, sequence after sequence.
+    """Attention on the `[N, H]` layout: the N real tokens of the batch, row after row.
 
     Sequences are the runs of equal non-zero ids in each row, so a packed row contributes one
     sequence per document; `cu_seqlens[s]` is where sequence s starts in the N tokens.
@@ -60,57 +76,37 @@ class UnpaddedAttention:
 
     indices: torch.Tensor  # int64 [N]: flat index (row * T + column) of each real token
     cu_seqlens: torch.Tensor  # int32 [S+1]: sequence boundaries in the N tokens
-    max_seqlen: int  # longest sequence
+    max_seqlen: int  # an upper bound on the longest sequence: T, known from the shape (no host sync)
     batch_size: int
     seq_len: int
-    kernel: str  # "varlen" (CUDA flash kernel) or "sdpa_unpadded" (re-pad per sequence + SDPA)
+    kernel: str  # "varlen" (flash when unpadded_kernel allows it) or "sdpa_unpadded"
+    mask: torch.Tensor  # bool [B,1,1,T] or [B,1,T,T]: the SDPA mask of the re-padded fallback
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """[B,T,H] -> [N,H]."""
         return x.reshape(-1, x.shape[-1]).index_select(0, self.indices)  # [B*T,H] -> [N,H]
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[N,H] -> [B,T,H] with zeros at padding."""
-        out = x.new_zeros(self.batch_size * self.seq_len, x.shape[-1])
+        """[N,...] -> [B,T,...] with zeros at padding."""
+        out = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
         out = out.index_copy(0, self.indices, x)
-        return out.view(self.batch_size, self.seq_len, x.shape[-1])  # [B*T,H] -> [B,T,H]
+        return out.view(self.batch_size, self.seq_len, *x.shape[1:])  # [B*T,...] -> [B,T,...]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
                dropout_p: float) -> torch.Tensor:
         """q, k, v [N,H] -> [N,H]."""
         N, H = q.shape
-        q, k, v = (_split_heads(t, num_heads) for t in (q, k, v))  # [N,heads,D]
-        # varlen_attn is a flash kernel: 16-bit inputs only and no dropout argument, so fp32 runs
-        # and training with attention dropout take the re-padding path (SDPA has dropout_p).
-        if self.kernel == "varlen" and dropout_p == 0.0 and q.dtype in (torch.float16, torch.bfloat16):
+        if self.kernel == "varlen" and unpadded_kernel(q.device.type, q.dtype, dropout_p) == "varlen":
             from torch.nn.attention.varlen import varlen_attn
 
+            q, k, v = (_split_heads(t, num_heads) for t in (q, k, v))  # [N,heads,D]
             out = varlen_attn(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen)
-        else:
-            out = self._attend_repadded(q, k, v, dropout_p)
-        return out.reshape(N, H)  # [N,heads,D] -> [N,H]
-
-    def _attend_repadded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         dropout_p: float) -> torch.Tensor:
-        """Portable fallback: scatter each sequence into its own row of [S, max_len], run SDPA with
-        a key-padding mask, gather the real tokens back. q, k, v [N,heads,D] -> [N,heads,D]."""
-        N, heads, D = q.shape
-        S, L = self.cu_seqlens.numel() - 1, self.max_seqlen
-        starts = self.cu_seqlens.long()
-        token = torch.arange(N, device=q.device)
-        seq = torch.searchsorted(starts[1:], token, right=True)  # [N] sequence of each token
-        pos = token - starts[seq]  # [N] position inside its sequence
-        lengths = starts[1:] - starts[:-1]  # [S]
-
-        def repad(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_zeros(S, L, heads, D)
-            out[seq, pos] = t  # [N,heads,D] -> [S,L,heads,D]
-            return out.transpose(1, 2)  # [S,heads,L,D]
-
-        key_ok = torch.arange(L, device=q.device)[None, :] < lengths[:, None]  # [S,L]
-        out = F.scaled_dot_product_attention(repad(q), repad(k), repad(v),
-                                             attn_mask=key_ok[:, None, None, :], dropout_p=dropout_p)
-        return out.transpose(1, 2)[seq, pos]  # [S,heads,L,D] -> [S,L,heads,D] -> [N,heads,D]
+            return out.reshape(N, H)  # [N,heads,D] -> [N,H]
+        # Re-pad to the batch's own [B,T] layout: T is the longest row, so no per-sequence max is
+        # needed on the host, and q/k/v travel in one scatter instead of three.
+        qkv = self.pad(torch.cat([q, k, v], dim=-1))  # [N,3H] -> [B,T,3H]
+        out = PaddedAttention(mask=self.mask).attend(*qkv.chunk(3, dim=-1), num_heads, dropout_p)  # [B,T,H]
+        return self.unpad(out)  # [B,T,H] -> [N,H]
 
 
 @dataclass
@@ -172,15 +168,31 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return column - start_column.cummax(dim=1).values
 
 
+def padding_mask(mask: torch.Tensor, packed: bool) -> torch.Tensor:
+    """The boolean SDPA mask for a [B,T] id mask: [B,1,T,T] (same id) when rows are packed, else
+    [B,1,1,T] (key is not padding). No query row is ever fully masked (SDPA would give NaN): padding
+    attends to padding, and an all-padding row attends everywhere."""
+    if packed:
+        same = mask[:, :, None] == mask[:, None, :]  # [B,T,T]
+        return same[:, None]  # [B,1,T,T]
+    keep = mask > 0  # [B,T]
+    keep = keep | ~keep.any(dim=1, keepdim=True)
+    return keep[:, None, None, :]  # [B,1,1,T]
+
+
+@torch.compiler.disable
 def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
                       ) -> PaddedAttention | UnpaddedAttention | FlexAttention:
     """Choose the attention layout for one batch.
 
     attention_mask: [B,T] ints (0 = pad, k > 0 = sequence id) or None (no padding, one sequence per row).
-    backend: "padded" | "unpadded" (varlen on CUDA, else re-padding) | "varlen" | "sdpa_unpadded" |
-    "flex" (FlexAttention with a document block mask) |
+    backend: "padded" | "unpadded" (varlen where unpadded_kernel allows, else re-padded SDPA) |
+    "varlen" (same) | "sdpa_unpadded" | "flex" (FlexAttention with a document block mask) |
     "auto" (unpad only when the batch has padding or more than one sequence in a row: otherwise
     the padded path has nothing to skip and no gather/scatter to pay for).
+
+    Runs eagerly under torch.compile (the token count N is data-dependent): one host sync per
+    batch for the layout decision and the nonzero(), none inside the layers.
     """
     if backend not in BACKENDS:
         raise ValueError(f"attn_backend={backend!r} is not supported; valid: {', '.join(BACKENDS)}")
@@ -191,30 +203,23 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
     mask = attention_mask.long()
     if backend == "flex":
         return _flex_context(mask)
-    packed = bool((mask > 1).any())
+    packed, full = torch.stack([(mask > 1).any(), (mask > 0).all()]).tolist()  # one host sync
     if backend == "auto":
-        if not packed and bool((mask > 0).all()):
+        if not packed and full:
             return PaddedAttention(mask=None)
         backend = "unpadded"
     if backend == "padded":
-        if packed:
-            # Same id attends to same id; padding (id 0) attends only to padding, so no query row
-            # is fully masked (SDPA would return NaN for it).
-            same = mask[:, :, None] == mask[:, None, :]  # [B,T,T]
-            return PaddedAttention(mask=same[:, None])  # [B,1,T,T]
-        keep = mask > 0  # [B,T]
-        keep = keep | ~keep.any(dim=1, keepdim=True)  # an all-padding row attends everywhere, not to nothing
-        return PaddedAttention(mask=keep[:, None, None, :])  # [B,1,1,T]
+        return PaddedAttention(mask=padding_mask(mask, packed))
 
     B, T = mask.shape
     flat = mask.reshape(-1)  # [B*T]
     indices = flat.nonzero().squeeze(1)  # [N]
-    starts = sequence_starts(mask).reshape(-1)[indices]  # [N] True at each sequence's first token
-    start_at = starts.nonzero().squeeze(1)  # [S]
-    n = indices.numel()
-    cu = torch.cat([start_at, start_at.new_tensor([n])]).to(torch.int32)  # [S+1]
-    max_seqlen = int((cu[1:] - cu[:-1]).max()) if n else 0
-    if backend == "unpadded":
-        backend = "varlen" if mask.is_cuda else "sdpa_unpadded"
-    return UnpaddedAttention(indices=indices, cu_seqlens=cu, max_seqlen=max_seqlen,
-                             batch_size=B, seq_len=T, kernel=backend)
+    if packed:
+        starts = sequence_starts(mask).reshape(-1)[indices]  # [N] True at each sequence's first token
+        start_at = starts.nonzero().squeeze(1)  # [S]
+        cu = torch.cat([start_at, start_at.new_tensor([indices.numel()])]).to(torch.int32)  # [S+1]
+    else:  # one sequence per row: boundaries are the running sum of row lengths
+        cu = F.pad((mask > 0).sum(dim=1).cumsum(0), (1, 0)).to(torch.int32)  # [B+1]
+    kernel = "varlen" if backend in ("unpadded", "varlen") else "sdpa_unpadded"
+    return UnpaddedAttention(indices=indices, cu_seqlens=cu, max_seqlen=T, batch_size=B, seq_len=T,
+                             kernel=kernel, mask=padding_mask(mask, packed))
