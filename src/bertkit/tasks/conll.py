@@ -16,7 +16,7 @@ Encoding: words are tokenized as given (pre-tokenized); a word's tag sits on its
 sub-token, all other positions get -100 (never scored). A sentence longer than
 max_seq_length - 2 sub-tokens is split into windows at word boundaries rather than truncated:
 each window holds as many whole words as fit, and the next window starts early enough to repeat
-up to `--window-overlap` sub-tokens of the previous one as left context. A word that lies in
+up to `--window-overlap` sub-tokens (at most half a window) of the previous one as left context. A word that lies in
 several windows is labelled (and predicted) in exactly one: the window where it has the most
 context on its nearer side, min(sub-tokens to its left, sub-tokens to its right), the earlier
 window on ties (the "max context" rule of BERT's SQuAD code). Every word is therefore scored
@@ -238,6 +238,9 @@ class NerTask(Task):
             raise ValueError(f"--max-seq-length {max_seq_length} leaves no room for words next to [CLS]/[SEP]")
         if overlap < 0:
             raise ValueError(f"--window-overlap must be >= 0, got {overlap}")
+        # More than half a window of overlap would make windows advance by a word or two and
+        # multiply the features; half a window still gives every word >= budget/4 context.
+        overlap = min(overlap, budget // 2)
         backend = plain_backend(tokenizer)
         cls_id, sep_id, unk_id = special_ids(tokenizer)
         encodings = backend.encode_batch([ex.words for ex in examples], is_pretokenized=True,
