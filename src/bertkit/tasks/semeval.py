@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import random
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -48,7 +47,6 @@ from sklearn.metrics import f1_score
 from bertkit.tasks.base import DataError, Task, TaskOptions, register
 from bertkit.tasks.swag import encode_pair, plain_backend, special_ids
 
-log = logging.getLogger(__name__)
 
 POLARITIES = ["negative", "neutral", "positive"]
 SEG_POLARITY = {"-1": "negative", "0": "neutral", "1": "positive"}
