@@ -47,7 +47,6 @@ from sklearn.metrics import f1_score
 from bertkit.tasks.base import DataError, Task, TaskOptions, register
 from bertkit.tasks.swag import encode_pair, plain_backend, special_ids
 
-
 POLARITIES = ["negative", "neutral", "positive"]
 SEG_POLARITY = {"-1": "negative", "0": "neutral", "1": "positive"}
 XML_FILES = {"restaurants": {"train": ("Restaurants_Train_v2.xml", "Restaurants_Train.xml"),
