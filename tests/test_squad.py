@@ -333,23 +333,25 @@ def test_encode_leaves_a_truncating_tokenizer_alone(v1_dev):
 # ---- a real fine-tune -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_minilm_learns_span_qa_on_held_out_articles(tmp_path, tokenizer):
+    """200 questions of the first 3 dev articles, scored on 120 questions of later articles.
+    Measured (shared 2-core CPU): F1 6.3 -> 27.5, EM 0 -> 16.7; 64 steps, ~15 min under heavy load."""
     torch = pytest.importorskip("torch")
     trainer = pytest.importorskip("bertkit.training.trainer")
     from bertkit.config import TrainConfig
     from bertkit.modeling.heads import BertForQuestionAnswering
 
     torch.manual_seed(0)
-    task = make_task(dev_file=str(need(V1_DEV)), article_split=3, doc_stride=64)
-    train_examples, dev_examples = task.read("train")[:256], task.read("dev")[:120]
-    # 128-token windows keep the CPU run short; only windows holding the answer are trained on.
-    train_features = [f for f in task.encode(train_examples, tokenizer, 128) if f["start_positions"]]
-    dev_features = task.encode(dev_examples, tokenizer, 128)
+    task = make_task(dev_file=str(need(V1_DEV)), article_split=3, doc_stride=48)
+    train_examples, dev_examples = task.read("train")[:200], task.read("dev")[:120]
+    # 96-token windows keep the CPU run short; only windows holding the answer are trained on.
+    train_features = [f for f in task.encode(train_examples, tokenizer, 96) if f["start_positions"]]
+    dev_features = task.encode(dev_examples, tokenizer, 96)
     model = BertForQuestionAnswering.from_pretrained(MINILM)
     device = torch.device("cpu")
     before, _ = trainer.evaluate(task, model, dev_examples, dev_features, 64, device)
-    config = TrainConfig(output_dir=str(tmp_path), epochs=2, lr=1e-4, batch_size=16, warmup_ratio=0.1,
+    config = TrainConfig(output_dir=str(tmp_path), epochs=4, lr=3e-4, batch_size=16, warmup_ratio=0.1,
                          eval_every="none", progress=False, device="cpu")
     trainer.train(task, model, train_features, None, config)
     after, _ = trainer.evaluate(task, model, dev_examples, dev_features, 64, device)
-    assert after["f1"] > before["f1"] + 10, (before, after)
-    assert after["f1"] > 20.0, after
+    assert after["f1"] > before["f1"] + 12, (before, after)
+    assert after["exact_match"] > 8.0, after

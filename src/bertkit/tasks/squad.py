@@ -52,6 +52,7 @@ class SquadExample:
     answer_starts: list[int] = field(default_factory=list)
     is_impossible: bool | None = None  # None for v1.1 data, where the field does not exist
     title: str = ""
+    source: str = ""  # "file:question id", for error messages and the CLI's feature cache key
 
 
 @dataclass
@@ -137,7 +138,8 @@ def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: 
                     raise DataError(f"{where}: is_impossible is true but the question has answers")
                 if drop_unaligned and answers and all(s < 0 for s in starts):
                     continue
-                examples.append(SquadExample(qid, qa["question"], context, answers, starts, impossible, title))
+                examples.append(SquadExample(qid, qa["question"], context, answers, starts, impossible, title,
+                                             f"{path}:{qid}"))
     return examples, slips
 
 
@@ -147,6 +149,7 @@ class SquadTask(Task):
     main_metric = "f1"
     splits = ("train", "dev", "test")
     default_max_seq_length = 384  # the BERT paper's SQuAD setting; contexts average ~160 tokens
+    submission_name = "predictions.json"  # what `bertkit predict --output DIR/` writes (+ nbest, null odds)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
