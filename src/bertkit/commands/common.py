@@ -148,14 +148,17 @@ def encode_cached(task: Task, split: str, examples: list, tokenizer, max_len: in
     task options: the second run (and every other rank) reads the cache instead of tokenizing."""
     from bertkit.training import distributed
 
-    key_parts = [task.name, split, str(max_len), getattr(tokenizer, "vocab_hash", ""),
+    # Keyed on the examples themselves (not file names or times): any change to the data, the
+    # tokenizer, the length or a task option gives a new key. Hashing repr() of 67k SST-2
+    # examples takes ~50 ms, far less than tokenizing them again.
+    key = hashlib.sha256()
+    for part in (task.name, split, str(max_len), getattr(tokenizer, "vocab_hash", ""),
                  str(getattr(tokenizer, "do_lower_case", "")), json.dumps(task.options.extra, sort_keys=True, default=str),
-                 json.dumps(task.label_names()), str(len(examples))]
-    for source in sorted({str(getattr(e, "source", "")).rsplit(":", 1)[0] for e in examples[:1]}):
-        if source and Path(source).is_file():
-            stat = Path(source).stat()
-            key_parts += [str(Path(source).resolve()), str(stat.st_size), str(stat.st_mtime_ns)]
-    path = cache_dir() / (hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:24] + ".pkl")
+                 json.dumps(task.label_names())):
+        key.update(part.encode() + b"\0")
+    for example in examples:
+        key.update(repr(example).encode())
+    path = cache_dir() / f"{task.name}-{split}-{key.hexdigest()[:24]}.pkl"
     info = info or distributed.DistInfo()
     with distributed.main_process_first(info):
         if path.is_file():
