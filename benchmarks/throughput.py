@@ -1,0 +1,449 @@
+"""Training and inference throughput: bertkit vs transformers, in one process, on the same inputs.
+
+    python benchmarks/throughput.py --sst2 SST-2/train.tsv.xz --vocab vocab.txt [--compile] --json out.json
+    python benchmarks/throughput.py --small          # CPU, mini shape, < 2 minutes
+
+Both sides get the same batches (already on the device before the clock starts), the same shape
+(BERT-base, random init, dropout 0.1), bf16 autocast on CUDA, AdamW (fused on CUDA) with gradient
+clipping at 1.0 as in both training loops, and optionally torch.compile. transformers runs with
+attn_implementation="sdpa". Differences measured are therefore the models' own:
+
+    fine-tuning   bertkit unpads (dense layers on real tokens only) vs transformers padded to 128
+                  (run_glue.py's default) and with dynamic padding (pad to the batch's longest row)
+    pre-training  bertkit runs the vocabulary decoder on the 15% masked positions only;
+                  transformers' BertForPreTraining decodes every position
+    inference     SST-2 dev sentences and 384-token SQuAD-like windows
+
+MFU counts only useful FLOPs (real tokens, masked positions for the MLM decoder; see
+`useful_flops`) against a measured matmul ceiling, so the MFU ratio equals the throughput ratio
+and padding shows up as lost utilisation. Peak memory is torch.cuda.max_memory_allocated; on CPU
+it is reported as n/a (the process RSS high-water mark cannot be reset between runs).
+
+Needs only torch, transformers, tokenizers, numpy and bertkit: every data path is a flag, and
+.xz files are read directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import lzma
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import transformers
+from bertkit.config import ModelConfig, preset
+from bertkit.modeling.heads import (BertForPreTraining, BertForQuestionAnswering,
+                                    BertForSequenceClassification)
+from bertkit.tokenization import Tokenizer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # present on the dev machine only
+WORKLOADS = ("finetune", "pretrain", "inference")
+Batch = dict[str, torch.Tensor]
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def read_text(path: Path) -> str:
+    opener = lzma.open if path.suffix == ".xz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return f.read()
+
+
+def read_sst2_sentences(path: Path) -> list[str]:
+    """GLUE SST-2 tsv (header `sentence<TAB>label`, .tsv or .tsv.xz) -> sentences."""
+    lines = read_text(path).splitlines()
+    if not lines or lines[0].split("\t")[0] != "sentence":
+        raise SystemExit(f"{path}:1: expected the GLUE SST-2 header 'sentence<TAB>label', "
+                         f"got {lines[0][:60]!r}" if lines else f"{path}: empty file")
+    sentences = []
+    for number, line in enumerate(lines[1:], start=2):
+        text = line.split("\t")[0].strip()
+        if not text:
+            raise SystemExit(f"{path}:{number}: empty sentence")
+        sentences.append(text)
+    return sentences
+
+
+def read_squad_pairs(path: Path) -> list[tuple[str, str]]:
+    """SQuAD json (.json or .json.xz) -> (question, context) pairs."""
+    try:
+        data = json.loads(read_text(path))["data"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise SystemExit(f"{path}: not a SQuAD json file with a top-level 'data' list ({err})")
+    return [(qa["question"], para["context"]) for article in data for para in article["paragraphs"]
+            for qa in para["qas"]]
+
+
+def find_default(flag: str, *candidates: Path) -> Path:
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise SystemExit(f"{flag} is required here: none of {', '.join(map(str, candidates))} exists")
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def sentence_batches(sentences: list[str], batch_size: int, steps: int, seed: int) -> list[list[str]]:
+    """`steps` batches of sentences drawn without replacement (with replacement if too few)."""
+    rng = np.random.default_rng(seed)
+    need = batch_size * steps
+    order = rng.permutation(len(sentences)) if need <= len(sentences) else rng.integers(0, len(sentences), need)
+    return [[sentences[i] for i in order[s * batch_size:(s + 1) * batch_size]] for s in range(steps)]
+
+
+def pretraining_batch(batch_size: int, seq_len: int, vocab_size: int, rng: np.random.Generator,
+                      hf_labels: bool) -> Batch:
+    """Full-length rows of random tokens, [CLS] A [SEP] B [SEP] layout, 15% masked positions.
+
+    bertkit form: masked_positions/masked_ids [B,P]; transformers form: labels [B,T] (-100 = none)."""
+    P = round(0.15 * seq_len)
+    ids = torch.from_numpy(rng.integers(1000, vocab_size, (batch_size, seq_len)))  # [B,T]
+    half = seq_len // 2
+    ids[:, 0], ids[:, half - 1], ids[:, -1] = 101, 102, 102
+    types = torch.zeros_like(ids)
+    types[:, half:] = 1
+    positions = torch.from_numpy(np.sort(np.stack([rng.choice(np.arange(1, seq_len - 1), P, replace=False)
+                                                   for _ in range(batch_size)]), axis=1))  # [B,P]
+    targets = ids.gather(1, positions)  # [B,P]
+    ids = ids.scatter(1, positions, 103)  # [MASK]
+    batch = dict(input_ids=ids, token_type_ids=types, attention_mask=torch.ones_like(ids),
+                 next_sentence_label=torch.from_numpy(rng.integers(0, 2, batch_size)))
+    if hf_labels:
+        batch["labels"] = torch.full_like(ids, -100).scatter(1, positions, targets)
+    else:
+        batch["masked_positions"], batch["masked_ids"] = positions, targets
+    return batch
+
+
+# ---- FLOPs and the hardware ceiling ---------------------------------------------------------------
+def useful_flops(config: ModelConfig, lengths: list[int], masked: int = 0, training: bool = True,
+                 head: str = "classification") -> float:
+    """Matmul FLOPs of one step on the real tokens only (padding is not useful work).
+
+    Per layer and token: 2 * (4H^2 + 2HI) for the dense layers; per sequence of n tokens and layer:
+    2 * 2 * n^2 * H for QK^T and AV. The MLM decoder costs 2 * (H^2 + HV) per masked token.
+    Training = 3x forward (backward computes two products per forward one)."""
+    H, I, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    tokens = sum(lengths)
+    forward = L * (2 * (4 * H * H + 2 * H * I) * tokens + 4 * H * sum(n * n for n in lengths))
+    forward += 2 * H * H * len(lengths)  # pooler
+    if head == "pretraining":
+        forward += 2 * (H * H + H * V) * masked
+    elif head == "question_answering":
+        forward += 2 * H * 2 * tokens
+    return forward * (3 if training else 1)
+
+
+def matmul_ceiling(device: torch.device) -> tuple[float, str]:
+    """Measured FLOP/s of a large square matmul: bf16 8192^3 on CUDA, fp32 1024^3 on CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20 if device.type == "cuda" else 5
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    seconds = (time.perf_counter() - t) / reps
+    return 2 * n ** 3 / seconds, f"{str(dtype).split('.')[-1]} {n}^3 matmul"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---- models ---------------------------------------------------------------------------------------
+def bertkit_model(kind: str, config: ModelConfig) -> torch.nn.Module:
+    cls = {"classification": BertForSequenceClassification, "pretraining": BertForPreTraining,
+           "question_answering": BertForQuestionAnswering}[kind]
+    return cls(config)
+
+
+def transformers_model(kind: str, config: ModelConfig) -> torch.nn.Module:
+    hf_config = transformers.BertConfig(**config.to_hf_dict(), attn_implementation="sdpa")
+    cls = {"classification": transformers.BertForSequenceClassification,
+           "pretraining": transformers.BertForPreTraining,
+           "question_answering": transformers.BertForQuestionAnswering}[kind]
+    model = cls(hf_config)
+    assert model.config._attn_implementation == "sdpa", model.config._attn_implementation
+    return model
+
+
+@dataclass
+class Result:
+    workload: str
+    implementation: str
+    samples_per_s: float
+    step_ms: float
+    peak_mib: float | None
+    mfu: float
+    tokens_per_sample: float  # real tokens per sample (padding excluded)
+    notes: str = ""
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    precision: str  # "bf16" | "fp32"
+    compile: bool
+    warmup: int
+    steps: int
+    ceiling: float  # FLOP/s
+    results: list[Result] = field(default_factory=list)
+
+
+def measure(settings: Settings, workload: str, implementation: str, model: torch.nn.Module,
+            batches: list[Batch], flops_per_step: list[float], training: bool, notes: str = "",
+            dynamic: bool | None = None) -> Result:
+    """Run warmup + timed steps over `batches` (cycled); returns samples/s over the timed steps."""
+    device = settings.device
+    model.to(device)
+    model.train(training)
+    run = torch.compile(model, dynamic=dynamic) if settings.compile else model
+    optimizer = None
+    if training:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01,
+                                      fused=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+
+    def step(batch: Batch) -> None:
+        if training:
+            with autocast:
+                loss = run(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode(), autocast:
+                run(**batch)
+
+    for i in range(settings.warmup):
+        step(batches[i % len(batches)])
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timed = [settings.warmup + i for i in range(settings.steps)]
+    t = time.perf_counter()
+    for i in timed:
+        step(batches[i % len(batches)])
+    sync(device)
+    seconds = time.perf_counter() - t
+    samples = sum(batches[i % len(batches)]["input_ids"].shape[0] for i in timed)
+    flops = sum(flops_per_step[i % len(batches)] for i in timed)
+    real_tokens = sum(int(batches[i % len(batches)]["attention_mask"].sum()) for i in timed)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    result = Result(workload, implementation, samples / seconds, 1000 * seconds / len(timed), peak,
+                    flops / seconds / settings.ceiling, real_tokens / samples, notes)
+    settings.results.append(result)
+    print(f"  {implementation:<34} {result.samples_per_s:10.1f} samples/s  {result.step_ms:8.1f} ms/step",
+          file=sys.stderr, flush=True)
+    del run, optimizer
+    model.cpu()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def seeded(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return factory()
+
+
+# ---- workloads ------------------------------------------------------------------------------------
+def run_finetune(settings: Settings, config: ModelConfig, tok: Tokenizer, sentences: list[str],
+                 batch_size: int) -> None:
+    workload = f"fine-tune SST-2 train, batch {batch_size}"
+    print(workload, file=sys.stderr)
+    n = settings.warmup + settings.steps
+    groups = sentence_batches(sentences, batch_size, n, seed=0)
+    labels = [torch.randint(0, 2, (len(g),), generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)]
+    dynamic = [to_device({**tok(g, max_length=128), "labels": y}, settings.device) for g, y in zip(groups, labels)]
+    padded = [to_device({**tok(g, max_length=128, padding="max_length"), "labels": y}, settings.device)
+              for g, y in zip(groups, labels)]
+    flops = [useful_flops(config, b["attention_mask"].sum(1).tolist()) for b in dynamic]
+    model = seeded(lambda: bertkit_model("classification", config))
+    measure(settings, workload, "bertkit (unpadded, dynamic lengths)", model, dynamic, flops, True, dynamic=True)
+    measure(settings, workload, "bertkit (input padded to 128)", model, padded, flops, True,
+            notes="unpadding drops the pads inside the model", dynamic=True)
+    del model
+    model = seeded(lambda: transformers_model("classification", config))
+    measure(settings, workload, "transformers (padded to 128)", model, padded, flops, True)
+    measure(settings, workload, "transformers (dynamic padding)", model, dynamic, flops, True)
+    del model
+
+
+def run_pretrain(settings: Settings, config: ModelConfig, shapes: list[tuple[int, int]]) -> None:
+    for seq_len, batch_size in shapes:
+        workload = f"pre-train MLM+NSP, seq {seq_len}, batch {batch_size}"
+        print(workload, file=sys.stderr)
+        count = min(settings.warmup + settings.steps, 4)  # a few distinct batches, cycled
+        ours = [to_device(pretraining_batch(batch_size, seq_len, config.vocab_size,
+                                            np.random.default_rng(i), False), settings.device) for i in range(count)]
+        theirs = [to_device(pretraining_batch(batch_size, seq_len, config.vocab_size,
+                                              np.random.default_rng(i), True), settings.device) for i in range(count)]
+        masked = round(0.15 * seq_len) * batch_size
+        flops = [useful_flops(config, [seq_len] * batch_size, masked, head="pretraining")] * count
+        model = seeded(lambda: bertkit_model("pretraining", config))
+        measure(settings, workload, "bertkit (decoder on masked only)", model, ours, flops, True)
+        del model
+        model = seeded(lambda: transformers_model("pretraining", config))
+        measure(settings, workload, "transformers", model, theirs, flops, True)
+        del model
+
+
+def run_inference(settings: Settings, config: ModelConfig, tok: Tokenizer, dev_sentences: list[str],
+                  squad_pairs: list[tuple[str, str]] | None, batch_size: int, squad_batch: int,
+                  squad_len: int) -> None:
+    workload = f"inference SST-2 dev, batch {batch_size}"
+    print(workload, file=sys.stderr)
+    n = settings.warmup + settings.steps
+    groups = [dev_sentences[i:i + batch_size] for i in range(0, len(dev_sentences), batch_size)]
+    groups = [g for g in groups if len(g) == batch_size] or groups
+    batches = [to_device(tok(groups[i % len(groups)], max_length=128), settings.device) for i in range(n)]
+    flops = [useful_flops(config, b["attention_mask"].sum(1).tolist(), training=False) for b in batches]
+    for name, factory in (("bertkit (unpadded)", lambda: bertkit_model("classification", config)),
+                          ("transformers (dynamic padding)", lambda: transformers_model("classification", config))):
+        model = seeded(factory)
+        measure(settings, workload, name, model, batches, flops, False, dynamic=True)
+        del model
+
+    source = "SQuAD v1.1 dev questions+contexts" if squad_pairs else "random full windows"
+    workload = f"inference QA windows of {squad_len} ({source}), batch {squad_batch}"
+    print(workload, file=sys.stderr)
+    count = min(n, 8)
+    if squad_pairs:
+        batches = []
+        for i in range(count):
+            pairs = squad_pairs[i * squad_batch:(i + 1) * squad_batch]
+            batch = tok([q for q, _ in pairs], [c for _, c in pairs], max_length=squad_len,
+                        truncation="only_second")
+            batches.append(to_device(batch, settings.device))
+    else:
+        g = torch.Generator().manual_seed(0)
+        batches = [to_device(dict(input_ids=torch.randint(1000, config.vocab_size, (squad_batch, squad_len), generator=g),
+                                  token_type_ids=torch.zeros(squad_batch, squad_len, dtype=torch.long),
+                                  attention_mask=torch.ones(squad_batch, squad_len, dtype=torch.long)),
+                             settings.device) for _ in range(count)]
+    flops = [useful_flops(config, b["attention_mask"].sum(1).tolist(), training=False, head="question_answering")
+             for b in batches]
+    for name, factory in (("bertkit", lambda: bertkit_model("question_answering", config)),
+                          ("transformers", lambda: transformers_model("question_answering", config))):
+        model = seeded(factory)
+        measure(settings, workload, name, model, batches, flops, False, dynamic=True)
+        del model
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def markdown(settings: Settings, header: dict[str, str]) -> str:
+    lines = [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "| workload | implementation | samples/s | ms/step | bertkit ÷ this | peak MiB | MFU | real tokens/sample |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in settings.results:
+        ours = next(x for x in settings.results if x.workload == r.workload)  # the first row is bertkit's
+        ratio = ours.samples_per_s / r.samples_per_s
+        peak = f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "n/a"
+        lines.append(f"| {r.workload} | {r.implementation} | {r.samples_per_s:,.1f} | {r.step_ms:.1f} | "
+                     f"{ratio:.2f}x | {peak} | {100 * r.mfu:.1f}% | {r.tokens_per_sample:.1f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true",
+                   help="CPU-sized run: mini shape (L4/H256), batch 32 fine-tuning, short pre-training, few steps")
+    p.add_argument("--workloads", default=None,
+                   help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all; --small: finetune)")
+    p.add_argument("--sst2", type=Path, default=None, help="SST-2 train.tsv or train.tsv.xz")
+    p.add_argument("--sst2-dev", type=Path, default=None,
+                   help="SST-2 dev.tsv(.xz) for inference (default: dev.tsv[.xz] next to --sst2)")
+    p.add_argument("--vocab", type=Path, default=None, help="WordPiece vocab.txt (or a model directory)")
+    p.add_argument("--squad", type=Path, default=None,
+                   help="SQuAD dev json(.xz) for the QA inference windows (default: random tokens)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="autocast dtype (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--attention-dropout", type=float, default=0.1,
+                   help="attention_probs_dropout_prob for both sides (0 lets bertkit train with varlen on CUDA)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per measurement (default 5; --small 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; --small 6)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    workloads = (args.workloads or ("finetune" if args.small else ",".join(WORKLOADS))).split(",")
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"--workloads: unknown {', '.join(unknown)}; valid: {', '.join(WORKLOADS)}")
+    warmup = args.warmup if args.warmup is not None else (2 if args.small else 5)
+    steps = args.steps if args.steps is not None else (6 if args.small else 20)
+
+    shape = "mini" if args.small else "base"
+    config = preset(shape, attention_probs_dropout_prob=args.attention_dropout)
+    ceiling, ceiling_how = matmul_ceiling(device)
+    settings = Settings(device, precision, args.compile, warmup, steps, ceiling)
+
+    needs_text = "finetune" in workloads or "inference" in workloads
+    tok = sentences = dev_sentences = None
+    if needs_text:
+        vocab = args.vocab or find_default("--vocab", SHARED / "models/bert-base-uncased/vocab.txt")
+        tok = Tokenizer.from_pretrained(vocab)
+        sst2 = args.sst2 or find_default("--sst2", SHARED / "data/glue/SST-2/train.tsv")
+        sentences = read_sst2_sentences(sst2)
+        dev_path = args.sst2_dev or next((p for p in (sst2.parent / "dev.tsv", sst2.parent / "dev.tsv.xz")
+                                          if p.is_file()), None)
+        # Without a dev file, the last 872 training sentences (SST-2 dev size) stand in for it.
+        dev_sentences = read_sst2_sentences(dev_path) if dev_path else sentences[-872:]
+
+    if "finetune" in workloads:
+        run_finetune(settings, config, tok, sentences, batch_size=32)
+    if "pretrain" in workloads:
+        shapes = [(128, 16)] if args.small else [(128, 256), (512, 32)]
+        run_pretrain(settings, config, shapes)
+    if "inference" in workloads:
+        squad = read_squad_pairs(args.squad) if args.squad else None
+        run_inference(settings, config, tok, dev_sentences, squad, batch_size=32 if args.small else 128,
+                      squad_batch=4 if args.small else 32, squad_len=384)
+
+    header = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads",
+        "torch / transformers": f"{torch.__version__} / {transformers.__version__}",
+        "model shape": f"{shape} (L{config.num_hidden_layers}/H{config.hidden_size}), random init, "
+                       f"dropout {config.hidden_dropout_prob}, attention dropout {config.attention_probs_dropout_prob}",
+        "precision / compile": f"{precision} autocast / {'torch.compile' if args.compile else 'eager'}",
+        "steps": f"{warmup} warmup + {steps} timed per row",
+        "MFU ceiling": f"{ceiling / 1e12:.2f} TFLOP/s measured ({ceiling_how})",
+    }
+    table = markdown(settings, header)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps({"settings": header, "results": [asdict(r) for r in settings.results]},
+                                        indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
