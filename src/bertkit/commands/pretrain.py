@@ -1,0 +1,155 @@
+"""`bertkit pretrain --data R (--model M | --config PRESET --tokenizer V) --output-dir O`: MLM(+NSP)
+pre-training from scratch, or continued pre-training (domain adaptation) of a checkpoint.
+
+Order of work, so that bad input fails before anything is written or trained: open the records
+(bertkit records are checksummed shard by shard, TFRecord CRCs are checked on open), load the
+tokenizer, refuse records made with another vocabulary, build the model, then train on the shared
+loop (`bertkit.training.trainer.train`) with a `PretrainingTask`.
+
+The output directory is a Hugging Face-format checkpoint with the pre-training heads
+(`BertForPreTraining`: loads in transformers.BertForPreTraining and BertForMaskedLM) and the
+tokenizer files, so `bertkit finetune --model O` takes it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from bertkit.commands import common
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", "--input_file", dest="data", required=True,
+                        help="bertkit record directory (pretrain-data), TFRecord file/glob or HDF5 shards")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", "--bert_model", dest="model",
+                        help="continue pre-training this checkpoint (directory or hub id)")
+    source.add_argument("--config", "--bert_config_file", dest="config",
+                        help="pre-train from scratch: tiny|mini|small|medium|base|large or a config.json")
+    parser.add_argument("--tokenizer", "--vocab_file", dest="tokenizer", default=None,
+                        help="with --config: vocab.txt or tokenizer directory (default: the one saved "
+                             "with bertkit records)")
+    parser.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", action="store_true",
+                        default=None, help="lower-case (default: as the tokenizer says)")
+    held = parser.add_mutually_exclusive_group()
+    held.add_argument("--eval-data", default=None, help="held-out records (same formats as --data)")
+    held.add_argument("--eval-fraction", type=float, default=0.01,
+                      help="hold out this fraction of --data for evaluation (default 0.01; 0: no eval)")
+    parser.add_argument("--masking", choices=("static", "dynamic"), default=None,
+                        help="static: the stored masks; dynamic: new masks every batch (default: as the "
+                             "records were built)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the sha256 check of every shard before training")
+    common.add_train_arguments(parser)
+
+
+def load_data(path: str, verify: bool) -> Any:
+    from bertkit.data import records
+
+    p = Path(path)
+    if verify and p.is_dir() and (p / "manifest.json").is_file():
+        records.verify(p)  # a corrupted shard fails now, not hours into the run
+    return records.open_pretraining_data(path)
+
+
+def load_tokenizer(args: argparse.Namespace, data: Any) -> Any:
+    from bertkit.tokenization import Tokenizer
+
+    if args.model is not None:
+        if args.tokenizer is not None:
+            raise ValueError("--tokenizer goes with --config; with --model the checkpoint's tokenizer is used")
+        return common.load_tokenizer(args.model, args.do_lower_case)
+    spec = args.tokenizer
+    if spec is None:
+        saved = data.manifest.get("tokenizer", {}).get("path")
+        directory = getattr(data, "directory", None)
+        if saved is None or directory is None or not (Path(directory) / saved).is_dir():
+            raise ValueError(f"--config {args.config}: give --tokenizer (vocab.txt or tokenizer directory); "
+                             f"--data {args.data} does not carry its tokenizer")
+        spec = str(Path(directory) / saved)
+    return Tokenizer.from_pretrained(spec, do_lower_case=args.do_lower_case)
+
+
+def build_model(args: argparse.Namespace, tokenizer: Any, max_seq_length: int):
+    """BertForPreTraining from a checkpoint (missing heads initialised, as for MiniLM) or from a
+    preset / config.json sized to the tokenizer's vocabulary."""
+    from bertkit.config import preset
+    from bertkit.modeling.heads import BertForPreTraining
+
+    if args.model is not None:
+        model = BertForPreTraining.from_pretrained(args.model)
+    else:
+        config = preset(args.config, vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id)
+        model = BertForPreTraining(config)
+    if max_seq_length > model.config.max_position_embeddings:
+        raise ValueError(f"--data rows are up to {max_seq_length} tokens but the model has only "
+                         f"{model.config.max_position_embeddings} position embeddings; rebuild the records "
+                         f"with a smaller --max-seq-length")
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    from bertkit.training import distributed
+    from bertkit.training.pretraining import PretrainingTask, check_vocabulary, split_held_out
+    from bertkit.training.trainer import seed_everything, train
+
+    config = common.train_config_from_args(args)
+    info = distributed.setup(config.device)
+    data = load_data(args.data, args.verify)
+    tokenizer = load_tokenizer(args, data)
+    eval_data = None
+    if args.eval_data is not None:
+        eval_data = load_data(args.eval_data, args.verify)
+        train_part = data
+    else:
+        train_part, eval_data = split_held_out(data, args.eval_fraction, config.seed)
+    if config.eval_every != "none" and eval_data is None and info.is_main:
+        common.eprint("note: no held-out records (--eval-fraction 0 and no --eval-data): no evaluation")
+
+    seed_everything(config.seed)  # initialisation is part of the seeded run
+    max_len = max(int(d.manifest.get("max_seq_length") or 0) for d in (data, eval_data) if d is not None)
+    model = build_model(args, tokenizer, max_len)
+    check_vocabulary(data, tokenizer, args.data, model.config.vocab_size)
+    if args.eval_data is not None:
+        check_vocabulary(eval_data, tokenizer, args.eval_data, model.config.vocab_size)
+
+    task = PretrainingTask(data, tokenizer, masking=args.masking)
+    eval_set = task.eval_set(eval_data) if config.eval_every != "none" else None
+    train_features = task.training_view(train_part)
+
+    output_dir = Path(config.output_dir)
+    if (output_dir / common.BERTKIT_JSON).exists() and not config.resume and info.is_main:
+        common.eprint(f"note: {output_dir} holds a finished run; it will be overwritten")
+        (output_dir / common.BERTKIT_JSON).unlink()
+    run_info = {
+        "task": "pretrain", "head": task.head, "data": str(args.data), "eval_data": args.eval_data,
+        "eval_fraction": None if args.eval_data else args.eval_fraction,
+        "masking": task.masking, "nsp": task.nsp, "max_seq_length": max_len,
+        "vocab_hash": tokenizer.vocab_hash, "base_model": args.model, "config": args.config,
+        "train": dataclasses.asdict(config), "main_metric": task.main_metric,
+        "command": " ".join(["bertkit", *sys.argv[1:]]),
+    }
+
+    def save_model(model_to_save, directory: Path) -> None:
+        model_to_save.save_pretrained(directory, tokenizer=tokenizer)
+        common.write_json_atomic(Path(directory) / common.BERTKIT_JSON, run_info)
+
+    if info.is_main:
+        common.eprint(f"pretrain: {len(train_features)} training records, "
+                      f"{len(eval_set[1]) if eval_set else 0} held out; masking {task.masking}, "
+                      f"{'MLM+NSP' if task.nsp else 'MLM only'}; {config.precision} on {info.device}, "
+                      f"global batch {config.batch_size} x {info.world_size} x {config.grad_accum}")
+    result = train(task, model, train_features, eval_set, config, info=info, save_model=save_model)
+    if info.is_main:
+        metrics = {"task": "pretrain", "best_step": result.state.best_step, "steps": result.state.global_step,
+                   "skipped_steps": result.state.skipped_steps, "eval": result.final_metrics,
+                   "history": result.state.history}
+        common.write_json_atomic(output_dir / "metrics.json", metrics)
+        common.write_json_atomic(output_dir / common.BERTKIT_JSON, run_info)  # last: marks a complete run
+        print(f"pretrain: {result.final_metrics}")
+    distributed.shutdown()
+    return 0
