@@ -218,6 +218,13 @@ def test_accumulation_syncs_only_on_last_micro_step_and_matches(scenarios, refer
     assert max_diff(checkpoint_weights(reference, 8), weights) < TOL
 
 
+def test_distributed_prediction_covers_an_odd_dev_set_exactly(scenarios) -> None:
+    for rank in scenarios["ranks"]:
+        acc = rank["accum"]
+        assert acc["eval_count"] == DEV_ROWS  # 26 + 25, no padding duplicates, none missing
+        assert acc["eval_diff"] < TOL and acc["eval_argmax_equal"]
+
+
 def test_ranks_read_disjoint_slices_that_cover_each_global_batch(scenarios, work) -> None:
     mine = [r["accum"]["loader_batches"] for r in scenarios["ranks"]]
     assert len(mine[0]) == len(mine[1]) == 16  # micro-batches per rank over 2 epochs
@@ -365,10 +372,19 @@ def _scenario_accum(work, info: DistInfo) -> dict[str, Any]:
         result = trainer.train(task, model, features, None, config, info=info)
     finally:
         torch.nn.parallel.DistributedDataParallel, trainer.make_loader = real_ddp, real_loader
+    trained_counts = dict(counts)  # before the prediction below adds forwards of its own
     losses = [r["loss"] for r in log_records(out) if "loss" in r] if info.is_main else []
     if info.is_main:
         torch.save(result.model.state_dict(), work["root"] / "results" / "accum.pt")
-    return {**counts, "loader_batches": loader_batches, "losses": losses}
+    # Distributed prediction (each rank a slice of the odd-sized dev set, gathered) against this
+    # rank predicting all of it alone, with the trained (no longer near-constant) model.
+    dev = task.encode(task.read("dev"), Tokenizer.from_pretrained(work["model"]), int(MAX_LEN))
+    gathered = trainer.predict_features(task, result.model, dev, 8, info.device, info=info)
+    alone = trainer.predict_features(task, result.model, dev, 8, info.device, info=DistInfo())
+    eval_diff = max(float(abs(a - b).max()) for a, b in zip(gathered, alone))
+    return {**trained_counts, "loader_batches": loader_batches, "losses": losses, "eval_count": len(gathered),
+            "eval_diff": eval_diff, "eval_argmax_equal": [int(a.argmax()) for a in gathered] == [
+                int(b.argmax()) for b in alone]}
 
 
 def _scenario_too_few(work, info: DistInfo) -> str:
