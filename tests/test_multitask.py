@@ -217,8 +217,9 @@ def test_evaluate_and_predict_pick_the_tasks_head(multitask_run: Path, glue_slic
         out = tmp_path / f"{task}.json"
         assert main(["evaluate", "--task", task, "--model", str(multitask_run), "--data-dir", str(glue_slices),
                      "--device", "cpu", "--output", str(out)]) == 0
-        # the single-task model built from the shared weights reproduces the multi-task eval
-        assert json.loads(out.read_text())["dev"][key] == pytest.approx(saved[f"{task}/{key}"], abs=1e-6)
+        # The single-task model built from the shared weights reproduces the multi-task eval. Batches
+        # are composed (and padded) differently, so STS-B scores agree to fp32 noise (~6e-6 measured).
+        assert json.loads(out.read_text())["dev"][key] == pytest.approx(saved[f"{task}/{key}"], abs=1e-4)
     pred = tmp_path / "preds" / "RTE.tsv"
     assert main(["predict", "--task", "rte", "--model", str(multitask_run), "--data-dir", str(glue_slices),
                  "--split", "dev", "--device", "cpu", "--output", str(pred)]) == 0
@@ -249,19 +250,19 @@ def test_resume_equals_uninterrupted(tiny_model_dir: Path, glue_slices: Path, tm
     tok = Tokenizer.from_pretrained(tiny_model_dir)
     features = []
     for k, task in enumerate(tasks):
-        features += [{**f, "task_index": k} for f in task.encode(task.read("train")[:48], tok, 32)]
+        features += [{**f, "task_index": k} for f in task.encode(task.read("train")[:24], tok, 32)]
     specs = [HeadSpec.from_task(t) for t in tasks]
 
     def run(out: Path, stop: int | None, resume: bool = False):
         torch.manual_seed(0)
         model = MultiTaskModel.from_pretrained(tiny_model_dir, specs)
-        multi = MultiTask(tasks, [48, 48], [8, 4], 8, "uniform")
+        multi = MultiTask(tasks, [24, 24], [8, 4], 8, "uniform")  # 3 + 6 micro-batches per epoch
         config = TrainConfig(output_dir=str(out), epochs=2, batch_size=8, lr=1e-3, device="cpu", seed=9,
                              eval_every="none", save_every=3, progress=False, resume=resume)
         return train(multi, model, features, None, config, stop_after_steps=stop).model
 
     full = run(tmp_path / "full", None)
-    run(tmp_path / "cut", 5)
+    run(tmp_path / "cut", 5)  # killed mid-epoch: resumes from the step-3 checkpoint
     resumed = run(tmp_path / "cut", None, resume=True)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
