@@ -381,8 +381,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="autocast dtype (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--attention-dropout", type=float, default=0.1,
                    help="attention_probs_dropout_prob for both sides (0 lets bertkit train with varlen on CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per measurement (default 5; --small 2)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; --small 6)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per measurement (default 5; --small 1)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; --small 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)
@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         raise SystemExit(f"--workloads: unknown {', '.join(unknown)}; valid: {', '.join(WORKLOADS)}")
-    warmup = args.warmup if args.warmup is not None else (2 if args.small else 5)
-    steps = args.steps if args.steps is not None else (6 if args.small else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.small else 5)
+    steps = args.steps if args.steps is not None else (4 if args.small else 20)
 
     shape = "mini" if args.small else "base"
     config = preset(shape, attention_probs_dropout_prob=args.attention_dropout)
