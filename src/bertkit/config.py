@@ -185,6 +185,7 @@ class TrainConfig:
     group_by_length: bool = False  # sample batches of similar length to cut padding
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
     num_workers: int = 0  # DataLoader worker processes
     log_every: int = 10  # optimizer steps between log lines
     progress: bool = True  # show a progress bar

@@ -90,6 +90,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--no_cuda", "--no-cuda", dest="no_cuda", action="store_true", help="alias of --device cpu")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard the model across processes (FSDP2; torchrun with >= 2 processes)")
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes")
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--no-progress", dest="progress", action="store_false")

@@ -240,11 +240,17 @@ def predict_features(task, model: nn.Module, features: Sequence[dict], batch_siz
     was_training = model.training
     model.eval()
     outputs: dict[int, Any] = {}
-    for b in range(0, len(mine), batch_size):
-        idx = mine[b:b + batch_size]
-        batch = move_to(task.collate([features[i] for i in idx]), device)
+    # Every rank runs the same number of forward passes (sharded models run collectives in
+    # forward); a rank with a shorter slice repeats a feature and discards the result.
+    n_batches = math.ceil(per_rank / batch_size) if info.enabled else math.ceil(len(mine) / batch_size)
+    for b in range(n_batches):
+        idx = mine[b * batch_size:(b + 1) * batch_size]
+        padding = not idx
+        batch = move_to(task.collate([features[i] for i in (idx or [0])]), device)
         with autocast_context(precision, device):
             out = model(**batch)
+        if padding:
+            continue
         for i, item in zip(idx, task.gather_outputs(batch, out)):
             outputs[i] = item
     model.train(was_training)
@@ -365,6 +371,11 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
 
     model.to(device)
+    if config.fsdp:
+        if config.save_every or config.resume:
+            raise ValueError("--fsdp with --save-every/--resume is not supported yet (sharded optimizer "
+                             "state is not checkpointed); drop --save-every/--resume or run without --fsdp")
+        distributed.wrap_fsdp(model, info)
     optimizer = build_optimizer(model, config, device)
     scheduler = build_scheduler(optimizer, config, total_steps)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
@@ -388,7 +399,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
 
     train_model: nn.Module = model
     ddp_model = None
-    if info.enabled:
+    if info.enabled and not config.fsdp:
         # Heads that ignore the pooler leave parameters without gradients; DDP must know.
         unused = getattr(task, "head", "") in ("token_classification", "question_answering", "polyphone", "pretraining")
         train_model = ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -417,10 +428,11 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         value = metrics.get(task.main_metric)
         if value is not None and is_better(value, state.best_metric, task.greater_is_better):
             state.best_metric, state.best_step = float(value), state.global_step
+            plain = distributed.full_model(model, info) if config.fsdp else unwrap(model)
             if info.is_main and save_model is not None:
                 tmp = output_dir / "best.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_model(unwrap(model), tmp)
+                save_model(plain, tmp)
                 shutil.rmtree(best_dir, ignore_errors=True)
                 os.replace(tmp, best_dir)
         return metrics
@@ -447,7 +459,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         for batch, g in zip(loader, global_batches):
             batch = move_to(batch, device)
             boundary = (micro + 1) % config.grad_accum == 0
-            sync = contextlib.nullcontext() if boundary or ddp_model is None else ddp_model.no_sync()
+            sync = (contextlib.nullcontext() if boundary or not info.enabled
+                    else distributed.no_sync(ddp_model if ddp_model is not None else model))
             with sync:
                 with autocast_context(config.precision, device):
                     out = train_model(**batch)
@@ -464,7 +477,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             if scaler is not None:
                 scaler.unscale_(optimizer)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            grad_norm = distributed.to_local_scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             finite = bool(torch.isfinite(grad_norm))
             if scaler is not None:
                 scaler.step(optimizer)  # skips the update itself when it found inf/nan gradients
@@ -515,6 +528,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info,
                         config.keep_checkpoints)
     final_metrics = None
+    # Collective on every rank; decided from state all ranks share (not from rank 0's disk).
+    plain = distributed.full_model(model, info) if config.fsdp and state.best_step is None else unwrap(model)
     if info.is_main:
         # The run directory's model is the best one seen in evaluation (or the last without eval).
         if best_dir.is_dir() and state.best_step is not None:
@@ -527,7 +542,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             final_metrics = next(r["eval"] for r in state.history if r["step"] == state.best_step)
         else:
             if save_model is not None:
-                save_model(unwrap(model), output_dir)
+                save_model(plain, output_dir)
             final_metrics = state.history[-1]["eval"] if state.history else None
         log.write({"event": "end", "step": state.global_step, "best_step": state.best_step,
                    "best_metric": state.best_metric, "skipped_steps": state.skipped_steps})
