@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch / transformers": f"{torch.__version__} / {transformers.__version__}",
         "model shape": f"{shape} (L{config.num_hidden_layers}/H{config.hidden_size}), random init, "
                        f"dropout {config.hidden_dropout_prob}, attention dropout {config.attention_probs_dropout_prob}",
-        "precision / compile": f"{precision} autocast / {'torch.compile' if args.compile else 'eager'}",
+        "precision / compile": f"{'bf16 autocast' if precision == 'bf16' else 'fp32'} / {'torch.compile' if args.compile else 'eager'}",
         "steps": f"{warmup} warmup + {steps} timed per row",
         "MFU ceiling": f"{ceiling / 1e12:.2f} TFLOP/s measured ({ceiling_how})",
     }
