@@ -20,9 +20,6 @@ from __future__ import annotations
 import warnings
 from typing import Sequence
 
-from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-from seqeval.scheme import IOB2
-
 
 def ner_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
     """Entity-level micro precision/recall/F1 (conlleval and strict IOB2), per-type F1 and token
@@ -33,6 +30,10 @@ def ner_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
     for i, (g, p) in enumerate(zip(gold, predicted)):
         if len(g) != len(p):
             raise ValueError(f"ner_scores: sentence {i} has {len(g)} gold tags but {len(p)} predicted")
+    # Imported here so that a machine without seqeval can still run every other task.
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
     gold_l = [list(s) for s in gold]
     pred_l = [list(s) for s in predicted]
     tokens = sum(len(s) for s in gold_l)
