@@ -257,7 +257,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir: Path, glue_slices: Path, tm
         torch.manual_seed(0)
         model = MultiTaskModel.from_pretrained(tiny_model_dir, specs)
         multi = MultiTask(tasks, [24, 24], [8, 4], 8, "uniform")  # 3 + 6 micro-batches per epoch
-        config = TrainConfig(output_dir=str(out), epochs=2, batch_size=8, lr=1e-3, device="cpu", seed=9,
+        config = TrainConfig(output_dir=str(out), epochs=1, batch_size=8, lr=1e-3, device="cpu", seed=9,
                              eval_every="none", save_every=3, progress=False, resume=resume)
         return train(multi, model, features, None, config, stop_after_steps=stop).model
 
