@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     if info.is_main:
         common.eprint(f"pretrain: {len(train_features)} training records, "
-                      f"{len(eval_set[1]) if eval_set else 0} held out; masking {task.masking}, "
+                      f"{len(eval_data) if eval_data is not None else 0} held out"
+                      f"{'' if eval_set else ' (not evaluated)'}; masking {task.masking}, "
                       f"{'MLM+NSP' if task.nsp else 'MLM only'}; {config.precision} on {info.device}, "
                       f"global batch {config.batch_size} x {info.world_size} x {config.grad_accum}")
     result = train(task, model, train_features, eval_set, config, info=info, save_model=save_model)

@@ -1,0 +1,256 @@
+"""`bertkit pretrain`: from-scratch MLM+NSP on real WikiText-2 records learns, continued MLM
+pre-training of MiniLM feeds `bertkit finetune` (the BERT-ADA flow), exact resume with dynamic
+masking, Google TFRecord / NVIDIA HDF5 inputs, and the refusals that must come before training.
+
+Runs on CPU with the tiny preset (2 layers, H=128) and short steps: the vocabulary projection
+(30522 x 128 over the masked positions only) is most of each step."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import bertkit.training.trainer as trainer
+from bertkit.cli import main
+from bertkit.config import preset
+from bertkit.data.records import open_pretraining_data
+from bertkit.modeling.heads import BertForPreTraining
+from bertkit.tokenization import Tokenizer
+from bertkit.training.pretraining import PretrainingTask, split_held_out
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+UNCASED = SHARED / "models" / "bert-base-uncased" / "vocab.txt"
+CHINESE = SHARED / "models" / "bert-base-chinese" / "vocab.txt"
+WIKI = SHARED / "data" / "wikitext-2" / "train.txt"
+SAMPLE = SHARED / "data" / "bert_sample_text" / "sample_text.txt"
+FORMATS = SHARED / "data" / "pretraining_formats"
+TFRECORD = FORMATS / "google_create_pretraining_data_format.tfrecord"
+HDF5 = FORMATS / "nvidia_hdf5_format.hdf5"
+ABSA = SHARED / "data" / "semeval2014_absa" / "xml"
+
+
+def need(*paths: Path) -> None:
+    for path in paths:
+        if not path.exists():
+            pytest.skip(f"shared asset {path} is absent")
+
+
+def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--data", str(data), "--output-dir", str(out), "--device", "cpu",
+            "--no-progress", "--seed", "3", *extra]
+
+
+def tiny(*extra: str) -> list[str]:
+    return ["--config", "tiny", "--tokenizer", str(UNCASED), *extra]
+
+
+def evals(out: Path) -> list[dict]:
+    return [r["eval"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval" in r]
+
+
+def initial_mlm_loss(data_path: Path, eval_path: Path | None, eval_fraction: float, seed: int = 3) -> float:
+    """Held-out MLM loss of the model `pretrain --config tiny --seed 3` starts from: the same
+    seeded init, the same held-out records and masks as the command builds."""
+    tokenizer = Tokenizer.from_pretrained(UNCASED)
+    data = open_pretraining_data(data_path)
+    held = open_pretraining_data(eval_path) if eval_path else split_held_out(data, eval_fraction, seed)[1]
+    task = PretrainingTask(data, tokenizer)
+    trainer.seed_everything(seed)
+    model = BertForPreTraining(preset("tiny", vocab_size=tokenizer.vocab_size))
+    examples, features = task.eval_set(held)
+    metrics, _ = trainer.evaluate(task, model, examples, features, 64, torch.device("cpu"))
+    return metrics["mlm_loss"]
+
+
+@pytest.fixture(scope="module")
+def wiki_records(tmp_path_factory) -> Path:
+    """MLM+NSP records (dynamic masking, 64 tokens) from the first 1500 lines of WikiText-2 train."""
+    need(WIKI, UNCASED)
+    root = tmp_path_factory.mktemp("wiki")
+    corpus = root / "wiki.txt"
+    with WIKI.open(encoding="utf-8") as f:
+        corpus.write_text("".join(next(f) for _ in range(1500)), encoding="utf-8")
+    out = root / "records"
+    assert main(["pretrain-data", "--input", str(corpus), "--tokenizer", str(UNCASED), "--output-dir", str(out),
+                 "--split-sentences", "--max-seq-length", "64", "--max-predictions-per-seq", "10",
+                 "--masking", "dynamic"]) == 0
+    return out
+
+
+def test_from_scratch_tiny_on_wikitext_lowers_held_out_mlm_loss(wiki_records, tmp_path) -> None:
+    out = tmp_path / "scratch"
+    start = initial_mlm_loss(wiki_records, None, 0.05)
+    # A random init predicts ~uniformly over the 30522 tokens.
+    assert abs(start - math.log(30522)) < 0.3
+    assert main(pretrain_args(wiki_records, out, *tiny(), "--max-steps", "50", "--batch-size", "16",
+                              "--lr", "1e-3", "--warmup-steps", "8", "--eval-fraction", "0.05",
+                              "--eval-every", "25", "--log-every", "25")) == 0
+    history = evals(out)
+    assert [round(h["records"]) for h in history] == [history[0]["records"]] * 2
+    end = history[-1]["mlm_loss"]
+    print(f"wikitext tiny: held-out MLM loss {start:.3f} -> {history[0]['mlm_loss']:.3f} (step 25) -> "
+          f"{end:.3f} (step 50); MLM acc {history[-1]['mlm_accuracy']:.3f}, NSP acc {history[-1]['nsp_accuracy']:.3f}")
+    assert start - end > 2.0
+    assert history[-1]["mlm_accuracy"] > 0.03  # above the ~0 of a random init
+    # The run directory is a HF checkpoint with both pre-training heads plus the tokenizer.
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForPreTraining"] and config["vocab_size"] == 30522
+    assert {"cls.predictions.bias", "cls.seq_relationship.weight", "bert.pooler.dense.weight"} <= set(load_file(out / "model.safetensors"))
+    assert (out / "vocab.txt").is_file() and json.loads((out / "bertkit.json").read_text())["nsp"] is True
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.BertForPreTraining.from_pretrained(out).eval()
+    ours = BertForPreTraining.from_pretrained(out).eval()
+    ids = torch.tensor([[101, 1996, 103, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        diff = (hf(input_ids=ids).prediction_logits - ours(ids).mlm_logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_resume_with_dynamic_masking_is_bit_identical(wiki_records, tmp_path, monkeypatch) -> None:
+    common = [*tiny(), "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--save-every", "3",
+              "--eval-every", "none", "--eval-fraction", "0.05"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(pretrain_args(wiki_records, straight, *common)) == 0
+    # Stop after 3 steps, as if killed, then continue in a fresh trainer from the step-3 checkpoint.
+    real_train = trainer.train
+    monkeypatch.setattr(trainer, "train", functools.partial(real_train, stop_after_steps=3))
+    assert main(pretrain_args(wiki_records, resumed, *common)) == 0
+    assert [p.name for p in trainer.checkpoint_dirs(resumed)] == ["step-3"]
+    monkeypatch.setattr(trainer, "train", real_train)
+    assert main(pretrain_args(wiki_records, resumed, *common, "--resume")) == 0
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # Dynamic masking really re-masks: the same records give other masks with another batch seed.
+    task = PretrainingTask(open_pretraining_data(wiki_records), Tokenizer.from_pretrained(UNCASED))
+    items = [task.training_view(open_pretraining_data(wiki_records))[i] for i in range(8)]
+    one = task.collate(items, rng=np.random.default_rng(1))["masked_positions"]
+    two = task.collate(items, rng=np.random.default_rng(2))["masked_positions"]
+    assert not torch.equal(one, two)
+
+
+@pytest.mark.parametrize("path", [TFRECORD, HDF5], ids=["tfrecord", "hdf5"])
+def test_tiny_pretrain_overfits_external_format(path, tmp_path) -> None:
+    need(path, UNCASED)
+    out = tmp_path / path.suffix.lstrip(".")
+    start = initial_mlm_loss(path, path, 0.0)
+    # 28 instances, 4 batches of 7 an epoch; evaluated on the same records with their stored masks.
+    assert main(pretrain_args(path, out, *tiny(), "--eval-data", str(path), "--max-steps", "20",
+                              "--batch-size", "7", "--lr", "2e-3", "--eval-every", "10")) == 0
+    history = evals(out)
+    # Every stored prediction (masked_lm_weights > 0 in the fixture's expected.npz) is scored.
+    stored = int((np.load(FORMATS / "expected.npz")["masked_lm_weights"] > 0).sum())
+    assert history[-1]["records"] == 28 and history[-1]["masked_tokens"] == stored
+    print(f"{path.name}: MLM loss on its 28 instances {start:.3f} -> {history[-1]['mlm_loss']:.3f} in 20 steps; "
+          f"NSP acc {history[-1]['nsp_accuracy']:.3f}")
+    assert start - history[-1]["mlm_loss"] > 2.0
+    assert json.loads((out / "bertkit.json").read_text())["masking"] == "static"
+
+
+def test_resume_on_hdf5_with_dynamic_re_masking(tmp_path, monkeypatch) -> None:
+    need(HDF5, UNCASED)
+    common = [*tiny(), "--max-steps", "8", "--batch-size", "7", "--lr", "1e-3", "--save-every", "4",
+              "--eval-every", "none", "--eval-fraction", "0", "--masking", "dynamic"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(pretrain_args(HDF5, straight, *common)) == 0
+    real_train = trainer.train
+    monkeypatch.setattr(trainer, "train", functools.partial(real_train, stop_after_steps=4))
+    assert main(pretrain_args(HDF5, resumed, *common)) == 0
+    monkeypatch.setattr(trainer, "train", real_train)
+    assert main(pretrain_args(HDF5, resumed, *common, "--resume")) == 0
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Re-masking starts from the original text: no [MASK] of the stored draw survives unmasking.
+    task = PretrainingTask(open_pretraining_data(HDF5), Tokenizer.from_pretrained(UNCASED), masking="dynamic")
+    data = open_pretraining_data(HDF5)
+    view = task.training_view(data)
+    for i in range(len(data)):
+        stored = data[i]
+        restored = view[i]["input_ids"]
+        assert (restored[stored["masked_positions"]] == stored["masked_ids"]).all()
+        assert not (restored == 103).any()  # [MASK]
+
+
+def restaurant_corpus(path: Path, limit: int) -> int:
+    """One sentence per line from the SemEval restaurant training XML; returns the count."""
+    texts = [s.findtext("text") for s in ET.parse(ABSA / "Restaurants_Train_v2.xml").getroot().iter("sentence")]
+    texts = [t.strip() for t in texts if t and t.strip()][:limit]
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return len(texts)
+
+
+def test_continued_mlm_pretraining_of_minilm_then_finetune_atsc(minilm_dir, tmp_path) -> None:
+    need(ABSA / "Restaurants_Train_v2.xml")
+    corpus = tmp_path / "restaurants.txt"
+    assert restaurant_corpus(corpus, 600) == 600
+    records = tmp_path / "records"
+    # MLM only (packed rows, no NSP), the checkpoint's own tokenizer: MiniLM has no pre-training heads.
+    assert main(["pretrain-data", "--input", str(corpus), "--tokenizer", str(minilm_dir), "--output-dir",
+                 str(records), "--no-nsp", "--max-seq-length", "64", "--max-predictions-per-seq", "10"]) == 0
+    adapted = tmp_path / "minilm-restaurants"
+    assert main(pretrain_args(records, adapted, "--model", str(minilm_dir), "--max-steps", "8", "--batch-size", "8",
+                              "--lr", "1e-4", "--eval-fraction", "0.1", "--eval-every", "4")) == 0
+    history = evals(adapted)
+    print(f"MiniLM on restaurants: held-out MLM loss {history[0]['mlm_loss']:.3f} (step 4) -> "
+          f"{history[-1]['mlm_loss']:.3f} (step 8)")
+    assert "nsp_accuracy" not in history[-1] and np.isfinite(history[-1]["mlm_loss"])
+    base, new = load_file(minilm_dir / "model.safetensors"), load_file(adapted / "model.safetensors")
+    # The encoder moved; without NSP the pooler got no gradient (and no weight decay): unchanged.
+    assert not torch.equal(base["encoder.layer.0.attention.self.query.weight"],
+                           new["bert.encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(base["pooler.dense.weight"], new["bert.pooler.dense.weight"])
+    assert "cls.predictions.transform.dense.weight" in new
+    # The adapted checkpoint is a --model for fine-tuning as it is (BERT-ADA: domain MLM, then ATSC).
+    tuned = tmp_path / "atsc"
+    assert main(["finetune", "--task", "atsc", "--model", str(adapted), "--data-dir", str(ABSA),
+                 "--domain", "restaurants", "--output-dir", str(tuned), "--max-steps", "3", "--batch-size", "8",
+                 "--max-seq-length", "64", "--eval-every", "none", "--device", "cpu", "--no-progress"]) == 0
+    finetuned = load_file(tuned / "model.safetensors")
+    assert "classifier.weight" in finetuned
+    assert (tuned / "bertkit.json").is_file() and json.loads((tuned / "bertkit.json").read_text())["base_model"] == str(adapted)
+
+
+def test_records_of_another_vocabulary_are_refused(tmp_path, capsys) -> None:
+    need(SAMPLE, CHINESE, UNCASED, TFRECORD)
+    chinese = tmp_path / "zh-records"
+    assert main(["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(CHINESE), "--output-dir", str(chinese),
+                 "--max-seq-length", "64"]) == 0
+    zh_hash = json.loads((chinese / "manifest.json").read_text())["vocab_hash"]
+    uncased_hash = Tokenizer.from_pretrained(UNCASED).vocab_hash
+    out = tmp_path / "out"
+    assert main(pretrain_args(chinese, out, *tiny(), "--max-steps", "2")) == 1
+    err = capsys.readouterr().err
+    assert zh_hash in err and uncased_hash in err and "vocabulary" in err
+    assert not (out / "log.jsonl").exists()
+    # TFRecords name no vocabulary: ids beyond the tokenizer's 21128 Chinese tokens give it away.
+    assert main(pretrain_args(TFRECORD, out, "--config", "tiny", "--tokenizer", str(CHINESE), "--max-steps", "2")) == 1
+    err = capsys.readouterr().err
+    assert str(TFRECORD) in err and "21128" in err and "record" in err
+
+
+def test_corrupted_shard_and_bad_masking_fail_before_training(wiki_records, tmp_path, capsys) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(wiki_records, broken)
+    shard = broken / "shard-00000.arrow"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    assert main(pretrain_args(broken, out, *tiny(), "--max-steps", "2")) == 1
+    err = capsys.readouterr().err
+    assert "shard-00000.arrow" in err and "checksum" in err
+    assert not out.exists()
+    # Records built for dynamic masking store no masks: static masking of them is refused.
+    assert main(pretrain_args(wiki_records, out, *tiny(), "--max-steps", "2", "--masking", "static")) == 1
+    assert "--masking dynamic" in capsys.readouterr().err
