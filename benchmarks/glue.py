@@ -83,7 +83,7 @@ def run_reference(task: str, args, out: Path) -> tuple[dict, dict, float]:
     targs = transformers.TrainingArguments(
         output_dir=str(out), learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=128, num_train_epochs=args.epochs, max_steps=args.max_steps or -1,
-        weight_decay=0.0, warmup_ratio=0.0, eval_strategy="epoch", save_strategy="no", report_to=[],
+        weight_decay=0.0, warmup_steps=0, eval_strategy="epoch", save_strategy="no", report_to=[],
         bf16=use_cuda and args.precision != "fp32", seed=args.seed, logging_steps=50, disable_tqdm=True,
         use_cpu=not use_cuda, dataloader_num_workers=0)
     trainer = transformers.Trainer(model=model, args=targs, train_dataset=DS(train_examples),

@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("--task-sampling", choices=("proportional", "uniform", "temperature"),
                         default="proportional", help="multi-task: how tasks are sampled")
     parser.add_argument("--temperature", type=float, default=2.0, help="multi-task: T for temperature sampling")
+    parser.add_argument("--task-batch-size", dest="task_batch_size", action="append", default=None,
+                        metavar="TASK=N", help="multi-task: per-task batch size (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -401,7 +401,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     ddp_model = None
     if info.enabled and not config.fsdp:
         # Heads that ignore the pooler leave parameters without gradients; DDP must know.
-        unused = getattr(task, "head", "") in ("token_classification", "question_answering", "polyphone", "pretraining")
+        unused = getattr(task, "head", "") in ("token_classification", "question_answering", "polyphone", "pretraining",
+                                                  "multitask")
         train_model = ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unused)
