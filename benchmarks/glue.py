@@ -86,7 +86,7 @@ def run_reference(task: str, args, out: Path) -> tuple[dict, dict, float]:
         weight_decay=0.0, warmup_steps=0, eval_strategy="epoch", save_strategy="no", report_to=[],
         bf16=use_cuda and args.precision != "fp32", seed=args.seed, logging_steps=50, disable_tqdm=True,
         use_cpu=not use_cuda, dataloader_num_workers=0)
-    trainer = transformers.Trainer(model=model, args=targs, train_dataset=DS(train_examples),
+    trainer = transformers.Trainer(model=model, args=targs, train_dataset=DS(train_examples), compute_metrics=compute,
                                    eval_dataset=DS(dev_examples),
                                    data_collator=transformers.DataCollatorWithPadding(tok))
     start = time.perf_counter()
