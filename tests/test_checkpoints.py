@@ -237,3 +237,19 @@ def test_convert_command_and_its_errors(tf_fixture: Path, tf_index_only: Path, t
     assert "--from hf but" in capsys.readouterr().err
     assert cli_main(["convert", str(tf_index_only), str(tmp_path / "out3")]) == 1
     assert "data file missing" in capsys.readouterr().err
+
+
+def test_head_of_another_size_is_new_when_fine_tuning_and_an_error_otherwise(tmp_path: Path) -> None:
+    """A model fine-tuned with 2 labels can start a 9-tag NER run (new head); loading it for
+    evaluation with the wrong label count stays an error naming the tensor."""
+    from bertkit.config import preset
+    from bertkit.modeling.heads import BertForSequenceClassification, BertForTokenClassification
+
+    source = BertForSequenceClassification(preset("tiny", vocab_size=1000, num_labels=2))
+    source.init_weights()
+    source.save_pretrained(tmp_path)
+    model = BertForTokenClassification.from_pretrained(tmp_path, new_head_on_mismatch=True, num_labels=9)
+    assert model.classifier.weight.shape[0] == 9
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, source.bert.embeddings.word_embeddings.weight)
+    with pytest.raises(ValueError, match=r"tensor classifier\.(weight|bias) has shape \[2.*\] in the file but the model"):
+        BertForTokenClassification.from_pretrained(tmp_path, num_labels=9)

@@ -56,7 +56,7 @@ def load_for_inference(args: argparse.Namespace):
 
         model = load_head_model(args.model, name, task)
     else:
-        model = load_task_model(task, args.model)
+        model = load_task_model(task, args.model, new_head=False)  # a mismatch here is an error
     tokenizer = common.load_tokenizer(args.model, args.do_lower_case)
     return task, model.to(info.device).eval(), tokenizer, info, precision
 

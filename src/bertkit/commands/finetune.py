@@ -93,9 +93,10 @@ def finetune_single(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_task_model(task, model_path: str):
-    """The task's head model with encoder weights from `model_path` (new head weights initialised)."""
+def load_task_model(task, model_path: str, new_head: bool = True):
+    """The task's head model with encoder weights from `model_path` (new head weights initialised;
+    a head of another size, from a model fine-tuned on other labels, too unless new_head=False)."""
     from bertkit.modeling.heads import model_class_for_head
 
     cls = model_class_for_head(task.head)
-    return cls.from_pretrained(model_path, **task.model_config_updates())
+    return cls.from_pretrained(model_path, new_head_on_mismatch=new_head, **task.model_config_updates())

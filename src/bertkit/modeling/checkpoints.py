@@ -265,9 +265,12 @@ def check_consistency(config: ModelConfig, state: dict[str, torch.Tensor], sourc
                          f"weights ({source}) hold {max(layers) + 1} layers")
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
+              new_head_on_mismatch: bool = False) -> None:
     """Copy canonical-named tensors into model. Missing encoder weights and shape mismatches are
-    errors; missing head weights are logged as newly initialised; extra heads are logged and dropped."""
+    errors; missing head weights are logged as newly initialised; extra heads are logged and dropped.
+    With new_head_on_mismatch, a task head whose shape differs (a checkpoint fine-tuned with another
+    label set) is initialised anew instead — what fine-tuning on a new task wants."""
     from bertkit.modeling.bert import BertModel
 
     is_encoder = isinstance(model, BertModel)
@@ -283,8 +286,14 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) ->
         raise ValueError(f"{source}: encoder weights missing from the checkpoint: "
                          f"{', '.join(encoder_missing[:5])}{' ...' if len(encoder_missing) > 5 else ''} "
                          f"({len(encoder_missing)} in all); is this a BERT checkpoint?")
-    for name, tensor in state.items():
+    for name, tensor in list(state.items()):
         if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            is_head = not name.removeprefix("bert.").startswith(ENCODER_PREFIXES) and not name.startswith("bert.")
+            if new_head_on_mismatch and is_head:
+                log.warning("%s: %s has shape %s in %s, the task needs %s: initialised anew",
+                            type(model).__name__, name, list(tensor.shape), source, list(expected[name].shape))
+                del state[name]
+                continue
             raise ValueError(f"{source}: tensor {name} has shape {list(tensor.shape)} in the file but the "
                              f"model (from its config) expects {list(expected[name].shape)}")
     if missing:
@@ -299,7 +308,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path) ->
         model.tie_weights()
 
 
-def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, **config_overrides: Any) -> nn.Module:
+def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_on_mismatch: bool = False,
+                    **config_overrides: Any) -> nn.Module:
     """Build `cls` from a checkpoint's config (with overrides) and load its weights."""
     path = resolve_model_path(path_or_hub_id)
     kind, file = find_weights(path)
@@ -309,7 +319,7 @@ def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, **config_o
     state = to_bertkit_names(load_state_dict(file))
     check_consistency(config, state, file)
     model = cls(config)
-    load_into(model, state, file)
+    load_into(model, state, file, new_head_on_mismatch=new_head_on_mismatch)
     return model
 
 

@@ -68,12 +68,13 @@ class BertPreTrainedModel(nn.Module):
         self.bert.attn_backend = value
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | Path, **config_overrides: Any):
+    def from_pretrained(cls, path_or_hub_id: str | Path, new_head_on_mismatch: bool = False,
+                        **config_overrides: Any):
         """Load a HF directory, hub id or Google TF checkpoint; new head weights are initialised
         (and logged). config_overrides replace config.json fields, e.g. num_labels=3."""
         from bertkit.modeling.checkpoints import load_pretrained
 
-        return load_pretrained(cls, path_or_hub_id, **config_overrides)
+        return load_pretrained(cls, path_or_hub_id, new_head_on_mismatch=new_head_on_mismatch, **config_overrides)
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """Write config.json + model.safetensors (+ tokenizer files) in Hugging Face format."""
