@@ -395,3 +395,27 @@ def test_benchmark_scores_baselines_and_a_saved_model(task, tokenizer, tmp_path,
     majority = majority_readings(task.read("train"))
     assert acc["majority (g2pL train)"]["g2pL test"] == pytest.approx(
         sum(majority[ex.char] == ex.label for ex in examples) / 150)
+
+
+def test_task_state_round_trips_so_evaluation_needs_no_train_split(tmp_path) -> None:
+    """Candidate readings learned from train are saved with the model (bertkit.json) and restored,
+    so evaluate/predict on another machine need only the split they score."""
+    import json
+
+    from bertkit.tasks import TaskOptions, get_task_class
+
+    g2pl = Path(__file__).resolve().parents[2] / "shared" / "data" / "polyphone" / "g2pL"
+    if not g2pl.is_dir():
+        pytest.skip(f"{g2pl} is absent")
+    trained = get_task_class("polyphone")(TaskOptions(data_dir=str(g2pl)))
+    state = json.loads(json.dumps(trained.state_dict(), ensure_ascii=True))
+    only_test = tmp_path / "only-test"
+    only_test.mkdir()
+    for name in ("test.sent", "test.lb"):
+        (only_test / name).write_bytes((g2pl / name).read_bytes())
+    restored = get_task_class("polyphone")(TaskOptions(data_dir=str(only_test)))
+    restored.set_label_names(trained.label_names())
+    restored.load_state_dict(state)
+    assert restored.label_names() == trained.label_names()
+    assert all(restored.candidates(c) == trained.candidates(c) for c in ("了", "长", "行", "抹"))
+    assert len(restored.read("test")) == 11400

@@ -43,6 +43,8 @@ def load_for_inference(args: argparse.Namespace):
                          f"{', '.join(saved.get('tasks', [saved.get('task')]))}")
     task_cls = get_task_class(name)
     task = task_cls(common.task_options_from_args(args, task_cls, saved))
+    if saved.get("task") == name and saved.get("task_state"):
+        task.load_state_dict(saved["task_state"])
     heads = saved.get("heads", {})
     if name in heads:  # a multi-task model: this task's head and labels
         task.set_label_names(heads[name].get("labels"))

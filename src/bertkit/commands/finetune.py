@@ -69,7 +69,7 @@ def finetune_single(args: argparse.Namespace) -> int:
         "task": task.name, "tasks": [task.name], "head": task.head, "labels": task.label_names(),
         "max_seq_length": max_len, "data_dir": task.options.data_dir, "extra": task.options.extra,
         "base_model": args.model, "train": dataclasses.asdict(config), "main_metric": task.main_metric,
-        "command": " ".join(["bertkit", *sys.argv[1:]]),
+        "command": " ".join(["bertkit", *sys.argv[1:]]), "task_state": task.state_dict(),
     }
 
     def save_model(model_to_save, directory: Path) -> None:

@@ -115,6 +115,14 @@ class Task:
         """Restore the label set saved with a fine-tuned model (bertkit.json), before encode()."""
         self._labels = labels
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the task learned from its training data besides labels (JSON-serialisable), saved in
+        bertkit.json so evaluate/predict need no training split."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore state_dict() of the run that trained the model."""
+
     def encode(self, examples: list[Any], tokenizer, max_seq_length: int) -> list[dict[str, Any]]:
         """Examples -> features. Each feature is a dict with at least `input_ids` and
         `token_type_ids` (lists of ints, [CLS] ... [SEP] included), the label field(s) the model

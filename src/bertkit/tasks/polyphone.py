@@ -325,6 +325,17 @@ class PolyphoneTask(Task):
         if self._labels is None:
             self._labels = sorted(set().union(*self._candidates.values()))
 
+    def state_dict(self) -> dict[str, Any]:
+        """Each character's candidate readings and the training label counts (for class weights)."""
+        self._ensure_vocab()
+        return {"candidates": {c: sorted(r) for c, r in sorted(self._candidates.items())},
+                "train_counts": dict(self._train_counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "candidates" in state:
+            self._candidates = {c: set(r) for c, r in state["candidates"].items()}
+            self._train_counts = Counter(state.get("train_counts", {}))
+
     def label_names(self) -> list[str]:
         self._ensure_vocab()
         return list(self._labels or [])
