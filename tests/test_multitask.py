@@ -26,18 +26,6 @@ SLICES = {"SST-2": (96, 40), "RTE": (48, 30), "STS-B": (64, 40)}  # (train rows,
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, shared_dir: Path) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(preset("tiny", vocab_size=30522))
-    model.init_weights()
-    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / "bert-base-uncased" / "vocab.txt",
-                                          do_lower_case=True)
-    model.save_pretrained(directory, tokenizer=tokenizer)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def glue_slices(tmp_path_factory, shared_dir: Path) -> Path:
     """A glue_data-style root with the first rows of the real SST-2, RTE and STS-B train files
     (dev = the rows after them, so labels are real and disjoint from training)."""

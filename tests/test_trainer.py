@@ -25,19 +25,6 @@ from bertkit.training.trainer import checkpoint_dirs, epoch_order, train
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, shared_dir: Path) -> Path:
-    """A tiny random BERT (2 layers, H=128) saved in HF format with bert-base-uncased's vocab."""
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(preset("tiny", vocab_size=30522))
-    model.init_weights()
-    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / "bert-base-uncased" / "vocab.txt",
-                                          do_lower_case=True)
-    model.save_pretrained(directory, tokenizer=tokenizer)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def sst2_small(tmp_path_factory, shared_dir: Path) -> Path:
     """The first 320 rows of the real SST-2 training file, in the GLUE layout."""
     directory = tmp_path_factory.mktemp("sst2")

@@ -81,6 +81,15 @@ def pad_sequences(rows: Sequence[Sequence[int]], pad_value: int = 0, length: int
     return out
 
 
+def padded_inputs(features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """input_ids, token_type_ids, attention_mask [B, T], padded to the longest feature of the batch."""
+    return {
+        "input_ids": pad_sequences([f["input_ids"] for f in features]),
+        "token_type_ids": pad_sequences([f["token_type_ids"] for f in features]),
+        "attention_mask": pad_sequences([[1] * len(f["input_ids"]) for f in features]),
+    }
+
+
 class Task:
     """Base class. Subclasses set the class attributes and implement `read`, `encode`, `metrics`."""
 
@@ -133,11 +142,7 @@ class Task:
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Features -> model kwargs with dynamic padding (to the longest in the batch).
         Default: input_ids/token_type_ids/attention_mask [B, T] and `labels` [B]."""
-        batch = {
-            "input_ids": pad_sequences([f["input_ids"] for f in features]),
-            "token_type_ids": pad_sequences([f["token_type_ids"] for f in features]),
-            "attention_mask": pad_sequences([[1] * len(f["input_ids"]) for f in features]),
-        }
+        batch = padded_inputs(features)
         if "labels" in features[0]:
             dtype = torch.float if self.head == "regression" else torch.long
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)

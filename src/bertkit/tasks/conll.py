@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from bertkit.metrics.ner import ner_scores
-from bertkit.tasks.base import DataError, Task, TaskOptions, pad_sequences, register
+from bertkit.tasks.base import DataError, Task, TaskOptions, pad_sequences, padded_inputs, register
 from bertkit.tasks.swag import plain_backend, special_ids
 
 log = logging.getLogger(__name__)
@@ -275,11 +275,7 @@ class NerTask(Task):
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """-> input_ids, token_type_ids, attention_mask, labels: [B, T], labels padded with -100."""
-        batch = {
-            "input_ids": pad_sequences([f["input_ids"] for f in features]),
-            "token_type_ids": pad_sequences([f["token_type_ids"] for f in features]),
-            "attention_mask": pad_sequences([[1] * len(f["input_ids"]) for f in features]),
-        }
+        batch = padded_inputs(features)
         batch["labels"] = pad_sequences([f["labels"] for f in features], pad_value=IGNORE)
         return batch
 

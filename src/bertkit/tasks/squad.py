@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
-from bertkit.tasks.base import DataError, Task, pad_sequences, register
+from bertkit.tasks.base import DataError, Task, padded_inputs, register
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +273,7 @@ class SquadTask(Task):
         return features
 
     def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = {
-            "input_ids": pad_sequences([f["input_ids"] for f in features]),
-            "token_type_ids": pad_sequences([f["token_type_ids"] for f in features]),
-            "attention_mask": pad_sequences([[1] * len(f["input_ids"]) for f in features]),
-        }
+        batch = padded_inputs(features)
         batch["start_positions"] = torch.tensor([f["start_positions"] for f in features], dtype=torch.long)
         batch["end_positions"] = torch.tensor([f["end_positions"] for f in features], dtype=torch.long)
         return batch
