@@ -328,8 +328,8 @@ def plot_curves(output_dir: Path, main_metric: str | None) -> None:
         ax2 = ax.twinx()
         ax2.plot(*zip(*evals), "o-", label=f"eval {main_metric}", color="tab:orange")
         ax2.set_ylabel(main_metric)
-    fig.legend(loc="upper right")
-    fig.tight_layout()
+    fig.legend(loc="upper center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # room above the axes for the legend
     fig.savefig(output_dir / "curves.png", dpi=100)
     plt.close(fig)
 
