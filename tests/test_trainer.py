@@ -205,3 +205,26 @@ def test_non_finite_loss_is_skipped_and_counted(tiny_model_dir, sst2_small, tmp_
     assert result.state.skipped_steps == 3
     for key, value in result.model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_resume_with_a_global_batch_that_does_not_divide_the_position_is_refused(
+        tiny_model_dir, sst2_small, tmp_path) -> None:
+    """Saved after 4 steps of 16 (64 examples): batch 32 divides that and resumes; 24 does not and
+    would skip examples silently, so it is refused with the numbers and the fix."""
+    out = tmp_path / "run"
+    args = ["--eval-every", "none", "--save-every", "4", "--keep-checkpoints", "1"]
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
+    features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)
+    config = TrainConfig(output_dir=str(out), max_steps=12, batch_size=16, device="cpu", eval_every="none",
+                         save_every=4, progress=False)
+    train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None, config,
+          stop_after_steps=4)
+    code = main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", *args, "--resume",
+                              "--batch-size", "24"))
+    assert code == 1
+    with pytest.raises(ValueError, match=r"stopped 64 examples into epoch 0, which is not a whole number "
+                                         r"of global batches of 24"):
+        train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None,
+              TrainConfig(**{**config.to_dict(), "batch_size": 24, "resume": True}))
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "6", *args, "--resume",
+                              "--batch-size", "32")) == 0

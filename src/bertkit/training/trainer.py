@@ -451,6 +451,13 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         while first < len(epoch_batches) and consumed < start:
             consumed += len(epoch_batches[first])
             first += 1
+        if consumed != start:
+            raise ValueError(
+                f"--resume: the checkpoint stopped {start} examples into epoch {state.epoch}, which is not a "
+                f"whole number of global batches of {global_batch} (--batch-size {config.batch_size} x "
+                f"{info.world_size} processes); resume with a global batch that divides {start}, e.g. the "
+                f"one the run was saved with ({start // max(1, state.global_step * config.grad_accum) or '?'} "
+                f"examples per micro-step)")
         global_batches = epoch_batches[first:]
         my_batches = [np.array_split(g, info.world_size)[info.rank] for g in global_batches]
         seeds = ([hash((config.seed, state.epoch, first + k, info.rank)) % 2**63
