@@ -150,6 +150,18 @@ def crc32c_many(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.
 # ---- tf.train.Example wire-format decoding ---------------------------------------------------------
 
 
+
+def locate(ends: list[int], i: int) -> tuple[int, int]:
+    """(file index, record index within that file) of global record i, given cumulative record
+    counts `ends`; negative i counts from the end, as for a list."""
+    n = ends[-1] if ends else 0
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"record {i} out of range for {n} records")
+    k = bisect_right(ends, i)
+    return k, i - (ends[k - 1] if k else 0)
+
 class _ProtoError(ValueError):
     pass
 
@@ -445,13 +457,8 @@ class TFRecordDataset:
         return self._ends[-1] if self._ends else 0
 
     def _locate(self, i: int) -> tuple[_TFRecordFile, int]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"record {i} out of range for {n} records")
-        k = bisect_right(self._ends, i)
-        return self.files[k], i - (self._ends[k - 1] if k else 0)
+        k, j = locate(self._ends, i)
+        return self.files[k], j
 
     def where(self, i: int) -> str:
         """'FILE: record J': where record i of the dataset is stored, for error messages."""
@@ -561,13 +568,7 @@ class HDF5Dataset:
         return self._blocks[k][1]
 
     def _locate(self, i: int) -> tuple[int, int]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"record {i} out of range for {n} records")
-        k = bisect_right(self._ends, i)
-        return k, i - (self._ends[k - 1] if k else 0)
+        return locate(self._ends, i)
 
     def where(self, i: int) -> str:
         """'FILE: row J': where instance i of the dataset is stored, for error messages."""

@@ -460,10 +460,11 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
         info = records.read_sidecar(out_dir / records.shard_name(chunk))
         return info is not None and info.get("fingerprint") == fingerprint
 
-    n_chunks = 0
-    built = skipped = 0
-    chunks = iter_chunks(iter_documents(paths, config.text_field, config.split_sentences), config.chunk_docs, config.chunk_bytes)
-    if workers == 1:
+    n_chunks = built = skipped = 0
+
+    def chunks_to_build():
+        """(index, documents) of this part's chunks that are not complete on disk yet."""
+        nonlocal n_chunks, skipped
         for c, docs in enumerate(chunks):
             n_chunks += 1
             if c % num_shards != shard_index:
@@ -471,6 +472,11 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
             if done(c):
                 skipped += 1
                 continue
+            yield c, docs
+
+    chunks = iter_chunks(iter_documents(paths, config.text_field, config.split_sentences), config.chunk_docs, config.chunk_bytes)
+    if workers == 1:
+        for c, docs in chunks_to_build():
             info = build_shard(c, docs, ctx, out_dir, fingerprint)
             built += 1
             log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
@@ -485,13 +491,7 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
         _WORKER_CTX = None
         pending: deque = deque()
         try:
-            for c, docs in enumerate(chunks):
-                n_chunks += 1
-                if c % num_shards != shard_index:
-                    continue
-                if done(c):
-                    skipped += 1
-                    continue
+            for c, docs in chunks_to_build():
                 # At most 2 chunks per worker in flight: reading ahead further would defeat streaming.
                 while len(pending) >= 2 * workers:
                     info = pending.popleft().get()
