@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -39,12 +41,15 @@ def slice_glue(src: Path, dst: Path, n_train: int, n_dev: int) -> Path:
 
 
 def finetune(tasks: list[str], common: list[str], out: Path, extra: list[str]) -> tuple[dict, float]:
-    from bertkit.cli import main
-
-    argv = ["finetune", *[a for t in tasks for a in ("--task", t)], *common, "--output-dir", str(out), *extra]
+    """One `bertkit finetune` in a child process (so runs can share a GPU side by side)."""
+    argv = [sys.executable, "-m", "bertkit.cli", "finetune", *[a for t in tasks for a in ("--task", t)], *common,
+            "--output-dir", str(out), *extra]
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if main(argv) != 0:
-        raise RuntimeError(f"bertkit {' '.join(argv)} failed")
+    with (out.parent / f"{out.name}.log").open("w") as log:
+        done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed; see {out.parent / f'{out.name}.log'}")
     return json.loads((out / "metrics.json").read_text())["dev"], time.perf_counter() - start
 
 
@@ -59,6 +64,9 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--precision", default=None, help="default: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the five fine-tunings at once on the one device (scores unchanged; wall times "
+                             "are then contended and not comparable)")
     parser.add_argument("--work-dir", default=None, help="keep run directories here (default: a temp dir)")
     args = parser.parse_args()
 
@@ -76,12 +84,13 @@ def main() -> int:
         common += ["--precision", args.precision]
 
     names = list(TASKS)
-    single: dict[str, tuple[float, float]] = {}
-    for task in names:
-        metrics, seconds = finetune([task], common, work / f"single-{task}", [])
-        single[task] = (metrics[TASKS[task][1]], seconds)
-    multi_metrics, multi_seconds = finetune(
-        names, common, work / "multi", ["--task-sampling", args.task_sampling, "--temperature", str(args.temperature)])
+    runs = {task: ([task], work / f"single-{task}", []) for task in names}
+    runs["multi"] = (names, work / "multi", ["--task-sampling", args.task_sampling, "--temperature", str(args.temperature)])
+    with ThreadPoolExecutor(max_workers=len(runs) if args.parallel else 1) as pool:
+        futures = {name: pool.submit(finetune, tasks, common, out, extra) for name, (tasks, out, extra) in runs.items()}
+        done = {name: future.result() for name, future in futures.items()}
+    single = {task: (done[task][0][TASKS[task][1]], done[task][1]) for task in names}
+    multi_metrics, multi_seconds = done["multi"]
 
     print(f"\nGLUE dev, {Path(args.model).name}, {'small slices, ' if args.small else ''}"
           f"{'max-steps ' + str(args.max_steps) if args.max_steps else f'{epochs:g} epochs'}, "
@@ -98,7 +107,8 @@ def main() -> int:
     s_avg, m_avg = sum(singles) / len(singles), sum(multis) / len(multis)
     print(f"| average | main metrics | {s_avg:.4f} | {m_avg:.4f} | {m_avg / s_avg if s_avg else float('nan'):.3f} |")
     single_time = sum(t for _, t in single.values())
-    print(f"| wall time | s | {single_time:.0f} (4 runs) | {multi_seconds:.0f} | "
+    contended = " (runs side by side)" if args.parallel else ""
+    print(f"| wall time{contended} | s | {single_time:.0f} (4 runs) | {multi_seconds:.0f} | "
           f"{multi_seconds / single_time:.3f} |")
     if not args.work_dir and args.small:
         shutil.rmtree(work, ignore_errors=True)  # a smoke run's directories are not worth keeping

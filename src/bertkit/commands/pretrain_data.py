@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", "--input_file", nargs="+", required=True, metavar="FILE",
                    help="text files or globs (one sentence per line, blank line between documents; .gz/.bz2 ok)")
     p.add_argument("--tokenizer", "--vocab_file", required=True, help="vocab.txt, model directory or hub id")
+    p.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", action="store_true", default=None,
+                   help="lower-case the text (default: as the tokenizer's files say)")
     p.add_argument("--output-dir", "--output_dir", required=True, help="record directory to write")
     p.add_argument("--text-field", default=None, help="read JSONL documents, taking the text from this field")
     p.add_argument("--split-sentences", action="store_true",
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                                 dupe_factor=args.dupe_factor, nsp=not args.no_nsp, masking=args.masking, mask=mask,
                                 target_words=_read_target_words(args.target_words) if args.target_words else None,
                                 seed=args.seed, chunk_docs=args.chunk_docs, text_field=args.text_field,
-                                split_sentences=args.split_sentences)
+                                split_sentences=args.split_sentences, do_lower_case=args.do_lower_case)
     manifest = create_pretraining_data(args.input, args.tokenizer, args.output_dir, config, workers=args.workers,
                                        num_shards=args.num_shards, shard_index=args.shard_index)
     if not manifest["complete"]:

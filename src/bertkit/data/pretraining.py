@@ -69,6 +69,7 @@ class PretrainDataConfig:
     chunk_bytes: int = 64 << 20  # ... or this much text, whichever comes first
     text_field: str | None = None  # JSONL input: the field holding a document's text
     split_sentences: bool = False  # text input: lines are paragraphs, split them into sentences
+    do_lower_case: bool | None = None  # tokenizer casing; None: as the tokenizer's files say
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 5:
@@ -384,7 +385,8 @@ def _worker_init(tokenizer_spec: str, config: dict[str, Any]) -> None:
     # Workers split the corpus between them; the Rust thread pool inside each would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if _WORKER_CTX is None:  # spawn start method: nothing inherited, rebuild from the spec
-        _WORKER_CTX = make_context(load_tokenizer(tokenizer_spec), PretrainDataConfig.from_dict(config))
+        worker_config = PretrainDataConfig.from_dict(config)
+        _WORKER_CTX = make_context(load_tokenizer(tokenizer_spec, worker_config.do_lower_case), worker_config)
 
 
 def _worker_build(chunk_index: int, documents: list[list[str]], out_dir: str, fingerprint: str) -> dict[str, Any]:
@@ -392,11 +394,11 @@ def _worker_build(chunk_index: int, documents: list[list[str]], out_dir: str, fi
     return build_shard(chunk_index, documents, _WORKER_CTX, Path(out_dir), fingerprint)
 
 
-def load_tokenizer(spec: str) -> Any:
+def load_tokenizer(spec: str, do_lower_case: bool | None = None) -> Any:
     """`--tokenizer`: a vocab.txt, a model/tokenizer directory or a hub id."""
     from bertkit.tokenization import Tokenizer
 
-    return Tokenizer.from_pretrained(spec)
+    return Tokenizer.from_pretrained(spec, do_lower_case=do_lower_case)
 
 
 def dynamic_masking_for(manifest: dict[str, Any], tokenizer: Any, seed: int | None = None) -> Any:
@@ -434,7 +436,7 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
         raise ValueError(f"--workers must be >= 1, got {workers}")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     paths = expand_inputs(inputs)
-    tokenizer = load_tokenizer(tokenizer_spec)
+    tokenizer = load_tokenizer(tokenizer_spec, config.do_lower_case)
     ctx = make_context(tokenizer, config)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
