@@ -40,6 +40,7 @@ import torch
 
 import transformers
 from bertkit.config import ModelConfig, preset
+from bertkit.modeling.attention import unpadding_layout
 from bertkit.modeling.heads import (BertForPreTraining, BertForQuestionAnswering,
                                     BertForSequenceClassification)
 from bertkit.tokenization import Tokenizer
@@ -198,7 +199,7 @@ class Result:
 class Settings:
     device: torch.device
     precision: str  # "bf16" | "fp32"
-    compile: bool
+    compile: str | None  # None (eager) or a torch.compile mode
     warmup: int
     steps: int
     ceiling: float  # FLOP/s
@@ -212,7 +213,8 @@ def measure(settings: Settings, workload: str, implementation: str, model: torch
     device = settings.device
     model.to(device)
     model.train(training)
-    run = torch.compile(model, dynamic=dynamic) if settings.compile else model
+    run = torch.compile(model, dynamic=dynamic, mode=settings.compile) if settings.compile else model
+    graphs = settings.compile in ("reduce-overhead", "max-autotune") and device.type == "cuda"
     optimizer = None
     if training:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01,
@@ -220,6 +222,8 @@ def measure(settings: Settings, workload: str, implementation: str, model: torch
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
 
     def step(batch: Batch) -> None:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         if training:
             with autocast:
                 loss = run(**batch).loss
@@ -276,13 +280,21 @@ def run_finetune(settings: Settings, config: ModelConfig, tok: Tokenizer, senten
     n = settings.warmup + settings.steps
     groups = sentence_batches(sentences, batch_size, n, seed=0)
     labels = [torch.randint(0, 2, (len(g),), generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)]
-    dynamic = [to_device({**tok(g, max_length=128), "labels": y}, settings.device) for g, y in zip(groups, labels)]
-    padded = [to_device({**tok(g, max_length=128, padding="max_length"), "labels": y}, settings.device)
-              for g, y in zip(groups, labels)]
+    cpu_dynamic = [{**tok(g, max_length=128), "labels": y} for g, y in zip(groups, labels)]
+    cpu_padded = [{**tok(g, max_length=128, padding="max_length"), "labels": y} for g, y in zip(groups, labels)]
+    dynamic = [to_device(b, settings.device) for b in cpu_dynamic]
+    padded = [to_device(b, settings.device) for b in cpu_padded]
+    # bertkit's collate adds the unpadded layout on the CPU (DataLoader workers); with CUDA graphs
+    # the token count is rounded up to a multiple of 64, as the trainer does.
+    multiple = 64 if settings.compile in ("reduce-overhead", "max-autotune") else 1
+    ours_dynamic = [to_device({**b, **unpadding_layout(b["attention_mask"], multiple)}, settings.device)
+                    for b in cpu_dynamic]
+    ours_padded = [to_device({**b, **unpadding_layout(b["attention_mask"], multiple)}, settings.device)
+                   for b in cpu_padded]
     flops = [useful_flops(config, b["attention_mask"].sum(1).tolist()) for b in dynamic]
     model = seeded(lambda: bertkit_model("classification", config))
-    measure(settings, workload, "bertkit (unpadded, dynamic lengths)", model, dynamic, flops, True, dynamic=True)
-    measure(settings, workload, "bertkit (input padded to 128)", model, padded, flops, True,
+    measure(settings, workload, "bertkit (unpadded, dynamic lengths)", model, ours_dynamic, flops, True, dynamic=True)
+    measure(settings, workload, "bertkit (input padded to 128)", model, ours_padded, flops, True,
             notes="unpadding drops the pads inside the model", dynamic=True)
     del model
     model = seeded(lambda: transformers_model("classification", config))
@@ -318,12 +330,15 @@ def run_inference(settings: Settings, config: ModelConfig, tok: Tokenizer, dev_s
     n = settings.warmup + settings.steps
     groups = [dev_sentences[i:i + batch_size] for i in range(0, len(dev_sentences), batch_size)]
     groups = [g for g in groups if len(g) == batch_size] or groups
-    batches = [to_device(tok(groups[i % len(groups)], max_length=128), settings.device) for i in range(n)]
+    cpu_batches = [tok(groups[i % len(groups)], max_length=128) for i in range(n)]
+    batches = [to_device(b, settings.device) for b in cpu_batches]
+    ours = [to_device({**b, **unpadding_layout(b["attention_mask"])}, settings.device) for b in cpu_batches]
     flops = [useful_flops(config, b["attention_mask"].sum(1).tolist(), training=False) for b in batches]
-    for name, factory in (("bertkit (unpadded)", lambda: bertkit_model("classification", config)),
-                          ("transformers (dynamic padding)", lambda: transformers_model("classification", config))):
+    for name, factory, inputs in (
+            ("bertkit (unpadded)", lambda: bertkit_model("classification", config), ours),
+            ("transformers (dynamic padding)", lambda: transformers_model("classification", config), batches)):
         model = seeded(factory)
-        measure(settings, workload, name, model, batches, flops, False, dynamic=True)
+        measure(settings, workload, name, model, inputs, flops, False, dynamic=True)
         del model
 
     source = "SQuAD v1.1 dev questions+contexts" if squad_pairs else "random full windows"
@@ -379,7 +394,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vocab", type=Path, default=None, help="WordPiece vocab.txt (or a model directory)")
     p.add_argument("--squad", type=Path, default=None,
                    help="SQuAD dev json(.xz) for the QA inference windows (default: random tokens)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile both sides (MODE reduce-overhead: with CUDA graphs)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="autocast dtype (default: bf16 on CUDA, fp32 on CPU)")
@@ -437,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch / transformers": f"{torch.__version__} / {transformers.__version__}",
         "model shape": f"{shape} (L{config.num_hidden_layers}/H{config.hidden_size}), random init, "
                        f"dropout {config.hidden_dropout_prob}, attention dropout {config.attention_probs_dropout_prob}",
-        "precision / compile": f"{'bf16 autocast' if precision == 'bf16' else 'fp32'} / {'torch.compile' if args.compile else 'eager'}",
+        "precision / compile": f"{'bf16 autocast' if precision == 'bf16' else 'fp32'} / "
+                               f"{f'torch.compile mode={args.compile}' if args.compile else 'eager'}",
         "steps": f"{warmup} warmup + {steps} timed per row (the timed batches are also run once untimed first)",
         "MFU ceiling": f"{ceiling / 1e12:.2f} TFLOP/s measured ({ceiling_how})",
     }

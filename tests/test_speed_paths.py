@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bertkit.config import ModelConfig
-from bertkit.modeling.attention import (PaddedAttention, UnpaddedAttention, prepare_attention,
+from bertkit.modeling.attention import (PaddedAttention, UnpaddedAttention, prepare_attention, unpadding_layout,
                                         unpadded_kernel)
 from bertkit.modeling.heads import BertForPreTraining, BertForSequenceClassification
 
@@ -200,3 +200,71 @@ def test_benchmark_small_mode_runs(tmp_path: Path, shared_dir: Path) -> None:
     # SST-2 sentences are short: ~13 real tokens per sample of the 128 transformers pads to.
     finetune = [r for r in results if r["workload"].startswith("fine-tune")]
     assert all(5 < r["tokens_per_sample"] < 40 for r in finetune)
+
+
+def test_unpadding_layout_from_the_collate_has_fillers_and_boundaries() -> None:
+    padded = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])  # N = 9 of 15
+    layout = unpadding_layout(padded)  # N + 1 tokens: one filler
+    assert layout["unpad_indices"].tolist() == [0, 1, 2, 5, 6, 7, 8, 9, 10, 3]
+    assert layout["cu_seqlens"].tolist() == [0, 3, 8, 9, 10]
+    bucketed = unpadding_layout(padded, multiple=8)  # rounded up to 16, capped at B * T = 15
+    assert bucketed["unpad_indices"].shape == (15,) and bucketed["cu_seqlens"].tolist() == [0, 3, 8, 9, 15]
+    assert sorted(bucketed["unpad_indices"].tolist()) == list(range(15))
+    # Batches without padding need no layout (the filler would have nowhere to sit).
+    assert unpadding_layout(torch.tensor([[1, 1, 2, 2], [1, 1, 1, 1]])) == {}
+    assert unpadding_layout(torch.ones(2, 4, dtype=torch.long)) == {}
+    packed = unpadding_layout(torch.tensor([[1, 1, 2, 2, 0], [1, 1, 1, 1, 1]]))
+    assert packed["cu_seqlens"].tolist() == [0, 2, 4, 9, 10]
+
+
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_precomputed_layout_gives_the_padded_outputs_and_gradients(multiple: int) -> None:
+    torch.manual_seed(5)
+    model = BertForSequenceClassification(tiny_config())
+    batch = heavy_padding_batch([3, 40, 1, 7, 12], T=48)
+    results = {}
+    for name, extra in (("padded", {}), ("layout", unpadding_layout(batch["attention_mask"], multiple))):
+        model.zero_grad(set_to_none=True)
+        model.attn_backend = "padded" if name == "padded" else "auto"
+        out = model(**batch, **extra)
+        out.loss.backward()
+        results[name] = (out.logits.detach(), grads(model))
+    assert (results["padded"][0] - results["layout"][0]).abs().max() <= TOL
+    for name, grad in results["padded"][1].items():
+        assert (grad - results["layout"][1][name]).abs().max() <= TOL, name
+
+    # Token-level outputs read as zeros at padding, filler tokens included.
+    encoder = model.bert.eval()
+    layout = unpadding_layout(batch["attention_mask"], multiple)
+    hidden = encoder(batch["input_ids"], batch["attention_mask"], **layout).last_hidden_state
+    assert (hidden[batch["attention_mask"] == 0] == 0).all()
+
+
+def test_precomputed_layout_for_packed_rows_equals_padded() -> None:
+    torch.manual_seed(6)
+    model = BertForPreTraining(tiny_config())
+    mask = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 3, 0, 0],
+                         [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]])
+    ids = torch.randint(1, 99, mask.shape) * (mask > 0)
+    batch = dict(input_ids=ids, attention_mask=mask, masked_positions=torch.tensor([[1, 5, -1], [2, 3, 4]]),
+                 masked_ids=torch.tensor([[7, 8, -100], [9, 10, 11]]), next_sentence_label=torch.tensor([0, 1]))
+    model.attn_backend = "padded"
+    reference = model(**batch).loss
+    model.attn_backend = "auto"
+    for multiple in (1, 4):
+        assert abs(model(**batch, **unpadding_layout(mask, multiple)).loss - reference) <= TOL
+
+
+def test_loss_needs_no_host_sync_and_is_zero_without_labels() -> None:
+    from bertkit.modeling.heads import _cross_entropy
+
+    logits = torch.randn(4, 3, requires_grad=True)
+    none_given = _cross_entropy(logits, torch.full((4,), -100))
+    assert none_given.item() == 0.0 and none_given.requires_grad
+    labels = torch.tensor([0, 2, -100, 1])
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weights, ignore_index=-100)
+    assert torch.allclose(_cross_entropy(logits, labels, weights), expected)
+    # Traced without a graph break: no `.any()` read back to the host.
+    explained = torch._dynamo.explain(lambda x, y: _cross_entropy(x, y))(logits, labels)
+    assert explained.graph_break_count == 0

@@ -185,6 +185,7 @@ class TrainConfig:
     group_by_length: bool = False  # sample batches of similar length to cut padding
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (bucketed token counts)
     fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
     num_workers: int = 0  # DataLoader worker processes
     log_every: int = 10  # optimizer steps between log lines

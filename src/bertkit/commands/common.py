@@ -89,7 +89,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--group-by-length", action="store_true", help="batch examples of similar length")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--no_cuda", "--no-cuda", dest="no_cuda", action="store_true", help="alias of --device cpu")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the model; MODE reduce-overhead also replays the step as CUDA graphs "
+                        "(worth it when kernel launches dominate: short sequences, small batches)")
     g.add_argument("--fsdp", action="store_true",
                    help="shard the model across processes (FSDP2; torchrun with >= 2 processes)")
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes")
@@ -115,6 +118,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     precision = args.precision or ("fp16" if args.fp16 else default_precision(device))
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     fields.update(device=device, precision=precision)
+    compile_mode = getattr(args, "compile", None)
+    fields.update(compile=compile_mode is not None, compile_mode=compile_mode or "default")
     return TrainConfig(**fields)
 
 

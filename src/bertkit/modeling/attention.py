@@ -81,6 +81,7 @@ class UnpaddedAttention:
     seq_len: int
     kernel: str  # "varlen" (flash when unpadded_kernel allows it) or "sdpa_unpadded"
     mask: torch.Tensor  # bool [B,1,1,T] or [B,1,T,T]: the SDPA mask of the re-padded fallback
+    valid: torch.Tensor | None = None  # bool [N]: False at filler tokens (see unpadding_layout)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """[B,T,H] -> [N,H]."""
@@ -88,6 +89,8 @@ class UnpaddedAttention:
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N,...] -> [B,T,...] with zeros at padding."""
+        if self.valid is not None:  # filler tokens sit at padding positions; padding reads as zeros
+            x = torch.where(self.valid.view(-1, *[1] * (x.dim() - 1)), x, torch.zeros((), dtype=x.dtype, device=x.device))
         out = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
         out = out.index_copy(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])  # [B*T,...] -> [B,T,...]
@@ -178,6 +181,49 @@ def padding_mask(mask: torch.Tensor, packed: bool) -> torch.Tensor:
     keep = mask > 0  # [B,T]
     keep = keep | ~keep.any(dim=1, keepdim=True)
     return keep[:, None, None, :]  # [B,1,1,T]
+
+
+def unpadding_layout(attention_mask: torch.Tensor, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """The unpadded layout of a batch, computed where the batch is built (CPU, DataLoader workers)
+    so that the model needs no host sync to find it: `unpad_indices` int64 [Nb] (the flat
+    row * T + column index of each of the N real tokens, then of Nb - N padding positions) and
+    `cu_seqlens` int32 [S+2] (the starts of the S sequences, N, then Nb: the last "sequence" is
+    the filler, at least one token).
+
+    Nb is N + 1 rounded up to `multiple` (at most B * T): with multiple > 1 batches of similar size
+    share one token count, which is what lets a CUDA graph recorded for one batch be replayed for
+    the next. Filler tokens attend only to each other and read as zeros when the output is padded
+    back. A batch without padding gets an empty dict: rows of one sequence take the padded path
+    (nothing to skip), packed rows the model's own unpadding.
+    """
+    mask = attention_mask.long().cpu()
+    if bool((mask > 0).all()):
+        return {}
+    flat = mask.reshape(-1)
+    real = flat.nonzero().squeeze(1)  # [N]
+    N = real.numel()
+    Nb = min(-(-(N + 1) // max(multiple, 1)) * max(multiple, 1), flat.numel())
+    filler = (flat == 0).nonzero().squeeze(1)[:Nb - N]
+    starts = sequence_starts(mask).reshape(-1)[real].nonzero().squeeze(1)  # [S]
+    return {"unpad_indices": torch.cat([real, filler]),
+            "cu_seqlens": torch.cat([starts, torch.tensor([N, Nb])]).to(torch.int32)}
+
+
+def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Tensor, cu_seqlens: torch.Tensor,
+                          backend: str = "auto") -> "UnpaddedAttention":
+    """The unpadded attention context from an `unpadding_layout` computed with the batch: tensor
+    ops only (shapes decide everything), so torch.compile traces it and CUDA graphs can capture it."""
+    if backend not in ("auto", "unpadded", "varlen", "sdpa_unpadded"):
+        raise ValueError(f"attn_backend={backend!r} cannot use a precomputed unpadded layout")
+    B, T = attention_mask.shape
+    Nb = unpad_indices.shape[0]
+    packed = cu_seqlens.shape[0] - 2 > B  # more sequences than rows
+    valid = torch.arange(Nb, device=unpad_indices.device) < cu_seqlens[-2]  # False at filler tokens
+    # The filler sequence can be longer than a row; Nb - B bounds it (every row has a real token).
+    return UnpaddedAttention(indices=unpad_indices, cu_seqlens=cu_seqlens, max_seqlen=max(T, Nb - B),
+                             batch_size=B, seq_len=T,
+                             kernel="sdpa_unpadded" if backend == "sdpa_unpadded" else "varlen",
+                             mask=padding_mask(attention_mask.long(), packed), valid=valid)
 
 
 @torch.compiler.disable

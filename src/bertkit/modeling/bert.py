@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertkit.config import TANH_GELU_NAMES, ModelConfig
-from bertkit.modeling.attention import (FlexAttention, PaddedAttention, UnpaddedAttention, positions_from_mask,
-                                       prepare_attention)
+from bertkit.modeling.attention import (FlexAttention, PaddedAttention, UnpaddedAttention, attention_from_layout,
+                                       positions_from_mask, prepare_attention)
 
 AttentionContext = PaddedAttention | UnpaddedAttention | FlexAttention
 
@@ -184,9 +184,12 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                unpad_indices: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 **unused: Any) -> BertOutput:
         """input_ids [B,T]; attention_mask [B,T] (0 = pad, k > 0 = sequence id, None = all 1);
-        token_type_ids [B,T] (None = 0); position_ids [B,T] (None = restart at 0 per sequence id)."""
+        token_type_ids [B,T] (None = 0); position_ids [B,T] (None = restart at 0 per sequence id);
+        unpad_indices, cu_seqlens: the batch's `attention.unpadding_layout`, when the collate
+        computed it (then no host sync is needed to unpad)."""
         if unused:
             raise TypeError(f"BertModel.forward got unexpected arguments: {', '.join(sorted(unused))}")
         B, T = input_ids.shape
@@ -200,7 +203,10 @@ class BertModel(nn.Module):
             position_ids = (torch.arange(T, device=input_ids.device).expand(B, T) if attention_mask is None
                             else positions_from_mask(attention_mask))
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B,T,H]
-        ctx = prepare_attention(attention_mask, self.attn_backend)
+        if unpad_indices is not None and cu_seqlens is not None and attention_mask is not None:
+            ctx = attention_from_layout(attention_mask, unpad_indices, cu_seqlens, self.attn_backend)
+        else:
+            ctx = prepare_attention(attention_mask, self.attn_backend)
         x = ctx.pad(self.encoder(ctx.unpad(x), ctx))  # [B,T,H] -> [N,H] (if unpadded) -> [B,T,H]
         pooled = self.pooler(x) if self.pooler is not None else None
         return BertOutput(last_hidden_state=x, pooler_output=pooled)

@@ -93,10 +93,15 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     """Mean CE over labels != -100 (negative labels also count as "none"); logits [M,C], labels [M].
     Returns 0 (still attached to the graph) when no label is given, instead of NaN."""
     labels = labels.long().masked_fill(labels < 0, IGNORE_INDEX)
-    if not bool((labels != IGNORE_INDEX).any()):
-        return logits.sum() * 0.0
-    weight = class_weights.float() if class_weights is not None else None  # the loss runs in fp32
-    return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX)
+    # Sum / weight total instead of reduction="mean", so an all-ignored batch gives 0 without asking
+    # the host whether any label exists (a sync per step, and a graph break under torch.compile).
+    per_token = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")  # [M]
+    given = labels != IGNORE_INDEX  # [M]
+    if class_weights is None:  # the loss runs in fp32
+        weights = given.float()
+    else:
+        weights = class_weights.float()[labels.clamp(min=0)] * given
+    return (per_token * weights).sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -166,9 +171,9 @@ class BertForPreTraining(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 masked_positions: torch.Tensor | None = None, masked_ids: torch.Tensor | None = None,
-                next_sentence_label: torch.Tensor | None = None, labels: torch.Tensor | None = None
-                ) -> ModelOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
+                next_sentence_label: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **layout: torch.Tensor) -> ModelOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout)
         mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
                                     masked_ids, labels)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # [B,2]
@@ -191,10 +196,10 @@ class BertForMaskedLM(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 masked_positions: torch.Tensor | None = None, masked_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, next_sentence_label: torch.Tensor | None = None
-                ) -> ModelOutput:
+                labels: torch.Tensor | None = None, next_sentence_label: torch.Tensor | None = None,
+                **layout: torch.Tensor) -> ModelOutput:
         # next_sentence_label is accepted (and ignored) so pre-training batches with NSP labels run.
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout)
         mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
                                     masked_ids, labels)
         return ModelOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_logits=mlm_logits, logits=mlm_logits)
@@ -215,8 +220,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None) -> ModelOutput:
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids).pooler_output
+                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
+                **layout: torch.Tensor) -> ModelOutput:
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).pooler_output
         logits = self.classifier(self.dropout(pooled))  # [B,C]
         loss = None
         if labels is not None:
@@ -241,9 +247,10 @@ class BertForTokenClassification(BertPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None) -> ModelOutput:
+                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
+                **layout: torch.Tensor) -> ModelOutput:
         """labels [B,T] with -100 at tokens that carry no label -> logits [B,T,C]."""
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).last_hidden_state
         logits = self.classifier(self.dropout(hidden))  # [B,T,C]
         loss = None
         if labels is not None:
@@ -260,11 +267,11 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None
-                ) -> ModelOutput:
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
+                **layout: torch.Tensor) -> ModelOutput:
         """-> start_logits, end_logits [B,T]; loss = mean of the start and end CE. Positions outside
         the row (e.g. a span cut off by truncation) are ignored, as in the original run_squad.py."""
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).last_hidden_state
         start_logits, end_logits = self.qa_outputs(hidden).unbind(dim=-1)  # [B,T,2] -> 2 x [B,T]
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -313,13 +320,14 @@ class BertForPolyphone(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 target_positions: torch.Tensor | None = None, candidate_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None) -> ModelOutput:
+                labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
+                **layout: torch.Tensor) -> ModelOutput:
         """target_positions [B] (token index of the polyphonic character), candidate_mask [B,C] bool
         -> logits [B,C]."""
         if target_positions is None:
             raise ValueError("BertForPolyphone needs target_positions [B]: the token index of each "
                              "row's polyphonic character")
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         target = hidden[rows, target_positions.long()]  # [B,T,H] -> [B,H]
         logits = self.classifier(self.dropout(target))  # [B,C]

@@ -110,7 +110,7 @@ class MultiTaskModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 task: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                single_task: int | None = None) -> ModelOutput:
+                single_task: int | None = None, **layout: torch.Tensor) -> ModelOutput:
         """input_ids [B,T] (+ mask/types [B,T]); task [B]: index into `task_names` per row;
         labels [B]; single_task: the task index when every row has it (collate sets it; it saves
         a device->host sync per training step) -> logits [B, max_labels] (row r's first
@@ -118,7 +118,7 @@ class MultiTaskModel(nn.Module):
         of each row's task loss."""
         if task is None:
             raise ValueError("MultiTaskModel.forward needs `task` [B]: the task index of every row")
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids).pooler_output  # [B,H]
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).pooler_output  # [B,H]
         B = pooled.shape[0]
         logits = torch.full((B, self.max_labels), float("nan"), device=pooled.device)
         if single_task is not None:  # every training batch: no row gathering

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from bertkit.config import TrainConfig
+from bertkit.modeling.attention import unpadding_layout
 from bertkit.training import distributed
 from bertkit.training.distributed import DistInfo
 from bertkit.training.optim import build_optimizer, build_scheduler
@@ -94,9 +95,33 @@ class _BatchDataset(torch.utils.data.Dataset):
         return self.collate(items)
 
 
+class WithUnpaddingLayout:
+    """A task's collate plus the batch's `unpadding_layout`, computed in the loader workers so the
+    model unpads without a device->host sync. `multiple` > 1 rounds the token count up (CUDA graphs
+    are recorded per shape, so batches must share a few)."""
+
+    def __init__(self, collate, multiple: int = 1):
+        self.collate, self.multiple = collate, multiple
+
+    def __call__(self, features, **kwargs):
+        batch = self.collate(features, **kwargs)
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            batch.update(unpadding_layout(mask, self.multiple))
+        return batch
+
+
+def layout_collate(task, config: TrainConfig | None = None):
+    """The collate the loops use: with the unpadded layout for heads that take one."""
+    if getattr(task, "head", "") == "multiple_choice":  # rows are [B, choices, T]
+        return task.collate
+    graphs = config is not None and config.compile and config.compile_mode in ("reduce-overhead", "max-autotune")
+    return WithUnpaddingLayout(task.collate, multiple=64 if graphs else 1)
+
+
 def make_loader(features, batches: list[np.ndarray], task, config: TrainConfig, device: torch.device,
                 rng_seeds: list[int] | None = None, epoch: int = 0):
-    dataset = _BatchDataset(features, batches, task.collate, rng_seeds)
+    dataset = _BatchDataset(features, batches, layout_collate(task, config), rng_seeds)
     # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
     # which would shift the dropout stream of a resumed run relative to an uninterrupted one.
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -237,6 +262,7 @@ def predict_features(task, model: nn.Module, features: Sequence[dict], batch_siz
     mine = list(range(start, stop))
     # Sorting by length makes eval batches nearly pad-free; results are put back in input order.
     mine.sort(key=lambda i: task.feature_length(features[i]))
+    collate = layout_collate(task)
     was_training = model.training
     model.eval()
     outputs: dict[int, Any] = {}
@@ -246,7 +272,7 @@ def predict_features(task, model: nn.Module, features: Sequence[dict], batch_siz
     for b in range(n_batches):
         idx = mine[b * batch_size:(b + 1) * batch_size]
         padding = not idx
-        batch = move_to(task.collate([features[i] for i in (idx or [0])]), device)
+        batch = move_to(collate([features[i] for i in (idx or [0])]), device)
         with autocast_context(precision, device):
             out = model(**batch)
         if padding:
@@ -406,8 +432,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         train_model = ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unused)
+    graphs = config.compile and config.compile_mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
     if config.compile:
-        train_model = torch.compile(train_model, dynamic=True)
+        train_model = torch.compile(train_model, dynamic=True, mode=config.compile_mode)
 
     log = RunLog(output_dir, total_steps, state.global_step, info.is_main, config.progress)
     if info.is_main and state.global_step == 0:
@@ -469,6 +496,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             boundary = (micro + 1) % config.grad_accum == 0
             sync = (contextlib.nullcontext() if boundary or not info.enabled
                     else distributed.no_sync(ddp_model if ddp_model is not None else model))
+            if graphs:  # outputs of the last replay (loss, logits) are not read after this point
+                torch.compiler.cudagraph_mark_step_begin()
             with sync:
                 with autocast_context(config.precision, device):
                     out = train_model(**batch)
