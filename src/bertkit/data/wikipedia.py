@@ -1,15 +1,24 @@
 """Wikipedia XML dump -> one sentence per line, a blank line between articles (`bertkit prepare-wiki`).
 
-No maintained wikitext parser is installed (mwparserfromhell would be the one to add), so this is
-a careful streaming extractor of our own:
 - `xml.etree.ElementTree.iterparse` over the (.bz2) stream, clearing each page after use, so memory
-  does not grow with the dump;
-- pages outside the article namespace (ns != 0) and redirects are skipped;
-- markup removed: comments, <ref>s and other non-prose tags (math, gallery, timeline, ...),
-  templates `{{...}}` and tables `{|...|}` (nested), files/images/categories/interwiki links,
-  `[[target|text]]` -> text, `[url text]` -> text, bold/italics, headings, lists, and everything
-  after "See also"/"References"/"External links"-type sections;
-- sentences split by a rule-based splitter (`split_sentences`): a boundary is [.!?] (plus closing
+  does not grow with the dump; pages outside the article namespace (ns != 0) and redirects are skipped.
+- Markup is removed by wikitextparser (maintained; `parse(text).plain_text()`, one page at a time):
+  comments, templates, parser functions, tags, bold/italics, wikilinks -> their text, external links
+  -> their label, HTML entities, and tables (`replace_tables=` a function returning "", instead of
+  its cell dump). Our own rules remain only where plain_text() keeps what is not prose, each seen on
+  the real dump: the contents of <ref>, <math>, <gallery>, ... (it keeps a tag's contents);
+  File:/Image:/Category: links (it knows a file only by its extension, and writes "Category:X" out)
+  and unlabelled interwiki/interlanguage links ("de:Artikel"); unbalanced '' / ''' runs; __MAGIC__
+  words. Inline templates that display their text ({{lang|grc|...}}, {{transl|...}}, {{nowrap|...}})
+  give their last argument instead of nothing. Then, line by line: headings, list items and leftover
+  table-row lines are dropped, and so is everything from a "See also"/"References"-type section on.
+  Measured on the shared dump (105 articles): the hand-written regex stripper this replaces gave
+  18,045 sentences / 401,525 words; this gives 18,043 / 401,825. No article loses a word; 33 gain
+  some ([[wikt:...|label]] labels, {{lang}} text, {{nowrap}} numbers the regexes dropped). Lines
+  holding {{ }} [[ ]] | '' <ref or &nbsp; are the same 3 (two quote "|" as prose, one "|" is in the
+  source). The dump takes 3.6-4.2 s against 1.8-2.2 s before. (mwparserfromhell's strip_code,
+  tried first, gave 17,952 sentences: text after malformed tables was lost.)
+- Sentences are split by a rule-based splitter (`split_sentences`): a boundary is [.!?] (plus closing
   quotes/brackets) followed by whitespace and an upper-case letter, digit or opening quote, unless
   the word before is a known abbreviation or a single initial; CJK 。！？ always end a sentence.
   It is a heuristic, not a trained segmenter (pysbd would be the library to add for that).
@@ -19,12 +28,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import html
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
+
+import wikitextparser as wtp
 
 from bertkit.tasks.base import DataError
 
@@ -55,101 +65,58 @@ def split_sentences(text: str) -> list[str]:
 
 
 # ---- wikitext -> plain text ---------------------------------------------------------------------
-_COMMENT = re.compile(r"<!--.*?(-->|$)", re.S)
-_DROP_TAGS = "ref|math|gallery|timeline|score|graph|chem|ce|hiero|imagemap|syntaxhighlight|source|pre|mapframe|templatedata|references"
-_DROP_ELEMENT = re.compile(rf"<({_DROP_TAGS})\b[^>]*?/>|<({_DROP_TAGS})\b[^>]*>.*?</\2\s*>", re.S | re.I)
-_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
-_LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
-_EXT_LINK = re.compile(r"\[(?:https?:|ftp:|//)[^\s\]]*\s*([^\]]*)\]")
-_BOLD_ITALIC = re.compile(r"'{2,}")
+# Elements whose contents are not prose; plain_text() keeps a tag's contents (<ref>'s included).
+_DROP_TAGS = frozenset("ref math gallery timeline score graph chem ce hiero imagemap syntaxhighlight source "
+                       "pre mapframe templatedata references".split())
+# Links that are not prose. plain_text() recognises a file link only by its extension, and writes
+# "Category:X" or an interlanguage link "de:Artikel" out as text.
+_MEDIA_NAMESPACES = frozenset(["file", "image", "media", "category"])
+_INTERWIKI = frozenset(["wikipedia", "wp", "template", "help", "portal", "special", "user", "talk", "wikt",
+                        "wiktionary", "s", "commons"])
+# Inline templates that display their last argument as running text ({{lang|grc|ἀναρχία}},
+# {{nowrap|29° N}}); plain_text() drops every template, which left holes in sentences.
+_TEXT_TEMPLATES = frozenset(["lang", "transl", "transliteration", "nowrap", "nobr", "small", "smaller"])
+_LEFTOVER_QUOTES = re.compile(r"'{2,}")  # an unbalanced bold/italic run, which plain_text() keeps
 _MAGIC = re.compile(r"__[A-Z]+__")
 _HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
-_NON_ARTICLE_LINK = ("file", "image", "category", "media", "wikipedia", "wp", "template", "help",
-                     "portal", "special", "user", "talk", "wikt", "wiktionary", "s", "commons")
 _END_SECTIONS = frozenset(["see also", "references", "external links", "further reading", "notes",
                            "bibliography", "sources", "footnotes", "notes and references", "citations"])
 _EMPTY_PARENS = re.compile(r"\(\s*[,;:]?\s*\)")
 
 
-def _remove_nested(text: str, open_s: str, close_s: str) -> str:
-    """Remove `open_s ... close_s` regions, nesting respected (templates, tables); an unclosed
-    region runs to the end of the text, as MediaWiki renders it."""
-    out: list[str] = []
-    depth = 0
-    i = 0
-    last = 0
-    n_open, n_close = len(open_s), len(close_s)
-    while i < len(text):
-        if text.startswith(open_s, i):
-            if depth == 0:
-                out.append(text[last:i])
-            depth += 1
-            i += n_open
-        elif depth and text.startswith(close_s, i):
-            depth -= 1
-            i += n_close
-            if depth == 0:
-                last = i
-        else:
-            i += 1
-    if depth == 0:
-        out.append(text[last:])
-    return "".join(out)
+def _is_non_prose_link(link: wtp.WikiLink) -> bool:
+    target = link.title.strip()
+    if target.startswith(":") or ":" not in target:
+        return False
+    prefix = target.split(":", 1)[0].strip().lower()
+    if prefix in _MEDIA_NAMESPACES:
+        return True
+    # [[wikt:pro forma|pro-forma]] reads as prose; an unlabelled [[de:Artikel]] or [[wikt:word]] does not.
+    return link.text is None and (prefix in _INTERWIKI or (len(prefix) <= 3 and prefix.isalpha()))
 
 
-_MEDIA_LINK_START = re.compile(r"\[\[\s*(?:file|image|media|category)\s*:", re.I)
+def _template_text(template: wtp.Template) -> str | None:
+    """Replacement of a template in plain_text(): None (dropped) unless it displays running text."""
+    if template.normal_name().lower() not in _TEXT_TEMPLATES:
+        return None
+    positional = [a for a in template.arguments if a.positional]
+    return _plain_text(positional[-1].value) if positional else None
 
 
-def _remove_media_links(text: str) -> str:
-    """Drop [[File:...]]/[[Image:...]]/[[Category:...]] whole. Their captions hold links and stray
-    single brackets ("[above]"), which defeat the innermost-link regex, so count [[ ]] depth."""
-    out: list[str] = []
-    last = 0
-    while (m := _MEDIA_LINK_START.search(text, last)) is not None:
-        out.append(text[last:m.start()])
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            if text.startswith("[[", i):
-                depth, i = depth + 1, i + 2
-            elif text.startswith("]]", i):
-                depth, i = depth - 1, i + 2
-            else:
-                i += 1
-        last = i
-    out.append(text[last:])
-    return "".join(out)
-
-
-def _link_text(m: re.Match[str]) -> str:
-    inner = m.group(1)
-    target, _, label = inner.partition("|")
-    prefix = target.split(":", 1)[0].strip().lower() if ":" in target else ""
-    # Files, categories and interlanguage links ("de:Artikel") are not prose.
-    if prefix in _NON_ARTICLE_LINK or (prefix and len(prefix) <= 3 and prefix.isalpha() and "|" not in inner):
-        return ""
-    if label:
-        return label.rsplit("|", 1)[-1]
-    return target.lstrip(":")
+def _plain_text(wikitext: str) -> str:
+    """wikitextparser's plain_text(), after blanking what it would keep but is not prose."""
+    parsed = wtp.parse(wikitext)
+    drop = [t for t in parsed.get_tags() if t.name.lower() in _DROP_TAGS]
+    drop += [w for w in parsed.wikilinks if _is_non_prose_link(w)]
+    # Innermost (later-starting) first: blanking an inner element keeps the outer one's span valid.
+    for element in sorted(drop, key=lambda e: e.span[0], reverse=True):
+        element.string = ""
+    return parsed.plain_text(replace_templates=_template_text, replace_tables=lambda table: "")
 
 
 def wikitext_to_paragraphs(wikitext: str) -> list[str]:
     """Plain-text paragraphs of an article (headings, lists, tables and trailing sections dropped)."""
-    text = _COMMENT.sub("", wikitext)
-    text = _DROP_ELEMENT.sub("", text)
-    text = _remove_nested(text, "{{", "}}")
-    text = _remove_nested(text, "{|", "|}")
-    text = _remove_media_links(text)
-    # Innermost links first, so that a link inside a file caption goes with its file link.
-    while True:
-        new = _LINK.sub(_link_text, text)
-        if new == text:
-            break
-        text = new
-    text = _EXT_LINK.sub(r"\1", text)
-    text = _TAG.sub("", text)
-    text = _BOLD_ITALIC.sub("", text)
-    text = _MAGIC.sub("", text)
-    text = html.unescape(text).replace("\u00a0", " ")
+    text = _MAGIC.sub("", _LEFTOVER_QUOTES.sub("", _plain_text(wikitext))).replace("\u00a0", " ")
     paragraphs: list[str] = []
     current: list[str] = []
     for raw in text.split("\n"):
