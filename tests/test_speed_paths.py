@@ -37,6 +37,15 @@ def heavy_padding_batch(lengths: list[int], T: int, seed: int = 0) -> dict[str, 
                 labels=torch.tensor([i % 2 for i in range(len(lengths))]))
 
 
+def packed_pretraining_batch() -> dict[str, torch.Tensor]:
+    """Two rows: three documents packed into the first, one into the second, both padded."""
+    mask = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 3, 0, 0],
+                         [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]])
+    ids = torch.randint(1, 99, mask.shape) * (mask > 0)
+    return dict(input_ids=ids, attention_mask=mask, masked_positions=torch.tensor([[1, 5, -1], [2, 3, 4]]),
+                masked_ids=torch.tensor([[7, 8, -100], [9, 10, 11]]), next_sentence_label=torch.tensor([0, 1]))
+
+
 def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -64,11 +73,8 @@ def test_unpadded_outputs_and_gradients_equal_padded(backend: str) -> None:
 def test_packed_rows_unpadded_gradients_equal_padded() -> None:
     torch.manual_seed(1)
     model = BertForPreTraining(tiny_config())
-    mask = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 3, 0, 0],
-                         [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]])
-    ids = torch.randint(1, 99, mask.shape) * (mask > 0)
-    batch = dict(input_ids=ids, attention_mask=mask, masked_positions=torch.tensor([[1, 5, -1], [2, 3, 4]]),
-                 masked_ids=torch.tensor([[7, 8, -100], [9, 10, 11]]), next_sentence_label=torch.tensor([0, 1]))
+    batch = packed_pretraining_batch()
+    mask = batch["attention_mask"]
     results = {}
     for name in ("padded", "sdpa_unpadded"):
         model.zero_grad(set_to_none=True)
@@ -243,11 +249,8 @@ def test_precomputed_layout_gives_the_padded_outputs_and_gradients(multiple: int
 def test_precomputed_layout_for_packed_rows_equals_padded() -> None:
     torch.manual_seed(6)
     model = BertForPreTraining(tiny_config())
-    mask = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 3, 0, 0],
-                         [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]])
-    ids = torch.randint(1, 99, mask.shape) * (mask > 0)
-    batch = dict(input_ids=ids, attention_mask=mask, masked_positions=torch.tensor([[1, 5, -1], [2, 3, 4]]),
-                 masked_ids=torch.tensor([[7, 8, -100], [9, 10, 11]]), next_sentence_label=torch.tensor([0, 1]))
+    batch = packed_pretraining_batch()
+    mask = batch["attention_mask"]
     model.attn_backend = "padded"
     reference = model(**batch).loss
     model.attn_backend = "auto"
