@@ -208,7 +208,27 @@ class Settings:
 
 def measure(settings: Settings, workload: str, implementation: str, model: torch.nn.Module,
             batches: list[Batch], flops_per_step: list[float], training: bool, notes: str = "",
-            dynamic: bool | None = None) -> Result:
+            dynamic: bool | None = None) -> Result | None:
+    """`measure_steps`, but a row that fails (a compile mode a GPU lacks, out of memory) is reported
+    as failed in the table and the other rows still run."""
+    try:
+        return measure_steps(settings, workload, implementation, model, batches, flops_per_step, training,
+                             notes, dynamic)
+    except Exception as err:  # noqa: BLE001 - the message goes into the table
+        message = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        print(f"  {implementation:<34} FAILED {message}", file=sys.stderr, flush=True)
+        settings.results.append(Result(workload, implementation, float("nan"), float("nan"), None, float("nan"),
+                                       float("nan"), f"failed: {message}"))
+        model.cpu()
+        gc.collect()
+        if settings.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+
+
+def measure_steps(settings: Settings, workload: str, implementation: str, model: torch.nn.Module,
+                  batches: list[Batch], flops_per_step: list[float], training: bool, notes: str = "",
+                  dynamic: bool | None = None) -> Result:
     """Run warmup + timed steps over `batches` (cycled); returns samples/s over the timed steps."""
     device = settings.device
     model.to(device)
@@ -376,7 +396,8 @@ def markdown(settings: Settings, header: dict[str, str]) -> str:
         ours = next(x for x in settings.results if x.workload == r.workload)  # the first row is bertkit's
         ratio = ours.samples_per_s / r.samples_per_s
         peak = f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "n/a"
-        lines.append(f"| {r.workload} | {r.implementation} | {r.samples_per_s:,.1f} | {r.step_ms:.1f} | "
+        name = r.implementation + (f" ({r.notes})" if r.notes.startswith("failed") else "")
+        lines.append(f"| {r.workload} | {name} | {r.samples_per_s:,.1f} | {r.step_ms:.1f} | "
                      f"{ratio:.2f}x | {peak} | {100 * r.mfu:.1f}% | {r.tokens_per_sample:.1f} |")
     return "\n".join(lines)
 
