@@ -228,3 +228,13 @@ def test_resume_with_a_global_batch_that_does_not_divide_the_position_is_refused
               TrainConfig(**{**config.to_dict(), "batch_size": 24, "resume": True}))
     assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "6", *args, "--resume",
                               "--batch-size", "32")) == 0
+
+
+def test_loader_workers_default_to_processes_on_cuda_only() -> None:
+    from bertkit.config import TrainConfig
+    from bertkit.training.trainer import loader_workers
+
+    assert loader_workers(TrainConfig(), torch.device("cpu")) == 0
+    assert 1 <= loader_workers(TrainConfig(), torch.device("cuda")) <= 4
+    assert loader_workers(TrainConfig(num_workers=2), torch.device("cpu")) == 2
+    assert loader_workers(TrainConfig(num_workers=0), torch.device("cuda")) == 0

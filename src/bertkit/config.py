@@ -187,7 +187,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (bucketed token counts)
     fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
-    num_workers: int = 0  # DataLoader worker processes
+    num_workers: int = -1  # DataLoader worker processes; -1: 4 on CUDA (collate and masking off the GPU's thread), 0 on CPU
     log_every: int = 10  # optimizer steps between log lines
     progress: bool = True  # show a progress bar
 

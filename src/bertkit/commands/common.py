@@ -95,7 +95,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "(worth it when kernel launches dominate: short sequences, small batches)")
     g.add_argument("--fsdp", action="store_true",
                    help="shard the model across processes (FSDP2; torchrun with >= 2 processes)")
-    g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)")
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--no-progress", dest="progress", action="store_false")
     # Seed-script switches: accepted; --do_eval alone means evaluate only.

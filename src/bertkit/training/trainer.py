@@ -125,10 +125,22 @@ def make_loader(features, batches: list[np.ndarray], task, config: TrainConfig, 
     # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
     # which would shift the dropout stream of a resumed run relative to an uninterrupted one.
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    workers = loader_workers(config, device)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=config.num_workers, generator=generator,
+        dataset, batch_size=None, shuffle=False, num_workers=workers, generator=generator,
         pin_memory=device.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if config.num_workers else None)
+        prefetch_factor=4 if workers else None)
+
+
+def loader_workers(config: TrainConfig, device: torch.device) -> int:
+    """--num-workers, or by default 4 on CUDA and 0 on CPU, where workers would only compete with
+    the model for the cores. (On an H100, with collate in the main process, target-word dynamic
+    masking held a medium model's pre-training to ~780 samples/s against ~1,490 with uniform
+    masking: the GPU waited on the CPU.) Batches are seeded per index, so the count never
+    changes the data."""
+    if config.num_workers >= 0:
+        return config.num_workers
+    return min(4, max((os.cpu_count() or 1) // 2, 1)) if device.type == "cuda" else 0
 
 
 def data_fingerprint(features) -> str:
