@@ -137,7 +137,7 @@ def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: 
     runs the rule-based sentence splitter over each line of text input (paragraph-per-line
     corpora such as WikiText, where otherwise every document is one "sentence" and NSP always
     picks a random B)."""
-    from bertkit.data.wikipedia import split_sentences
+    from bertkit.data.sentences import split_sentences
 
     if text_field is not None:
         for path in paths:

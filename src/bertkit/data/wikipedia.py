@@ -36,33 +36,8 @@ from typing import IO, Iterator
 
 import wikitextparser as wtp
 
+from bertkit.data.sentences import split_sentences  # noqa: F401 - part of this module's interface
 from bertkit.tasks.base import DataError
-
-ABBREVIATIONS = frozenset("""
-mr mrs ms dr prof sr jr st mt ft vs etc e.g i.e cf al approx ca c no nos vol vols fig figs p pp
-jan feb mar apr jun jul aug sep sept oct nov dec gen col lt sgt capt cmdr adm gov rep sen rev
-inc ltd co corp bros dept est u.s u.k u.n a.d b.c op ed eds trans univ assn
-""".split())
-_BOUNDARY = re.compile(r"""([.!?]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9À-ÖØ-Þ])""")
-_CJK_BOUNDARY = re.compile(r"(?<=[。！？])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Rule-based sentence splitter (see the module doc). Returns stripped non-empty sentences."""
-    text = " ".join(text.split())
-    if not text:
-        return []
-    out: list[str] = []
-    start = 0
-    for m in _BOUNDARY.finditer(text):
-        before = text[start:m.start()].rsplit(" ", 1)[-1].lower().lstrip("(\"'")
-        if m.group(1).startswith(".") and (before in ABBREVIATIONS or (len(before) == 1 and before.isalpha())):
-            continue
-        out.append(text[start:m.end(1)])
-        start = m.end()
-    out.append(text[start:])
-    return [s.strip() for part in out for s in _CJK_BOUNDARY.split(part) if s.strip()]
-
 
 # ---- wikitext -> plain text ---------------------------------------------------------------------
 # Elements whose contents are not prose; plain_text() keeps a tag's contents (<ref>'s included).
