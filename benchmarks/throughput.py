@@ -44,6 +44,7 @@ from bertkit.modeling.attention import unpadding_layout
 from bertkit.modeling.heads import (BertForPreTraining, BertForQuestionAnswering,
                                     BertForSequenceClassification)
 from bertkit.tokenization import Tokenizer
+from bertkit.training.trainer import WithUnpaddingLayout
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # present on the dev machine only
 WORKLOADS = ("finetune", "pretrain", "inference")
@@ -305,12 +306,10 @@ def run_finetune(settings: Settings, config: ModelConfig, tok: Tokenizer, senten
     dynamic = [to_device(b, settings.device) for b in cpu_dynamic]
     padded = [to_device(b, settings.device) for b in cpu_padded]
     # bertkit's collate adds the unpadded layout on the CPU (DataLoader workers); with CUDA graphs
-    # the token count is rounded up to a multiple of 64, as the trainer does.
+    # it rounds row widths and token counts up to multiples of 64, exactly as the trainer does.
     multiple = 64 if settings.compile in ("reduce-overhead", "max-autotune") else 1
-    ours_dynamic = [to_device({**b, **unpadding_layout(b["attention_mask"], multiple)}, settings.device)
-                    for b in cpu_dynamic]
-    ours_padded = [to_device({**b, **unpadding_layout(b["attention_mask"], multiple)}, settings.device)
-                   for b in cpu_padded]
+    ours_dynamic = [to_device(WithUnpaddingLayout(dict, multiple)(b), settings.device) for b in cpu_dynamic]
+    ours_padded = [to_device(WithUnpaddingLayout(dict, multiple)(b), settings.device) for b in cpu_padded]
     flops = [useful_flops(config, b["attention_mask"].sum(1).tolist()) for b in dynamic]
     model = seeded(lambda: bertkit_model("classification", config))
     measure(settings, workload, "bertkit (unpadded, dynamic lengths)", model, ours_dynamic, flops, True, dynamic=True)

@@ -271,3 +271,22 @@ def test_loss_needs_no_host_sync_and_is_zero_without_labels() -> None:
     # Traced without a graph break: no `.any()` read back to the host.
     explained = torch._dynamo.explain(lambda x, y: _cross_entropy(x, y))(logits, labels)
     assert explained.graph_break_count == 0
+
+
+def test_graph_friendly_batches_pad_rows_and_keep_the_results() -> None:
+    from bertkit.modeling.heads import BertForTokenClassification
+    from bertkit.training.trainer import WithUnpaddingLayout
+
+    torch.manual_seed(7)
+    batch = heavy_padding_batch([3, 11, 5], T=11)
+    bucketed = WithUnpaddingLayout(dict, multiple=8)(batch)
+    assert bucketed["input_ids"].shape == (3, 16) and bucketed["unpad_indices"].shape == (24,)
+    model = BertForSequenceClassification(tiny_config())
+    assert (model(**batch).logits - model(**bucketed).logits).abs().max() <= TOL
+
+    token_labels = torch.where(batch["attention_mask"] > 0, batch["input_ids"] % 3, torch.full_like(batch["input_ids"], -100))
+    tagged = {**batch, "labels": token_labels}
+    bucketed = WithUnpaddingLayout(dict, multiple=8)(tagged)
+    assert bucketed["labels"].shape == (3, 16) and (bucketed["labels"][:, 11:] == -100).all()
+    tagger = BertForTokenClassification(tiny_config(num_labels=3))
+    assert abs(tagger(**tagged).loss - tagger(**bucketed).loss) <= TOL

@@ -209,6 +209,29 @@ def unpadding_layout(attention_mask: torch.Tensor, multiple: int = 1) -> dict[st
             "cu_seqlens": torch.cat([starts, torch.tensor([N, Nb])]).to(torch.int32)}
 
 
+# Row-aligned batch keys that can be padded on the right, and their padding values.
+_ROW_KEYS = {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "position_ids": 0}
+
+
+def pad_rows(batch: dict, multiple: int) -> dict:
+    """The batch with its rows padded on the right to a multiple of `multiple` tokens, so batches
+    share a few widths (a CUDA graph is recorded per shape). Pads input_ids, token_type_ids,
+    attention_mask, position_ids, and token labels [B,T] (with -100); other keys are untouched."""
+    mask = batch.get("attention_mask")
+    if multiple <= 1 or not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return batch
+    T = mask.shape[1]
+    extra = -T % multiple
+    if extra == 0:
+        return batch
+    out = dict(batch)
+    for key, value in batch.items():
+        fill = _ROW_KEYS.get(key, -100 if key == "labels" else None)
+        if fill is not None and isinstance(value, torch.Tensor) and value.shape == mask.shape:
+            out[key] = F.pad(value, (0, extra), value=fill)
+    return out
+
+
 def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Tensor, cu_seqlens: torch.Tensor,
                           backend: str = "auto") -> "UnpaddedAttention":
     """The unpadded attention context from an `unpadding_layout` computed with the batch: tensor

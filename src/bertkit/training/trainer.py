@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from bertkit.config import TrainConfig
-from bertkit.modeling.attention import unpadding_layout
+from bertkit.modeling.attention import pad_rows, unpadding_layout
 from bertkit.training import distributed
 from bertkit.training.distributed import DistInfo
 from bertkit.training.optim import build_optimizer, build_scheduler
@@ -97,14 +97,16 @@ class _BatchDataset(torch.utils.data.Dataset):
 
 class WithUnpaddingLayout:
     """A task's collate plus the batch's `unpadding_layout`, computed in the loader workers so the
-    model unpads without a device->host sync. `multiple` > 1 rounds the token count up (CUDA graphs
-    are recorded per shape, so batches must share a few)."""
+    model unpads without a device->host sync. `multiple` > 1 rounds the row width and the token
+    count up to multiples of it: CUDA graphs are recorded per shape, so batches must share a few
+    (measured on an H100: graphs over rows of free width ran at 189 samples/s, over rows of one
+    width at 3,493)."""
 
     def __init__(self, collate, multiple: int = 1):
         self.collate, self.multiple = collate, multiple
 
     def __call__(self, features, **kwargs):
-        batch = self.collate(features, **kwargs)
+        batch = pad_rows(self.collate(features, **kwargs), self.multiple)
         mask = batch.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             batch.update(unpadding_layout(mask, self.multiple))
