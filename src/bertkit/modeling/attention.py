@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("auto", "padded", "unpadded", "varlen", "sdpa_unpadded", "flex")
+LAYOUT_BACKENDS = ("auto", "unpadded", "varlen", "sdpa_unpadded")  # those that run on a precomputed layout
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -90,7 +91,7 @@ class UnpaddedAttention:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """[N,...] -> [B,T,...] with zeros at padding."""
         if self.valid is not None:  # filler tokens sit at padding positions; padding reads as zeros
-            x = torch.where(self.valid.view(-1, *[1] * (x.dim() - 1)), x, torch.zeros((), dtype=x.dtype, device=x.device))
+            x = x.masked_fill(~self.valid.view(-1, *[1] * (x.dim() - 1)), 0)
         out = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
         out = out.index_copy(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])  # [B*T,...] -> [B,T,...]
@@ -202,7 +203,8 @@ def unpadding_layout(attention_mask: torch.Tensor, multiple: int = 1) -> dict[st
     flat = mask.reshape(-1)
     real = flat.nonzero().squeeze(1)  # [N]
     N = real.numel()
-    Nb = min(-(-(N + 1) // max(multiple, 1)) * max(multiple, 1), flat.numel())
+    step = max(multiple, 1)
+    Nb = min(-(-(N + 1) // step) * step, flat.numel())
     filler = (flat == 0).nonzero().squeeze(1)[:Nb - N]
     starts = sequence_starts(mask).reshape(-1)[real].nonzero().squeeze(1)  # [S]
     return {"unpad_indices": torch.cat([real, filler]),
@@ -236,7 +238,7 @@ def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Ten
                           backend: str = "auto") -> "UnpaddedAttention":
     """The unpadded attention context from an `unpadding_layout` computed with the batch: tensor
     ops only (shapes decide everything), so torch.compile traces it and CUDA graphs can capture it."""
-    if backend not in ("auto", "unpadded", "varlen", "sdpa_unpadded"):
+    if backend not in LAYOUT_BACKENDS:
         raise ValueError(f"attn_backend={backend!r} cannot use a precomputed unpadded layout")
     B, T = attention_mask.shape
     Nb = unpad_indices.shape[0]

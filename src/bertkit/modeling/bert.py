@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertkit.config import TANH_GELU_NAMES, ModelConfig
-from bertkit.modeling.attention import (FlexAttention, PaddedAttention, UnpaddedAttention, attention_from_layout,
-                                       positions_from_mask, prepare_attention)
+from bertkit.modeling.attention import (LAYOUT_BACKENDS, FlexAttention, PaddedAttention, UnpaddedAttention,
+                                       attention_from_layout, positions_from_mask, prepare_attention)
 
 AttentionContext = PaddedAttention | UnpaddedAttention | FlexAttention
 
@@ -203,7 +203,9 @@ class BertModel(nn.Module):
             position_ids = (torch.arange(T, device=input_ids.device).expand(B, T) if attention_mask is None
                             else positions_from_mask(attention_mask))
         x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B,T,H]
-        if unpad_indices is not None and cu_seqlens is not None and attention_mask is not None:
+        # A layout from the collate serves the unpadded backends; "padded" and "flex" ignore it.
+        if (unpad_indices is not None and cu_seqlens is not None and attention_mask is not None
+                and self.attn_backend in LAYOUT_BACKENDS):
             ctx = attention_from_layout(attention_mask, unpad_indices, cu_seqlens, self.attn_backend)
         else:
             ctx = prepare_attention(attention_mask, self.attn_backend)
