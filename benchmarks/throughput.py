@@ -91,7 +91,7 @@ def find_default(flag: str, *candidates: Path) -> Path:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def sentence_batches(sentences: list[str], batch_size: int, steps: int, seed: int) -> list[list[str]]:
@@ -194,6 +194,7 @@ class Result:
     mfu: float
     tokens_per_sample: float  # real tokens per sample (padding excluded)
     notes: str = ""
+    kernels_per_step: float | None = None  # GPU kernels launched per step (with --profile)
 
 
 @dataclass
@@ -204,6 +205,7 @@ class Settings:
     warmup: int
     steps: int
     ceiling: float  # FLOP/s
+    profile_dir: Path | None = None  # --profile: per-row kernel tables are written here
     results: list[Result] = field(default_factory=list)
 
 
@@ -275,8 +277,12 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
     flops = sum(flops_per_step[i % len(batches)] for i in timed)
     real_tokens = sum(int(batches[i % len(batches)]["attention_mask"].sum()) for i in timed)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    kernels = None
+    if settings.profile_dir is not None:
+        kernels = profile_steps(settings, f"{workload} {implementation}", step,
+                                [batches[i % len(batches)] for i in timed[:3]])
     result = Result(workload, implementation, samples / seconds, 1000 * seconds / len(timed), peak,
-                    flops / seconds / settings.ceiling, real_tokens / samples, notes)
+                    flops / seconds / settings.ceiling, real_tokens / samples, notes, kernels)
     settings.results.append(result)
     print(f"  {implementation:<34} {result.samples_per_s:10.1f} samples/s  {result.step_ms:8.1f} ms/step",
           file=sys.stderr, flush=True)
@@ -286,6 +292,30 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def profile_steps(settings: Settings, name: str, step: Callable[[Batch], None], batches: list[Batch]) -> float:
+    """Profile a few more steps: writes the top kernels by device time to --profile DIR and
+    returns the device kernels launched per step (a step of short rows is bound by their count)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if settings.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for batch in batches:
+            step(batch)
+        sync(settings.device)
+    events = prof.events()
+    if settings.device.type == "cuda":
+        kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        sort_by = "self_device_time_total"
+    else:  # CPU: count the aten operators instead (there are no kernels to count)
+        kernels = sum(1 for e in events if e.name.startswith("aten::"))
+        sort_by = "self_cpu_time_total"
+    settings.profile_dir.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")[:120]
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=30)
+    (settings.profile_dir / f"{slug}.txt").write_text(f"{name}\n{len(batches)} steps\n{table}\n", encoding="utf-8")
+    return kernels / len(batches)
 
 
 def seeded(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -313,6 +343,12 @@ def run_finetune(settings: Settings, config: ModelConfig, tok: Tokenizer, senten
     flops = [useful_flops(config, b["attention_mask"].sum(1).tolist()) for b in dynamic]
     model = seeded(lambda: bertkit_model("classification", config))
     measure(settings, workload, "bertkit (unpadded, dynamic lengths)", model, ours_dynamic, flops, True, dynamic=True)
+    if settings.device.type == "cuda" and config.attention_probs_dropout_prob > 0:
+        # The flash varlen kernel with its own dropout (no re-padding per layer); opt-in for now.
+        model.attn_backend = "varlen_dropout"
+        measure(settings, workload, "bertkit (varlen_dropout backend)", model, ours_dynamic, flops, True,
+                notes="attention dropout inside the flash varlen kernel", dynamic=True)
+        model.attn_backend = "auto"
     measure(settings, workload, "bertkit (input padded to 128)", model, ours_padded, flops, True,
             notes="unpadding drops the pads inside the model", dynamic=True)
     del model
@@ -327,8 +363,10 @@ def run_pretrain(settings: Settings, config: ModelConfig, shapes: list[tuple[int
         workload = f"pre-train MLM+NSP, seq {seq_len}, batch {batch_size}"
         print(workload, file=sys.stderr)
         count = min(settings.warmup + settings.steps, 4)  # a few distinct batches, cycled
-        ours = [to_device(pretraining_batch(batch_size, seq_len, config.vocab_size,
-                                            np.random.default_rng(i), False), settings.device) for i in range(count)]
+        # Through the trainer's collate wrapper: whole rows are marked full_rows (no host sync).
+        ours = [to_device(WithUnpaddingLayout(dict)(pretraining_batch(batch_size, seq_len, config.vocab_size,
+                                                                      np.random.default_rng(i), False)),
+                          settings.device) for i in range(count)]
         theirs = [to_device(pretraining_batch(batch_size, seq_len, config.vocab_size,
                                               np.random.default_rng(i), True), settings.device) for i in range(count)]
         masked = round(0.15 * seq_len) * batch_size
@@ -389,15 +427,20 @@ def run_inference(settings: Settings, config: ModelConfig, tok: Tokenizer, dev_s
 # ---- report ---------------------------------------------------------------------------------------
 def markdown(settings: Settings, header: dict[str, str]) -> str:
     lines = [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| workload | implementation | samples/s | ms/step | bertkit ÷ this | peak MiB | MFU | real tokens/sample |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    profiled = any(r.kernels_per_step is not None for r in settings.results)
+    kernel_unit = "kernels/step" if settings.device.type == "cuda" else "aten ops/step"
+    lines += ["", "| workload | implementation | samples/s | ms/step | bertkit ÷ this | peak MiB | MFU | real tokens/sample |"
+              + (f" {kernel_unit} |" if profiled else ""),
+              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if profiled else "")]
     for r in settings.results:
         ours = next(x for x in settings.results if x.workload == r.workload)  # the first row is bertkit's
         ratio = ours.samples_per_s / r.samples_per_s
         peak = f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "n/a"
         name = r.implementation + (f" ({r.notes})" if r.notes.startswith("failed") else "")
         lines.append(f"| {r.workload} | {name} | {r.samples_per_s:,.1f} | {r.step_ms:.1f} | "
-                     f"{ratio:.2f}x | {peak} | {100 * r.mfu:.1f}% | {r.tokens_per_sample:.1f} |")
+                     f"{ratio:.2f}x | {peak} | {100 * r.mfu:.1f}% | {r.tokens_per_sample:.1f} |"
+                     + (f" {r.kernels_per_step:,.0f} |" if r.kernels_per_step is not None
+                        else (" |" if profiled else "")))
     return "\n".join(lines)
 
 
@@ -426,6 +469,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; --small 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="after each row, profile 3 steps: kernels per step in the table, top kernels in DIR")
     return p.parse_args(argv)
 
 
@@ -445,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = "mini" if args.small else "base"
     config = preset(shape, attention_probs_dropout_prob=args.attention_dropout)
     ceiling, ceiling_how = matmul_ceiling(device)
-    settings = Settings(device, precision, args.compile, warmup, steps, ceiling)
+    settings = Settings(device, precision, args.compile, warmup, steps, ceiling, args.profile)
 
     needs_text = "finetune" in workloads or "inference" in workloads
     tok = sentences = dev_sentences = None

@@ -168,8 +168,8 @@ def test_pretraining_matches_transformers_and_masked_only_logits(tmp_path: Path)
     valid = positions >= 0
     rows = torch.arange(3)[:, None].expand_as(positions)[valid]
     gathered = full.mlm_logits[rows, positions[valid]]  # [M,V]
-    assert sparse.mlm_logits.shape == (int(valid.sum()), config.vocab_size)
-    assert max_diff(sparse.mlm_logits, gathered) <= TOL
+    assert sparse.mlm_logits.shape == (3, 3, config.vocab_size)  # one slot per position, -1 included
+    assert max_diff(sparse.mlm_logits[valid], gathered) <= TOL
     want_mlm = torch.nn.functional.cross_entropy(gathered, targets[valid])
     want_nsp = torch.nn.functional.cross_entropy(full.nsp_logits[:2], torch.tensor([0, 1]))
     assert abs(sparse.mlm_loss.item() - want_mlm.item()) <= TOL

@@ -92,6 +92,8 @@ def test_auto_policy_kernel_choice() -> None:
     assert unpadded_kernel("cuda", torch.bfloat16, 0.0) == "varlen"
     assert unpadded_kernel("cuda", torch.float16, 0.0) == "varlen"
     assert unpadded_kernel("cuda", torch.bfloat16, 0.1) == "sdpa_unpadded"  # training with dropout
+    assert unpadded_kernel("cuda", torch.bfloat16, 0.1, dropout_kernel=True) == "varlen"  # "varlen_dropout"
+    assert unpadded_kernel("cpu", torch.bfloat16, 0.1, dropout_kernel=True) == "sdpa_unpadded"
     assert unpadded_kernel("cuda", torch.float32, 0.0) == "sdpa_unpadded"
     assert unpadded_kernel("cpu", torch.bfloat16, 0.0) == "sdpa_unpadded"
 
@@ -116,10 +118,11 @@ def test_varlen_context_on_cpu_falls_back_to_repadded_sdpa() -> None:
     # kernel must take the re-padded SDPA path and give the same numbers.
     torch.manual_seed(2)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
-    q, k, v = (torch.randn(4, 8) for _ in range(3))
-    a = prepare_attention(mask, "varlen").attend(q, k, v, 2, 0.0)
-    b = prepare_attention(mask, "sdpa_unpadded").attend(q, k, v, 2, 0.0)
-    assert a.shape == (4, 8) and torch.equal(a, b)
+    qkv = torch.randn(4, 24)
+    a = prepare_attention(mask, "varlen").attend(qkv, 2, 0.0)
+    b = prepare_attention(mask, "sdpa_unpadded").attend(qkv, 2, 0.0)
+    c = prepare_attention(mask, "varlen_dropout").attend(qkv, 2, 0.0)
+    assert a.shape == (4, 8) and torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_unpadded_path_under_bf16_autocast_is_close_to_fp32() -> None:
@@ -216,9 +219,12 @@ def test_unpadding_layout_from_the_collate_has_fillers_and_boundaries() -> None:
     bucketed = unpadding_layout(padded, multiple=8)  # rounded up to 16, capped at B * T = 15
     assert bucketed["unpad_indices"].shape == (15,) and bucketed["cu_seqlens"].tolist() == [0, 3, 8, 9, 15]
     assert sorted(bucketed["unpad_indices"].tolist()) == list(range(15))
-    # Batches without padding need no layout (the filler would have nowhere to sit).
-    assert unpadding_layout(torch.tensor([[1, 1, 2, 2], [1, 1, 1, 1]])) == {}
-    assert unpadding_layout(torch.ones(2, 4, dtype=torch.long)) == {}
+    # Whole single-sequence rows need no layout, only the word that there is no padding.
+    assert unpadding_layout(torch.ones(2, 4, dtype=torch.long)) == {"full_rows": True}
+    # Packed rows without padding: a layout with an empty filler (nothing to round up into).
+    full_packed = unpadding_layout(torch.tensor([[1, 1, 2, 2], [1, 1, 1, 1]]), multiple=8)
+    assert full_packed["unpad_indices"].tolist() == list(range(8))
+    assert full_packed["cu_seqlens"].tolist() == [0, 2, 4, 8, 8]
     packed = unpadding_layout(torch.tensor([[1, 1, 2, 2, 0], [1, 1, 1, 1, 1]]))
     assert packed["cu_seqlens"].tolist() == [0, 2, 4, 9, 10]
 
@@ -290,3 +296,148 @@ def test_graph_friendly_batches_pad_rows_and_keep_the_results() -> None:
     assert bucketed["labels"].shape == (3, 16) and (bucketed["labels"][:, 11:] == -100).all()
     tagger = BertForTokenClassification(tiny_config(num_labels=3))
     assert abs(tagger(**tagged).loss - tagger(**bucketed).loss) <= TOL
+
+
+def test_full_rows_and_static_masked_slots_trace_without_graph_breaks() -> None:
+    # Pre-training batches of whole rows: the collate says "full_rows", so the model needs no host
+    # sync to choose its attention layout, and the MLM decoder runs on the fixed [B,P] slots (no
+    # boolean indexing): the whole step is one graph, which is what CUDA graphs can replay.
+    from bertkit.training.trainer import WithUnpaddingLayout
+
+    torch.manual_seed(8)
+    model = BertForPreTraining(tiny_config())
+    ids = torch.randint(5, 99, (3, 12))
+    batch = dict(input_ids=ids, token_type_ids=torch.zeros_like(ids), attention_mask=torch.ones_like(ids),
+                 masked_positions=torch.tensor([[1, 4, 7], [2, 3, -1], [0, -1, -1]]),
+                 masked_ids=torch.tensor([[5, 6, 7], [8, 9, -100], [10, -100, -100]]),
+                 next_sentence_label=torch.tensor([0, 1, -100]))
+    with_layout = WithUnpaddingLayout(dict)(batch)
+    assert with_layout["full_rows"] is True
+    reference = model(**batch)
+    out = model(**with_layout)
+    assert abs(out.loss - reference.loss) <= TOL and out.mlm_logits.shape == (3, 3, 99)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(**with_layout)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_packed_rows_without_padding_use_an_empty_filler() -> None:
+    torch.manual_seed(9)
+    model = BertForPreTraining(tiny_config())
+    mask = torch.tensor([[1, 1, 1, 2, 2, 2], [1, 1, 2, 2, 3, 3]])
+    ids = torch.randint(5, 99, mask.shape)
+    batch = dict(input_ids=ids, attention_mask=mask, masked_positions=torch.tensor([[1, 4], [0, 5]]),
+                 masked_ids=torch.tensor([[5, 6], [7, 8]]), next_sentence_label=torch.tensor([-100, -100]))
+    model.attn_backend = "padded"
+    reference = model(**batch).loss
+    model.attn_backend = "auto"
+    layout = unpadding_layout(mask, multiple=4)
+    assert layout["cu_seqlens"].tolist() == [0, 3, 6, 8, 10, 12, 12]
+    assert abs(model(**batch, **layout).loss - reference) <= TOL
+
+
+def test_fused_optimizer_skips_non_finite_steps_on_the_device() -> None:
+    # AdamW(fused=True) also runs on the CPU, so the no-host-sync skip is tested here: the kernel
+    # reads found_inf and leaves weights, moments and the step count as they were.
+    from bertkit.training.trainer import optimizer_step
+
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    weight.grad = torch.full((4,), 0.5)
+    assert optimizer_step(optimizer, None, torch.tensor(1.0)).item() == 0.0
+    after_first = weight.detach().clone()
+    assert not torch.equal(after_first, torch.ones(4))
+    moments = {k: v.clone() for k, v in optimizer.state[weight].items()}
+    weight.grad = torch.full((4,), float("nan"))
+    assert optimizer_step(optimizer, None, torch.tensor(float("inf"))).item() == 1.0
+    assert torch.equal(weight.detach(), after_first)
+    for key, value in optimizer.state[weight].items():
+        assert torch.equal(value, moments[key]), key
+    weight.grad = torch.full((4,), 0.5)
+    optimizer_step(optimizer, None, torch.tensor(1.0))  # a finite step after the skip still updates
+    assert not torch.equal(weight.detach(), after_first)
+    assert optimizer.state[weight]["step"].item() == 2.0
+
+
+def test_fused_qkv_projection_keeps_hugging_face_parameter_names() -> None:
+    model = BertForSequenceClassification(tiny_config())
+    names = set(model.state_dict())
+    for part in ("query", "key", "value"):
+        assert f"bert.encoder.layer.0.attention.self.{part}.weight" in names
+    assert not any("qkv" in name for name in names)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash varlen kernel needs a CUDA GPU")
+
+
+def _packed_qkv(lengths: list[int], heads: int = 4, dim: int = 64, dtype=torch.float16):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    N = sum(lengths)
+    q, k, v = (torch.randn(N, heads, dim, device="cuda", dtype=dtype, generator=g) for _ in range(3))
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda", dtype=torch.int32)
+    return q, k, v, cu
+
+
+@needs_cuda
+def test_varlen_dropout_kernel_without_dropout_equals_varlen_attn() -> None:
+    from torch.nn.attention.varlen import varlen_attn
+
+    from bertkit.modeling.flash_varlen import varlen_attention
+
+    q, k, v, cu = _packed_qkv([5, 17, 1, 40])
+    expected = varlen_attn(q, k, v, cu, cu, 40, 40)
+    assert (varlen_attention(q, k, v, cu, 40, 0.0) - expected).abs().max().item() <= 1e-3
+
+
+@needs_cuda
+def test_varlen_dropout_kernel_is_unbiased_seeded_and_its_gradient_is_exact() -> None:
+    from torch.nn.attention.varlen import varlen_attn
+
+    from bertkit.modeling.flash_varlen import varlen_attention
+
+    q, k, v, cu = _packed_qkv([5, 17, 1, 40])
+    plain = varlen_attn(q, k, v, cu, cu, 40, 40).float()
+    torch.manual_seed(1)
+    a = varlen_attention(q, k, v, cu, 40, 0.1)
+    torch.manual_seed(1)
+    b = varlen_attention(q, k, v, cu, 40, 0.1)
+    assert torch.equal(a, b) and not torch.equal(a, varlen_attention(q, k, v, cu, 40, 0.1))
+    # Inverted dropout keeps the expectation: the mean of many draws approaches the plain output.
+    mean = torch.stack([varlen_attention(q, k, v, cu, 40, 0.1).float() for _ in range(400)]).mean(0)
+    assert (mean - plain).abs().mean().item() < 0.1 * plain.abs().mean().item()
+    # For one dropout mask the output is linear in v, so <dL/dv, d> must equal L(v + d) - L(v).
+    g = torch.randn_like(q, dtype=torch.float32)
+    d = torch.randn_like(v) * 0.1
+    v_leaf = v.clone().requires_grad_(True)
+    torch.manual_seed(2)
+    loss = (varlen_attention(q, k, v_leaf, cu, 40, 0.1).float() * g).sum()
+    loss.backward()
+    torch.manual_seed(2)
+    shifted = (varlen_attention(q, k, v + d, cu, 40, 0.1).float() * g).sum()
+    predicted = (v_leaf.grad.float() * d.float()).sum()
+    assert abs((shifted - loss).item() - predicted.item()) <= 0.02 * abs(predicted.item()) + 0.05
+
+
+@needs_cuda
+@pytest.mark.parametrize("compiled", [False, True])
+def test_varlen_dropout_backend_trains_a_model(compiled: bool) -> None:
+    from bertkit.training.trainer import WithUnpaddingLayout
+
+    torch.manual_seed(10)
+    config = tiny_config(hidden_size=128, num_attention_heads=2, attention_probs_dropout_prob=0.1)
+    model = BertForSequenceClassification(config).cuda()
+    batch = {k: v.cuda() for k, v in WithUnpaddingLayout(dict, 16)(heavy_padding_batch([3, 40, 1, 7, 12], T=48)).items()}
+    model.eval()
+    model.attn_backend = "varlen"
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        reference = model(**batch).logits
+        model.attn_backend = "varlen_dropout"
+        assert (model(**batch).logits - reference).abs().max().item() <= 1e-2  # eval: no dropout
+    model.train()
+    run = torch.compile(model) if compiled else model
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = run(**batch)
+        out.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad(set_to_none=True)

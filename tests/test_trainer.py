@@ -238,3 +238,25 @@ def test_loader_workers_default_to_processes_on_cuda_only() -> None:
     assert 1 <= loader_workers(TrainConfig(), torch.device("cuda")) <= 4
     assert loader_workers(TrainConfig(num_workers=2), torch.device("cpu")) == 2
     assert loader_workers(TrainConfig(num_workers=0), torch.device("cuda")) == 0
+
+
+def test_attention_flags_reach_the_model_and_its_saved_config(tiny_model_dir, sst2_small, tmp_path) -> None:
+    from bertkit.cli import build_parser
+    from bertkit.commands.common import train_config_from_args
+
+    argv = ["finetune", "--task", "sst2", "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "run"),
+            "--attn-backend", "sdpa_unpadded", "--attention-dropout", "0"]
+    args = build_parser(argv)[0].parse_args(argv)
+    config = train_config_from_args(args)
+    assert (config.attn_backend, config.attention_dropout) == ("sdpa_unpadded", 0.0)
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
+    features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=1, batch_size=8, device="cpu",
+                         eval_every="none", progress=False, attn_backend="sdpa_unpadded", attention_dropout=0.0)
+    result = train(task, model, features, None, config)
+    assert result.model.attn_backend == "sdpa_unpadded"
+    assert all(layer.attention.self.dropout_p == 0.0 for layer in result.model.bert.encoder.layer)
+    assert result.model.config.attention_probs_dropout_prob == 0.0
+    with pytest.raises(ValueError, match="--attn-backend 'fast'"):
+        TrainConfig(attn_backend="fast")

@@ -186,6 +186,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (bucketed token counts)
+    attn_backend: str = "auto"  # attention path (modeling/attention.py BACKENDS); "varlen_dropout": flash varlen with dropout
+    attention_dropout: float | None = None  # overrides the model's attention_probs_dropout_prob (saved with it)
     fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
     num_workers: int = -1  # DataLoader worker processes; -1: 4 on CUDA (collate and masking off the GPU's thread), 0 on CPU
     log_every: int = 10  # optimizer steps between log lines
@@ -209,6 +211,12 @@ class TrainConfig:
             raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        from bertkit.modeling.attention import BACKENDS
+
+        if self.attn_backend not in BACKENDS:
+            raise ValueError(f"--attn-backend {self.attn_backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"--attention-dropout must be in [0, 1), got {self.attention_dropout}")
         ev = str(self.eval_every)
         if ev not in ("epoch", "none") and not (ev.isdigit() and int(ev) > 0):
             raise ValueError(f"--eval-every {ev!r}: expected 'epoch', 'none' or a positive step count")

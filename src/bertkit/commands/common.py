@@ -93,6 +93,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile the model; MODE reduce-overhead also replays the step as CUDA graphs "
                         "(worth it when kernel launches dominate: short sequences, small batches)")
+    g.add_argument("--attn-backend", default=d.attn_backend,
+                   help="attention path: auto (default) | padded | unpadded | varlen | varlen_dropout | "
+                        "sdpa_unpadded | flex; varlen_dropout trains with attention dropout on the flash "
+                        "varlen kernel (CUDA, bf16/fp16) instead of re-padding for SDPA in every layer")
+    g.add_argument("--attention-dropout", type=float, default=None, metavar="P",
+                   help="set the model's attention_probs_dropout_prob (saved with the model); 0 lets "
+                        "the unpadded path use the flash varlen kernel with no re-padding")
     g.add_argument("--fsdp", action="store_true",
                    help="shard the model across processes (FSDP2; torchrun with >= 2 processes)")
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)")

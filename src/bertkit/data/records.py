@@ -287,7 +287,9 @@ def collate_pretraining(instances: Sequence[Instance], pad_id: int, max_predicti
     """Instances -> `BertForPreTraining` kwargs (torch tensors), padded to the longest row:
     input_ids [B,T] (pad_id), token_type_ids [B,T], attention_mask [B,T] (= sequence_ids, 0 on
     padding: packed rows keep their documents apart), masked_positions [B,P] (-1 = none),
-    masked_ids [B,P] (-100 = none) with P = max_predictions, next_sentence_label [B] (-100 = no NSP).
+    masked_ids [B,P] (-100 = none), next_sentence_label [B] (-100 = no NSP). P is the most masked
+    positions of any row in the batch (at most max_predictions): the model decodes all B*P slots,
+    so a sparse strategy (target words only) does not pay for max_predictions slots per row.
 
     `dynamic_masking` (a `bertkit.data.masking.DynamicMasking`) masks rows here, for records
     written with `--masking dynamic`; stored masks are then ignored."""
@@ -316,7 +318,10 @@ def collate_pretraining(instances: Sequence[Instance], pad_id: int, max_predicti
         masked_ids[i, :pos.size] = orig
         label = int(inst["nsp_label"])
         nsp[i] = -100 if label < 0 else label
+    width = max(1, int((masked_positions >= 0).sum(axis=1).max(initial=0)))
+    masked_positions, masked_ids = masked_positions[:, :width], masked_ids[:, :width]
     return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
             "attention_mask": torch.from_numpy(attention_mask),
-            "masked_positions": torch.from_numpy(masked_positions), "masked_ids": torch.from_numpy(masked_ids),
+            "masked_positions": torch.from_numpy(np.ascontiguousarray(masked_positions)),
+            "masked_ids": torch.from_numpy(np.ascontiguousarray(masked_ids)),
             "next_sentence_label": torch.from_numpy(nsp)}

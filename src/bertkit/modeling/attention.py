@@ -6,7 +6,7 @@ attention product itself needs to know the layout, so it lives behind one small 
 
     ctx = prepare_attention(attention_mask, backend)   # once per forward
     x = ctx.unpad(x)                                   # [B,T,H] -> layout of ctx
-    out = ctx.attend(q, k, v, num_heads, dropout_p)    # q/k/v/out in that layout
+    out = ctx.attend(qkv, num_heads, dropout_p)        # qkv [..., 3H] (one fused projection), out [..., H]
     x = ctx.pad(x)                                     # back to [B,T,H], zeros at pads
 
 `attention_mask` follows docs/INTERFACES.md: 0 = padding, a positive integer = a sequence id; a
@@ -21,8 +21,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "padded", "unpadded", "varlen", "sdpa_unpadded", "flex")
-LAYOUT_BACKENDS = ("auto", "unpadded", "varlen", "sdpa_unpadded")  # those that run on a precomputed layout
+BACKENDS = ("auto", "padded", "unpadded", "varlen", "varlen_dropout", "sdpa_unpadded", "flex")
+# Those that run on a precomputed layout.
+LAYOUT_BACKENDS = ("auto", "unpadded", "varlen", "varlen_dropout", "sdpa_unpadded")
+
+
+def _kernel_of(backend: str) -> str:
+    """The UnpaddedAttention kernel for an unpadded backend name."""
+    return {"sdpa_unpadded": "sdpa_unpadded", "varlen_dropout": "varlen_dropout"}.get(backend, "varlen")
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -42,27 +48,27 @@ class PaddedAttention:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-               dropout_p: float) -> torch.Tensor:
-        """q, k, v [B,T,H] -> [B,T,H]."""
-        B, T, H = q.shape
-        q, k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in (q, k, v))  # [B,heads,T,D]
+    def attend(self, qkv: torch.Tensor, num_heads: int, dropout_p: float) -> torch.Tensor:
+        """qkv [B,T,3H] (query, key, value side by side) -> [B,T,H]."""
+        B, T, H = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [B,heads,T,D]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout_p)
         return out.transpose(1, 2).reshape(B, T, H)  # [B,heads,T,D] -> [B,T,H]
 
 
-def unpadded_kernel(device_type: str, dtype: torch.dtype, dropout_p: float) -> str:
-    """The attention kernel of the unpadded path for one call (the "auto" policy).
+def unpadded_kernel(device_type: str, dtype: torch.dtype, dropout_p: float, dropout_kernel: bool = False) -> str:
+    """The attention kernel of the unpadded path for one call.
 
-    "varlen": torch.nn.attention.varlen.varlen_attn, a flash kernel on the packed tokens. It only
-    exists on CUDA, takes 16-bit inputs only and has no dropout argument, so it serves evaluation,
-    inference and training with attention_probs_dropout_prob=0 under bf16/fp16 autocast.
+    "varlen": a flash kernel on the packed tokens. It only exists on CUDA and takes 16-bit inputs
+    only. Without attention dropout it is torch.nn.attention.varlen.varlen_attn (measured on an
+    H100: 1.15 ms vs 2.61 ms for padded SDPA per fwd+bwd at SST-2 lengths, shared/GPU-NOTES.md);
+    with dropout it is `flash_varlen.varlen_attention`, the same flash kernel called with its
+    dropout argument, taken only when `dropout_kernel` is set (backend "varlen_dropout").
     "sdpa_unpadded": dense layers still run on the packed tokens, but each attention call scatters
     q/k/v back to the batch's [B,T] layout and runs SDPA with the padding mask and dropout_p: exact
-    BERT semantics (attention dropout 0.1) on every device and dtype. On an H100 varlen costs
-    1.15 ms vs 2.61 ms for padded SDPA per fwd+bwd at SST-2 lengths (shared/GPU-NOTES.md).
+    BERT semantics (attention dropout 0.1) on every device and dtype.
     """
-    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
+    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and (dropout_p == 0.0 or dropout_kernel):
         return "varlen"
     return "sdpa_unpadded"
 
@@ -80,7 +86,7 @@ class UnpaddedAttention:
     max_seqlen: int  # an upper bound on the longest sequence: T, known from the shape (no host sync)
     batch_size: int
     seq_len: int
-    kernel: str  # "varlen" (flash when unpadded_kernel allows it) or "sdpa_unpadded"
+    kernel: str  # "varlen" (flash when unpadded_kernel allows it), "varlen_dropout" or "sdpa_unpadded"
     mask: torch.Tensor  # bool [B,1,1,T] or [B,1,T,T]: the SDPA mask of the re-padded fallback
     valid: torch.Tensor | None = None  # bool [N]: False at filler tokens (see unpadding_layout)
 
@@ -96,20 +102,25 @@ class UnpaddedAttention:
         out = out.index_copy(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])  # [B*T,...] -> [B,T,...]
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-               dropout_p: float) -> torch.Tensor:
-        """q, k, v [N,H] -> [N,H]."""
-        N, H = q.shape
-        if self.kernel == "varlen" and unpadded_kernel(q.device.type, q.dtype, dropout_p) == "varlen":
-            from torch.nn.attention.varlen import varlen_attn
+    def attend(self, qkv: torch.Tensor, num_heads: int, dropout_p: float) -> torch.Tensor:
+        """qkv [N,3H] -> [N,H]."""
+        N, H = qkv.shape[0], qkv.shape[1] // 3
+        with_dropout = self.kernel == "varlen_dropout"
+        if (self.kernel in ("varlen", "varlen_dropout")
+                and unpadded_kernel(qkv.device.type, qkv.dtype, dropout_p, with_dropout) == "varlen"):
+            q, k, v = (_split_heads(t, num_heads) for t in qkv.chunk(3, dim=-1))  # [N,heads,D] views
+            if dropout_p > 0.0:
+                from bertkit.modeling.flash_varlen import varlen_attention
 
-            q, k, v = (_split_heads(t, num_heads) for t in (q, k, v))  # [N,heads,D]
-            out = varlen_attn(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen)
+                out = varlen_attention(q, k, v, self.cu_seqlens, self.max_seqlen, dropout_p)
+            else:
+                from torch.nn.attention.varlen import varlen_attn
+
+                out = varlen_attn(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen)
             return out.reshape(N, H)  # [N,heads,D] -> [N,H]
         # Re-pad to the batch's own [B,T] layout: T is the longest row, so no per-sequence max is
-        # needed on the host, and q/k/v travel in one scatter instead of three.
-        qkv = self.pad(torch.cat([q, k, v], dim=-1))  # [N,3H] -> [B,T,3H]
-        out = PaddedAttention(mask=self.mask).attend(*qkv.chunk(3, dim=-1), num_heads, dropout_p)  # [B,T,H]
+        # needed on the host, and q/k/v travel in one scatter.
+        out = PaddedAttention(mask=self.mask).attend(self.pad(qkv), num_heads, dropout_p)  # [B,T,3H] -> [B,T,H]
         return self.unpad(out)  # [B,T,H] -> [N,H]
 
 
@@ -128,18 +139,17 @@ class FlexAttention:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
-               dropout_p: float) -> torch.Tensor:
-        """q, k, v [B,T,H] -> [B,T,H]."""
+    def attend(self, qkv: torch.Tensor, num_heads: int, dropout_p: float) -> torch.Tensor:
+        """qkv [B,T,3H] -> [B,T,H]."""
         if dropout_p > 0.0:
             # flex_attention has no dropout; training with attention dropout uses SDPA with the
             # equivalent dense mask so that the regularisation is the same on every path.
             same = self.ids[:, :, None] == self.ids[:, None, :]  # [B,T,T]
-            return PaddedAttention(mask=same[:, None]).attend(q, k, v, num_heads, dropout_p)
+            return PaddedAttention(mask=same[:, None]).attend(qkv, num_heads, dropout_p)
         from torch.nn.attention.flex_attention import flex_attention
 
-        B, T, H = q.shape
-        q, k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in (q, k, v))  # [B,heads,T,D]
+        B, T, H = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        q, k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [B,heads,T,D]
         out = flex_attention(q, k, v, block_mask=self.block_mask)
         return out.transpose(1, 2).reshape(B, T, H)  # [B,heads,T,D] -> [B,T,H]
 
@@ -189,17 +199,18 @@ def unpadding_layout(attention_mask: torch.Tensor, multiple: int = 1) -> dict[st
     so that the model needs no host sync to find it: `unpad_indices` int64 [Nb] (the flat
     row * T + column index of each of the N real tokens, then of Nb - N padding positions) and
     `cu_seqlens` int32 [S+2] (the starts of the S sequences, N, then Nb: the last "sequence" is
-    the filler, at least one token).
+    the filler: at least one token when the batch has padding, none when it has not).
 
     Nb is N + 1 rounded up to `multiple` (at most B * T): with multiple > 1 batches of similar size
     share one token count, which is what lets a CUDA graph recorded for one batch be replayed for
     the next. Filler tokens attend only to each other and read as zeros when the output is padded
-    back. A batch without padding gets an empty dict: rows of one sequence take the padded path
-    (nothing to skip), packed rows the model's own unpadding.
+    back. Rows that are each one whole sequence (no padding, nothing packed) get
+    `{"full_rows": True}` instead: the model then takes the padded path with no mask (nothing to
+    skip) without asking the device whether the mask has padding.
     """
     mask = attention_mask.long().cpu()
-    if bool((mask > 0).all()):
-        return {}
+    if bool((mask == 1).all()):
+        return {"full_rows": True}
     flat = mask.reshape(-1)
     real = flat.nonzero().squeeze(1)  # [N]
     N = real.numel()
@@ -247,7 +258,7 @@ def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Ten
     # The filler sequence can be longer than a row; Nb - B bounds it (every row has a real token).
     return UnpaddedAttention(indices=unpad_indices, cu_seqlens=cu_seqlens, max_seqlen=max(T, Nb - B),
                              batch_size=B, seq_len=T,
-                             kernel="sdpa_unpadded" if backend == "sdpa_unpadded" else "varlen",
+                             kernel=_kernel_of(backend),
                              mask=padding_mask(attention_mask.long(), packed), valid=valid)
 
 
@@ -258,7 +269,8 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
 
     attention_mask: [B,T] ints (0 = pad, k > 0 = sequence id) or None (no padding, one sequence per row).
     backend: "padded" | "unpadded" (varlen where unpadded_kernel allows, else re-padded SDPA) |
-    "varlen" (same) | "sdpa_unpadded" | "flex" (FlexAttention with a document block mask) |
+    "varlen" (same) | "varlen_dropout" (also trains with attention dropout on the flash varlen
+    kernel, see flash_varlen.py) | "sdpa_unpadded" | "flex" (FlexAttention with a document block mask) |
     "auto" (unpad only when the batch has padding or more than one sequence in a row: otherwise
     the padded path has nothing to skip and no gather/scatter to pay for).
 
@@ -291,6 +303,5 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
         cu = torch.cat([start_at, start_at.new_tensor([indices.numel()])]).to(torch.int32)  # [S+1]
     else:  # one sequence per row: boundaries are the running sum of row lengths
         cu = F.pad((mask > 0).sum(dim=1).cumsum(0), (1, 0)).to(torch.int32)  # [B+1]
-    kernel = "varlen" if backend in ("unpadded", "varlen") else "sdpa_unpadded"
     return UnpaddedAttention(indices=indices, cu_seqlens=cu, max_seqlen=T, batch_size=B, seq_len=T,
-                             kernel=kernel, mask=padding_mask(mask, packed))
+                             kernel=_kernel_of(backend), mask=padding_mask(mask, packed))

@@ -38,7 +38,7 @@ class ModelOutput:
     end_logits: torch.Tensor | None = None  # [B,T]
     mlm_loss: torch.Tensor | None = None  # scalar (pre-training)
     nsp_loss: torch.Tensor | None = None  # scalar
-    mlm_logits: torch.Tensor | None = None  # [M,V] at masked positions, or [B,T,V]
+    mlm_logits: torch.Tensor | None = None  # [B,P,V] at the masked-position slots, or [B,T,V]
     nsp_logits: torch.Tensor | None = None  # [B,2]
 
 
@@ -144,15 +144,19 @@ def _mlm(predictions: BertLMPredictionHead, hidden: torch.Tensor, masked_positio
          masked_ids: torch.Tensor | None, labels: torch.Tensor | None
          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """MLM logits and loss. With masked_positions [B,P] (-1 = none) the decoder runs only on the
-    M valid positions -> logits [M,V]: the vocabulary projection is most of the pre-training
-    compute (V=30522 vs H=768), and only ~15% of tokens are masked. Otherwise logits [B,T,V]
-    and HF-style labels [B,T] (-100 = not masked)."""
+    B*P masked slots -> logits [B,P,V] (slots at -1 read position 0 and are left out of the loss):
+    the vocabulary projection is most of the pre-training compute (V=30522 vs H=768), and only ~15%
+    of tokens are masked. The slots have a fixed count, unlike the valid positions, so the step
+    needs no host sync and keeps one shape for torch.compile and CUDA graphs. Without
+    masked_positions: logits [B,T,V] and HF-style labels [B,T] (-100 = not masked)."""
     if masked_positions is not None:
-        valid = masked_positions >= 0  # [B,P]
-        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(masked_positions)
-        selected = hidden[rows[valid], masked_positions[valid].long()]  # [B,T,H] -> [M,H]
-        logits = predictions(selected)  # [M,V]
-        loss = _cross_entropy(logits, masked_ids[valid]) if masked_ids is not None else None
+        B, P = masked_positions.shape
+        slots = masked_positions.clamp(min=0).long()[..., None].expand(B, P, hidden.shape[-1])  # [B,P,H]
+        logits = predictions(hidden.gather(1, slots))  # [B,T,H] -> [B,P,H] -> [B,P,V]
+        loss = None
+        if masked_ids is not None:
+            targets = masked_ids.long().masked_fill(masked_positions < 0, IGNORE_INDEX)  # [B,P]
+            loss = _cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
     logits = predictions(hidden)  # [B,T,V]
     loss = _cross_entropy(logits.flatten(0, 1), labels.flatten()) if labels is not None else None

@@ -230,10 +230,10 @@ class PretrainingTask(Task):
     # ---- evaluation -----------------------------------------------------------------------------
     def gather_outputs(self, batch: dict[str, torch.Tensor], outputs: Any) -> list[np.ndarray]:
         """Per row: [mlm loss summed over its masked tokens, correct, masked tokens, nsp correct,
-        nsp labelled]. `mlm_logits` [M,V] holds the batch's valid positions row by row."""
+        nsp labelled]. `mlm_logits` [B,P,V] holds every masked-position slot; -1 slots are skipped."""
         valid = batch["masked_positions"] >= 0  # [B,P]
         targets = batch["masked_ids"][valid]  # [M]
-        logits = outputs.mlm_logits.float()  # [M,V]
+        logits = outputs.mlm_logits[valid].float()  # [B,P,V] -> [M,V]
         token_loss = F.cross_entropy(logits, targets, reduction="none")  # [M]
         token_correct = (logits.argmax(-1) == targets).float()  # [M]
         row = torch.arange(valid.shape[0], device=valid.device)[:, None].expand_as(valid)[valid]  # [M]

@@ -134,6 +134,40 @@ def make_loader(features, batches: list[np.ndarray], task, config: TrainConfig, 
         prefetch_factor=4 if workers else None)
 
 
+def apply_attention_settings(model: nn.Module, config: TrainConfig) -> None:
+    """--attn-backend and --attention-dropout onto the model (and its config, so a saved model
+    carries the dropout it was trained with)."""
+    from bertkit.modeling.bert import BertModel, BertSelfAttention
+
+    for module in model.modules():
+        if isinstance(module, BertModel) and config.attn_backend != "auto":  # else keep the model's own
+            module.attn_backend = config.attn_backend
+        elif isinstance(module, BertSelfAttention) and config.attention_dropout is not None:
+            module.dropout_p = config.attention_dropout
+    model_config = getattr(model, "config", None)
+    if config.attention_dropout is not None and model_config is not None:
+        model_config.attention_probs_dropout_prob = config.attention_dropout
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler, grad_norm: torch.Tensor) -> torch.Tensor:
+    """Apply the update unless the gradients are not finite; returns 1.0 (skipped) or 0.0 as a
+    tensor on grad_norm's device.
+
+    A fused optimizer (AdamW on CUDA) is told through `found_inf`, which its kernel reads on the
+    device: weights, moments and step counts stay as they were, and the host never waits for the
+    GPU, so the next batch is queued while this step still runs. Other optimizers ask the host."""
+    not_finite = (~torch.isfinite(grad_norm)).float()
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the update itself when it found inf/nan gradients
+        scaler.update()
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = not_finite
+        optimizer.step()
+    elif not bool(not_finite):
+        optimizer.step()
+    return not_finite
+
+
 def loader_workers(config: TrainConfig, device: torch.device) -> int:
     """--num-workers, or by default 4 on CUDA and 0 on CPU, where workers would only compete with
     the model for the cores. (On an H100, with collate in the main process, target-word dynamic
@@ -410,6 +444,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             f"{info.world_size} processes x --grad-accum {config.grad_accum}; lower --batch-size or --grad-accum")
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
 
+    apply_attention_settings(model, config)
     model.to(device)
     if config.fsdp:
         if config.save_every or config.resume:
@@ -481,6 +516,11 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
 
     train_model.train()
     loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per micro-step
+    skipped_pending = torch.zeros((), device=device)  # skipped steps not yet added to state (read at logs/saves)
+
+    def settle_skipped() -> None:
+        state.skipped_steps += int(skipped_pending.item())
+        skipped_pending.zero_()
     loss_count, t_last, samples_since = 0, time.perf_counter(), 0
     stopped_early = False
     while state.global_step < total_steps:
@@ -529,20 +569,14 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 scaler.unscale_(optimizer)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             grad_norm = distributed.to_local_scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            finite = bool(torch.isfinite(grad_norm))
-            if scaler is not None:
-                scaler.step(optimizer)  # skips the update itself when it found inf/nan gradients
-                scaler.update()
-            elif finite:
-                optimizer.step()
-            if not finite:
-                state.skipped_steps += 1
+            skipped_pending += optimizer_step(optimizer, scaler, grad_norm)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.global_step += 1
             log.advance()
 
             if state.global_step % config.log_every == 0 or state.global_step == total_steps:
+                settle_skipped()
                 mean_loss = distributed.all_reduce_mean(loss_sum / max(loss_count, 1), info).item()
                 now = time.perf_counter()
                 log.write({"step": state.global_step, "epoch": state.epoch, "loss": mean_loss,
@@ -554,6 +588,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             if eval_steps and state.global_step % eval_steps == 0:
                 run_eval()
             if config.save_every and state.global_step % config.save_every == 0:
+                settle_skipped()
                 save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info,
                                 config.keep_checkpoints)
             if stop_after_steps is not None and state.global_step >= stop_after_steps:
@@ -570,6 +605,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 run_eval()
 
     log.close()
+    settle_skipped()
     if stopped_early:
         return TrainResult(state, None, unwrap(model))
     if config.eval_every != "none" and eval_set is not None and (
