@@ -469,6 +469,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; --small 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--combo-kernels", action="store_true",
+                   help="with --compile: let inductor fuse independent small kernels horizontally (combo kernels)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="after each row, profile 3 steps: kernels per step in the table, top kernels in DIR")
     return p.parse_args(argv)
@@ -478,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.combo_kernels:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.combo_kernels = True
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     workloads = (args.workloads or ("finetune" if args.small else ",".join(WORKLOADS))).split(",")
@@ -520,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         "model shape": f"{shape} (L{config.num_hidden_layers}/H{config.hidden_size}), random init, "
                        f"dropout {config.hidden_dropout_prob}, attention dropout {config.attention_probs_dropout_prob}",
         "precision / compile": f"{'bf16 autocast' if precision == 'bf16' else 'fp32'} / "
-                               f"{f'torch.compile mode={args.compile}' if args.compile else 'eager'}",
+                               f"{f'torch.compile mode={args.compile}' if args.compile else 'eager'}"
+                               f"{', combo kernels' if args.combo_kernels else ''}",
         "steps": f"{warmup} warmup + {steps} timed per row (the timed batches are also run once untimed first)",
         "MFU ceiling": f"{ceiling / 1e12:.2f} TFLOP/s measured ({ceiling_how})",
     }

@@ -367,6 +367,27 @@ def test_fused_qkv_projection_keeps_hugging_face_parameter_names() -> None:
     assert not any("qkv" in name for name in names)
 
 
+def test_varlen_dropout_kernel_traces_as_one_graph_with_its_backward() -> None:
+    # No GPU needed: on the meta device the flash ops run their shape functions, which is enough
+    # for dynamo and AOTAutograd to trace the autograd function forward and backward (what
+    # torch.compile does before inductor). Numbers are checked by the CUDA tests below.
+    from bertkit.modeling.flash_varlen import _VarlenFlashAttention
+
+    q, k, v = (torch.empty(40, 4, 64, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    cu = torch.empty(3, device="meta", dtype=torch.int32)
+
+    def attend(q, k, v, cu):
+        return _VarlenFlashAttention.apply(q, k, v, cu, 30, 0.1) * 2
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(attend)(q, k, v, cu)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+    out = torch.compile(attend, backend="aot_eager")(q, k, v, cu)
+    out.sum().backward()
+    assert out.shape == q.grad.shape == v.grad.shape == (40, 4, 64)
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash varlen kernel needs a CUDA GPU")
 
 

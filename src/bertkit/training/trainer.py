@@ -149,18 +149,20 @@ def apply_attention_settings(model: nn.Module, config: TrainConfig) -> None:
         model_config.attention_probs_dropout_prob = config.attention_dropout
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, scaler, grad_norm: torch.Tensor) -> torch.Tensor:
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler, grad_norm: torch.Tensor,
+                   sharded: bool = False) -> torch.Tensor:
     """Apply the update unless the gradients are not finite; returns 1.0 (skipped) or 0.0 as a
     tensor on grad_norm's device.
 
     A fused optimizer (AdamW on CUDA) is told through `found_inf`, which its kernel reads on the
     device: weights, moments and step counts stay as they were, and the host never waits for the
-    GPU, so the next batch is queued while this step still runs. Other optimizers ask the host."""
+    GPU, so the next batch is queued while this step still runs. Other optimizers, and sharded
+    (FSDP, DTensor) parameters, for which a plain found_inf tensor is not known to work, ask the host."""
     not_finite = (~torch.isfinite(grad_norm)).float()
     if scaler is not None:
         scaler.step(optimizer)  # skips the update itself when it found inf/nan gradients
         scaler.update()
-    elif optimizer.defaults.get("fused"):
+    elif optimizer.defaults.get("fused") and not sharded:
         optimizer.found_inf = not_finite
         optimizer.step()
     elif not bool(not_finite):
@@ -569,7 +571,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 scaler.unscale_(optimizer)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             grad_norm = distributed.to_local_scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            skipped_pending += optimizer_step(optimizer, scaler, grad_norm)
+            skipped_pending += optimizer_step(optimizer, scaler, grad_norm, sharded=config.fsdp)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state.global_step += 1

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU checks of the speed work, sized so that each part fits one 10-minute device call.
+#
+#   bash benchmarks/gpu_suite.sh PART [OUT]      PART: tests | eager | graphs | combo | trainer | all
+#
+# tests    the CUDA-only tests (flash varlen, with and without attention dropout; compile over it)
+# eager    benchmarks/throughput.py, fine-tuning + pre-training, eager, with kernel profiles
+# graphs   the same under torch.compile mode=reduce-overhead (CUDA graphs), with kernel profiles
+# combo    graphs, plus inductor's combo kernels (independent small kernels such as the per-weight
+#          bf16 casts fused horizontally: fewer launches where a step is launch-bound)
+# trainer  `bertkit finetune` on SST-2 with a random BERT-base: eager vs --compile reduce-overhead,
+#          samples/s as the trainer's own log reports it (data loading and the optimizer included)
+#
+# Results go to OUT (default $OUT, else ./gpu-out): one markdown table and one json per part, the
+# profiles as one tar.xz (the device tool returns at most 8 files). Needs the SST-2 tsv and a
+# bert-base-uncased vocab.txt under ../shared (on the device: .device-carry/setup.sh puts them there).
+# SUITE_PRESET, SUITE_STEPS and SUITE_MODES shrink the trainer part for a CPU dry run.
+set -uo pipefail
+part=${1:-all}
+out=${2:-${OUT:-gpu-out}}
+mkdir -p "$out"
+shared=$(cd "$(dirname "$0")/../.." && pwd)/shared
+sst2=$shared/data/glue/SST-2/train.tsv
+[ -f "$sst2" ] || sst2=$sst2.xz
+vocab=$shared/models/bert-base-uncased/vocab.txt
+
+run_tests() {
+    python -m pytest -q -p no:cacheprovider tests/test_speed_paths.py tests/test_modeling.py -k "cuda or varlen" \
+        2>&1 | tail -30 > "$out/cuda_tests.txt"
+}
+
+run_throughput() {  # $1: name, then extra flags
+    local name=$1; shift
+    python benchmarks/throughput.py --workloads finetune,pretrain --sst2 "$sst2" --vocab "$vocab" \
+        --profile "$out/profile_$name" --json "$out/$name.json" "$@" > "$out/$name.md" 2> "$out/$name.log"
+    tar cJf "$out/profile_$name.tar.xz" -C "$out" "profile_$name" && rm -rf "$out/profile_$name"
+}
+
+run_trainer() {
+    local model=/tmp/bert-base-random data=/tmp/sst2
+    mkdir -p "$data"
+    if [[ $sst2 == *.xz ]]; then xz -dc "$sst2" > "$data/train.tsv"; else cp "$sst2" "$data/train.tsv"; fi
+    head -n 873 "$data/train.tsv" > "$data/dev.tsv"
+    python - "$model" "$vocab" <<'PY'
+import shutil, sys
+from bertkit.config import preset
+from bertkit.modeling.heads import BertForSequenceClassification
+import os
+model = BertForSequenceClassification(preset(os.environ.get("SUITE_PRESET", "base"), num_labels=2))
+model.save_pretrained(sys.argv[1])
+shutil.copy(sys.argv[2], f"{sys.argv[1]}/vocab.txt")
+PY
+    : > "$out/trainer.md"
+    for mode in ${SUITE_MODES:-eager reduce-overhead}; do
+        local flags=()
+        [ "$mode" = eager ] || flags=(--compile "$mode")
+        python -m bertkit finetune --task sst2 --model "$model" --data-dir "$data" --output-dir "/tmp/run-$mode" \
+            --max-steps "${SUITE_STEPS:-400}" --batch-size 32 --lr 2e-5 --eval-every none --log-every 50 --no-progress \
+            "${flags[@]}" > "$out/trainer-$mode.log" 2>&1
+        python - "/tmp/run-$mode/log.jsonl" "$mode" >> "$out/trainer.md" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+speeds = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
+speeds = speeds[2:] or speeds  # after compile and warm-up
+print(f"| trainer finetune SST-2, batch 32, {sys.argv[2]} | {sum(speeds) / max(len(speeds), 1):,.1f} samples/s "
+      f"(mean of {len(speeds)} log intervals; the first two, compile and warm-up, left out when there are more) |")
+PY
+    done
+}
+
+case $part in
+    tests) run_tests ;;
+    eager) run_throughput eager ;;
+    graphs) run_throughput graphs --compile reduce-overhead ;;
+    combo) run_throughput combo --compile reduce-overhead --combo-kernels ;;
+    trainer) run_trainer ;;
+    all) run_tests; run_throughput eager; run_throughput graphs --compile reduce-overhead; run_trainer ;;
+    *) echo "unknown part $part: tests | eager | graphs | combo | trainer | all" >&2; exit 2 ;;
+esac
+ls -l "$out"
