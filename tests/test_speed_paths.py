@@ -462,3 +462,29 @@ def test_varlen_dropout_backend_trains_a_model(compiled: bool) -> None:
         out.loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_multiple_choice_rows_take_the_unpadded_layout(multiple: int) -> None:
+    from bertkit.modeling.heads import BertForMultipleChoice
+    from bertkit.training.trainer import WithUnpaddingLayout
+
+    torch.manual_seed(11)
+    model = BertForMultipleChoice(tiny_config())
+    lengths = torch.tensor([[5, 9, 3, 7], [12, 2, 6, 4]])  # [B,C]
+    mask = (torch.arange(12)[None, None, :] < lengths[..., None]).long()  # [B,C,T]
+    ids = torch.randint(1, 99, mask.shape) * mask
+    batch = dict(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), labels=torch.tensor([1, 3]))
+    with_layout = WithUnpaddingLayout(dict, multiple)(batch)
+    assert with_layout["unpad_indices"].shape[0] % multiple == 0 and with_layout["input_ids"].shape[-1] % multiple == 0
+    model.attn_backend = "padded"
+    reference = model(**batch)
+    reference.loss.backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+    model.attn_backend = "auto"
+    out = model(**with_layout)
+    out.loss.backward()
+    assert (out.logits - reference.logits).abs().max() <= TOL
+    for name, grad in grads(model).items():
+        assert (grad - expected[name]).abs().max() <= TOL, name

@@ -229,11 +229,12 @@ _ROW_KEYS = {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0, "position
 def pad_rows(batch: dict, multiple: int) -> dict:
     """The batch with its rows padded on the right to a multiple of `multiple` tokens, so batches
     share a few widths (a CUDA graph is recorded per shape). Pads input_ids, token_type_ids,
-    attention_mask, position_ids, and token labels [B,T] (with -100); other keys are untouched."""
+    attention_mask, position_ids, and token labels [B,T] (with -100); other keys are untouched.
+    Multiple-choice batches ([B,C,T]) are padded the same way along T."""
     mask = batch.get("attention_mask")
-    if multiple <= 1 or not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+    if multiple <= 1 or not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
         return batch
-    T = mask.shape[1]
+    T = mask.shape[-1]
     extra = -T % multiple
     if extra == 0:
         return batch

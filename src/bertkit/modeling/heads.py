@@ -296,12 +296,13 @@ class BertForMultipleChoice(BertPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> ModelOutput:
-        """input_ids etc. [B,C,T] (C choices) -> logits [B,C]."""
+                labels: torch.Tensor | None = None, **layout: torch.Tensor) -> ModelOutput:
+        """input_ids etc. [B,C,T] (C choices) -> logits [B,C]. A collate layout describes the
+        flattened [B*C,T] rows."""
         B, C, T = input_ids.shape
         flat = [t.reshape(B * C, T) if t is not None else None  # [B,C,T] -> [B*C,T]
                 for t in (input_ids, attention_mask, token_type_ids, position_ids)]
-        pooled = self.bert(*flat).pooler_output  # [B*C,H]
+        pooled = self.bert(*flat, **layout).pooler_output  # [B*C,H]
         logits = self.classifier(self.dropout(pooled)).view(B, C)  # [B*C,1] -> [B,C]
         loss = _cross_entropy(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits)

@@ -108,15 +108,13 @@ class WithUnpaddingLayout:
     def __call__(self, features, **kwargs):
         batch = pad_rows(self.collate(features, **kwargs), self.multiple)
         mask = batch.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            batch.update(unpadding_layout(mask, self.multiple))
+        if isinstance(mask, torch.Tensor) and mask.dim() in (2, 3):  # [B,C,T] (multiple choice): the B*C rows
+            batch.update(unpadding_layout(mask.reshape(-1, mask.shape[-1]), self.multiple))
         return batch
 
 
 def layout_collate(task, config: TrainConfig | None = None):
-    """The collate the loops use: with the unpadded layout for heads that take one."""
-    if getattr(task, "head", "") == "multiple_choice":  # rows are [B, choices, T]
-        return task.collate
+    """The collate the loops use: with the unpadded layout (every head takes one)."""
     graphs = config is not None and config.compile and config.compile_mode in ("reduce-overhead", "max-autotune")
     return WithUnpaddingLayout(task.collate, multiple=64 if graphs else 1)
 
