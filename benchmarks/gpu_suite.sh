@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The GPU checks of the speed work, sized so that each part fits one 10-minute device call.
 #
-#   bash benchmarks/gpu_suite.sh PART [OUT]      PART: tests | eager | graphs | combo | trainer | all
+#   bash benchmarks/gpu_suite.sh PART [OUT]
+#   PART: tests | eager | graphs-finetune | graphs-pretrain | combo-finetune | trainer | all
 #
 # tests    the CUDA-only tests (flash varlen, with and without attention dropout; compile over it)
 # eager    benchmarks/throughput.py, fine-tuning + pre-training, eager, with kernel profiles
-# graphs   the same under torch.compile mode=reduce-overhead (CUDA graphs), with kernel profiles
-# combo    graphs, plus inductor's combo kernels (independent small kernels such as the per-weight
-#          bf16 casts fused horizontally: fewer launches where a step is launch-bound)
+# graphs-finetune, graphs-pretrain
+#          one workload each under torch.compile mode=reduce-overhead (CUDA graphs), with kernel
+#          profiles (each compiled row costs a minute or more of compilation: one call per workload)
+# combo-finetune
+#          graphs-finetune plus inductor's combo kernels (independent small kernels such as the
+#          per-weight bf16 casts fused horizontally: fewer launches where a step is launch-bound)
 # trainer  `bertkit finetune` on SST-2 with a random BERT-base: eager vs --compile reduce-overhead,
 #          samples/s as the trainer's own log reports it (data loading and the optimizer included)
 #
@@ -29,9 +33,9 @@ run_tests() {
         2>&1 | tail -30 > "$out/cuda_tests.txt"
 }
 
-run_throughput() {  # $1: name, then extra flags
-    local name=$1; shift
-    python benchmarks/throughput.py --workloads finetune,pretrain --sst2 "$sst2" --vocab "$vocab" \
+run_throughput() {  # $1: name, $2: workloads, then extra flags
+    local name=$1 workloads=$2; shift 2
+    python benchmarks/throughput.py --workloads "$workloads" --sst2 "$sst2" --vocab "$vocab" \
         --profile "$out/profile_$name" --json "$out/$name.json" "$@" > "$out/$name.md" 2> "$out/$name.log"
     tar cJf "$out/profile_$name.tar.xz" -C "$out" "profile_$name" && rm -rf "$out/profile_$name"
 }
@@ -70,11 +74,15 @@ PY
 
 case $part in
     tests) run_tests ;;
-    eager) run_throughput eager ;;
-    graphs) run_throughput graphs --compile reduce-overhead ;;
-    combo) run_throughput combo --compile reduce-overhead --combo-kernels ;;
+    eager) run_throughput eager finetune,pretrain ;;
+    graphs-finetune) run_throughput graphs-finetune finetune --compile reduce-overhead ;;
+    graphs-pretrain) run_throughput graphs-pretrain pretrain --compile reduce-overhead ;;
+    combo-finetune) run_throughput combo-finetune finetune --compile reduce-overhead --combo-kernels ;;
     trainer) run_trainer ;;
-    all) run_tests; run_throughput eager; run_throughput graphs --compile reduce-overhead; run_trainer ;;
-    *) echo "unknown part $part: tests | eager | graphs | combo | trainer | all" >&2; exit 2 ;;
+    all) run_tests; run_throughput eager finetune,pretrain
+         run_throughput graphs-finetune finetune --compile reduce-overhead
+         run_throughput graphs-pretrain pretrain --compile reduce-overhead; run_trainer ;;
+    *) echo "unknown part $part: tests | eager | graphs-finetune | graphs-pretrain | combo-finetune | trainer | all" >&2
+       exit 2 ;;
 esac
 ls -l "$out"
