@@ -454,3 +454,32 @@ def test_split_sentences_for_paragraph_corpora(tmp_path):
     assert list(iter_documents([f])) == [["= Title ="], ["The first one . The second , longer one !", "Third line"]]
     assert list(iter_documents([f], split=True)) == [["= Title ="],
                                                      ["The first one .", "The second , longer one !", "Third line"]]
+
+
+def test_vectorised_word_picking_equals_the_greedy_scan() -> None:
+    # _pick_words replaced a per-word Python loop (the hot path of target-word masking); it must
+    # choose exactly what the plain greedy scan chooses, for any order, budget and word lengths.
+    from bertkit.data.masking import _pick_words, _positions_of
+
+    def greedy(spans, order, budget, taken):
+        chosen = []
+        for w in order:
+            if taken >= budget:
+                break
+            n = int(spans[w, 1] - spans[w, 0])
+            if taken + n <= budget:
+                chosen.append(int(w))
+                taken += n
+        return chosen
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        lengths = rng.integers(1, 5, rng.integers(0, 40))
+        starts = np.concatenate([[1], 1 + np.cumsum(lengths)])[:-1] if lengths.size else np.zeros(0, np.int64)
+        spans = np.stack([starts, starts + lengths], axis=1) if lengths.size else np.zeros((0, 2), np.int64)
+        order = rng.permutation(len(spans))
+        budget, taken = int(rng.integers(0, 25)), int(rng.integers(0, 5))
+        picked = _pick_words(spans, order, budget, taken)
+        assert picked == greedy(spans, order, budget, taken)
+        expected = [p for w in picked for p in range(spans[w, 0], spans[w, 1])]
+        assert _positions_of(spans, picked).tolist() == expected

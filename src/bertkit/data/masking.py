@@ -70,11 +70,16 @@ class VocabInfo:
     special_ids: np.ndarray  # [S] ids never masked ([CLS], [SEP], [PAD], [MASK], [UNK] stays maskable)
     is_continuation: np.ndarray  # bool [V]: the token string starts with "##"
     replacement_ids: np.ndarray = field(init=False)  # [R] ids a "random token" is drawn from
+    is_special: np.ndarray = field(init=False)  # bool [V]: a lookup table (np.isin per row costs more)
 
     def __post_init__(self) -> None:
-        allowed = np.ones(self.vocab_size, dtype=bool)
-        allowed[self.special_ids] = False
-        self.replacement_ids = np.flatnonzero(allowed).astype(np.int32)
+        self.is_special = np.zeros(self.vocab_size, dtype=bool)
+        self.is_special[self.special_ids] = True
+        self.replacement_ids = np.flatnonzero(~self.is_special).astype(np.int32)
+
+    def maskable(self, ids: np.ndarray) -> np.ndarray:
+        """bool [L]: the tokens masking may choose (ids outside the vocabulary count as maskable)."""
+        return ~self.is_special[np.clip(ids, 0, self.vocab_size - 1)] | (ids >= self.vocab_size)
 
     @classmethod
     def from_vocab(cls, vocab: Mapping[str, int], special_tokens: Sequence[str] = ("[CLS]", "[SEP]", "[PAD]", "[MASK]")
@@ -100,7 +105,7 @@ def word_spans(input_ids: np.ndarray, vocab: VocabInfo) -> np.ndarray:
     continuation whose left neighbour is special (e.g. a segment truncated inside a word).
     """
     ids = np.asarray(input_ids)
-    maskable = ~np.isin(ids, vocab.special_ids)
+    maskable = vocab.maskable(ids)
     cont = vocab.is_continuation[np.clip(ids, 0, vocab.vocab_size - 1)]
     prev_maskable = np.concatenate([[False], maskable[:-1]])
     starts = maskable & (~cont | ~prev_maskable)
@@ -142,31 +147,53 @@ def _budget(length: int, config: MaskingConfig) -> int:
 
 def _pick_words(spans: np.ndarray, order: np.ndarray, budget: int, taken: int) -> list[int]:
     """Greedily take words in `order` while they fit in `budget` tokens (a word that would overflow
-    is skipped, never split)."""
-    chosen: list[int] = []
-    for w in order:
-        if taken >= budget:
+    is skipped, never split).
+
+    Vectorised: the greedy scan takes the whole prefix whose running length fits; after the first
+    word that does not, only words no longer than the room left can still be taken, and each one
+    taken shrinks the room, so the remaining scan is a few steps, not one per word."""
+    room = budget - taken
+    if room <= 0 or len(order) == 0:
+        return []
+    order = np.asarray(order)
+    lengths = spans[order, 1] - spans[order, 0]
+    fits = np.cumsum(lengths) <= room
+    first_misfit = int(np.argmin(fits)) if not fits.all() else len(order)
+    chosen = order[:first_misfit].tolist()
+    room -= int(lengths[:first_misfit].sum())
+    i = first_misfit + 1
+    while room > 0:
+        small = np.flatnonzero(lengths[i:] <= room)
+        if small.size == 0:
             break
-        n = int(spans[w, 1] - spans[w, 0])
-        if taken + n > budget:
-            continue
-        chosen.append(int(w))
-        taken += n
+        j = i + int(small[0])
+        chosen.append(int(order[j]))
+        room -= int(lengths[j])
+        i = j + 1
     return chosen
 
 
-def _positions_of(spans: np.ndarray, words: Sequence[int]) -> np.ndarray:
-    if not len(words):
+def _token_positions(spans: np.ndarray) -> np.ndarray:
+    """[W,2] (start, end) token ranges -> every position of every range, range after range."""
+    if len(spans) == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.concatenate([np.arange(spans[w, 0], spans[w, 1]) for w in words])
+    lengths = spans[:, 1] - spans[:, 0]
+    first_of_range = np.cumsum(lengths) - lengths  # where each range starts in the output
+    return np.arange(int(lengths.sum())) + np.repeat(spans[:, 0] - first_of_range, lengths)
+
+
+def _positions_of(spans: np.ndarray, words: Sequence[int]) -> np.ndarray:
+    return _token_positions(spans[np.asarray(words, dtype=np.int64)]) if len(words) else np.zeros(0, dtype=np.int64)
 
 
 def mask_row(input_ids: np.ndarray, rng: np.random.Generator, config: MaskingConfig, vocab: VocabInfo,
-             target_words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             target_words: np.ndarray | None = None, spans: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mask one row.
 
     input_ids: int [L] (with [CLS]/[SEP]); target_words: bool [W] over `word_spans(input_ids)`
-    marking target-word occurrences, or None.
+    marking target-word occurrences, or None; spans: that `word_spans` result when the caller
+    already has it.
     Returns (masked_input_ids int32 [L], masked_positions int32 [k], masked_ids int32 [k]).
     """
     ids = np.asarray(input_ids, dtype=np.int32)
@@ -179,18 +206,18 @@ def mask_row(input_ids: np.ndarray, rng: np.random.Generator, config: MaskingCon
     cap = config.max_predictions_per_seq
     if not config.whole_word_mask and target_words is None:
         # Fast path: every maskable token is its own candidate.
-        cand = np.flatnonzero(~np.isin(ids, vocab.special_ids))
+        cand = np.flatnonzero(vocab.maskable(ids))
         if cand.size == 0:
             return ids.copy(), empty, empty
         k = min(_budget(ids.size, config), cand.size) if config.masked_lm_prob > 0 else 0
         positions = np.sort(rng.choice(cand, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
     else:
-        spans = word_spans(ids, vocab)
+        spans = word_spans(ids, vocab) if spans is None else spans
         if not config.whole_word_mask:
             # Per-token candidates; a target word's pieces still all count as target.
             lengths = spans[:, 1] - spans[:, 0]
             owner = np.repeat(np.arange(len(spans)), lengths)
-            starts = np.concatenate([np.arange(s, e) for s, e in spans]) if len(spans) else np.zeros(0, np.int64)
+            starts = _token_positions(spans)
             tw = target_words[owner] if target_words is not None else None
             spans = np.stack([starts, starts + 1], axis=1) if len(starts) else np.zeros((0, 2), np.int64)
             target_words = tw
@@ -202,7 +229,7 @@ def mask_row(input_ids: np.ndarray, rng: np.random.Generator, config: MaskingCon
             hit = t_idx[rng.random(t_idx.size) < config.target_mask_prob]
             rng.shuffle(hit)
             chosen = _pick_words(spans, hit, cap, 0)
-            taken = sum(int(spans[w, 1] - spans[w, 0]) for w in chosen)
+            taken = int((spans[chosen, 1] - spans[chosen, 0]).sum()) if chosen else 0
         if config.masked_lm_prob > 0:
             others = np.flatnonzero(~is_target)
             order = rng.permutation(others)
@@ -273,8 +300,9 @@ class TargetWords:
         lengths = spans[:, 1] - spans[:, 0]
         hit = (lengths == 1) & np.isin(np.asarray(input_ids)[spans[:, 0]], self.single)
         if self.multi:
+            ids = np.asarray(input_ids)
             for w in np.flatnonzero(lengths > 1):
-                hit[w] = tuple(int(x) for x in input_ids[spans[w, 0]:spans[w, 1]]) in self.multi
+                hit[w] = tuple(ids[spans[w, 0]:spans[w, 1]].tolist()) in self.multi
         return hit
 
 
@@ -297,5 +325,7 @@ class DynamicMasking:
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = self.rng if rng is None else rng
         ids = np.asarray(input_ids, dtype=np.int32)
-        tw = self.targets(ids, word_spans(ids, self.vocab)) if self.targets is not None else None
-        return mask_row(ids, rng, self.config, self.vocab, tw)
+        if self.targets is None:
+            return mask_row(ids, rng, self.config, self.vocab)
+        spans = word_spans(ids, self.vocab)
+        return mask_row(ids, rng, self.config, self.vocab, self.targets(ids, spans), spans)
