@@ -403,22 +403,21 @@ def run_inference(settings: Settings, config: ModelConfig, tok: Tokenizer, dev_s
     print(workload, file=sys.stderr)
     count = min(n, 8)
     if squad_pairs:
-        batches = []
+        cpu_batches = []
         for i in range(count):
             pairs = squad_pairs[i * squad_batch:(i + 1) * squad_batch]
-            batch = tok([q for q, _ in pairs], [c for _, c in pairs], max_length=squad_len,
-                        truncation="only_second")
-            batches.append(to_device(batch, settings.device))
+            cpu_batches.append(tok([q for q, _ in pairs], [c for _, c in pairs], max_length=squad_len,
+                                   truncation="only_second"))
     else:
         g = torch.Generator().manual_seed(0)
-        batches = [to_device(dict(input_ids=torch.randint(1000, config.vocab_size, (squad_batch, squad_len), generator=g),
-                                  token_type_ids=torch.zeros(squad_batch, squad_len, dtype=torch.long),
-                                  attention_mask=torch.ones(squad_batch, squad_len, dtype=torch.long)),
-                             settings.device) for _ in range(count)]
+        cpu_batches = [dict(input_ids=torch.randint(1000, config.vocab_size, (squad_batch, squad_len), generator=g),
+                            token_type_ids=torch.zeros(squad_batch, squad_len, dtype=torch.long),
+                            attention_mask=torch.ones(squad_batch, squad_len, dtype=torch.long)) for _ in range(count)]
+    batches = [to_device(b, settings.device) for b in cpu_batches]
     flops = [useful_flops(config, b["attention_mask"].sum(1).tolist(), training=False, head="question_answering")
              for b in batches]
     # bertkit's side with the layout its collate adds (full windows: full_rows, no host sync).
-    ours = [to_device(WithUnpaddingLayout(dict)({k: v.cpu() for k, v in b.items()}), settings.device) for b in batches]
+    ours = [to_device(WithUnpaddingLayout(dict)(b), settings.device) for b in cpu_batches]
     for name, factory, inputs in (("bertkit", lambda: bertkit_model("question_answering", config), ours),
                                   ("transformers", lambda: transformers_model("question_answering", config), batches)):
         model = seeded(factory)

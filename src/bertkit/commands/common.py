@@ -196,6 +196,17 @@ def read_run_info(model_dir: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def model_saver(tokenizer: Any, run_info: dict[str, Any]):
+    """The trainer's `save_model(model, directory)`: HF-format weights and tokenizer, plus the run
+    description as bertkit.json."""
+
+    def save_model(model: Any, directory: Path) -> None:
+        model.save_pretrained(directory, tokenizer=tokenizer)
+        write_json_atomic(Path(directory) / BERTKIT_JSON, run_info)
+
+    return save_model
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

@@ -134,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "command": " ".join(["bertkit", *sys.argv[1:]]),
     }
 
-    def save_model(model_to_save, directory: Path) -> None:
-        model_to_save.save_pretrained(directory, tokenizer=tokenizer)
-        common.write_json_atomic(Path(directory) / common.BERTKIT_JSON, run_info)
+    save_model = common.model_saver(tokenizer, run_info)
 
     if info.is_main:
         common.eprint(f"pretrain: {len(train_features)} training records, "

@@ -28,7 +28,7 @@ LAYOUT_BACKENDS = ("auto", "unpadded", "varlen", "varlen_dropout", "sdpa_unpadde
 
 def _kernel_of(backend: str) -> str:
     """The UnpaddedAttention kernel for an unpadded backend name."""
-    return {"sdpa_unpadded": "sdpa_unpadded", "varlen_dropout": "varlen_dropout"}.get(backend, "varlen")
+    return backend if backend in ("sdpa_unpadded", "varlen_dropout") else "varlen"
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

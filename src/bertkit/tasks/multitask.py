@@ -438,9 +438,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         "train": dataclasses.asdict(config), "command": " ".join(["bertkit", *sys.argv[1:]]),
     }
 
-    def save_model(model_to_save: MultiTaskModel, directory: Path) -> None:
-        model_to_save.save_pretrained(directory, tokenizer=tokenizer)
-        common.write_json_atomic(Path(directory) / common.BERTKIT_JSON, run_info)
+    save_model = common.model_saver(tokenizer, run_info)
 
     if info.is_main:
         shares = ", ".join(f"{n} {s} ({p:.2f})" for n, s, p in zip(names, sizes, multi.probabilities))
