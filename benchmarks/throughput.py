@@ -16,7 +16,8 @@ attn_implementation="sdpa". Differences measured are therefore the models' own:
 
 MFU counts only useful FLOPs (real tokens, masked positions for the MLM decoder; see
 `useful_flops`) against a measured matmul ceiling, so the MFU ratio equals the throughput ratio
-and padding shows up as lost utilisation. Peak memory is torch.cuda.max_memory_allocated; on CPU
+and padding shows up as lost utilisation. Peak memory is torch.cuda.max_memory_allocated over the
+whole row (warm-up, compilation and CUDA graph recording included); on CPU
 it is reported as n/a (the process RSS high-water mark cannot be reset between runs).
 
 Needs only torch, transformers, tokenizers, numpy and bertkit: every data path is a flag, and
@@ -31,12 +32,15 @@ import json
 import lzma
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
+from torch.profiler import record_function
 
 import transformers
 from bertkit.config import ModelConfig, preset
@@ -195,6 +199,8 @@ class Result:
     tokens_per_sample: float  # real tokens per sample (padding excluded)
     notes: str = ""
     kernels_per_step: float | None = None  # GPU kernels launched per step (with --profile)
+    host_ms: dict[str, float] = field(default_factory=dict)  # host time per step by phase (CUDA)
+    cudagraph_skips: int = 0  # compiled graphs that inductor ran without CUDA graphs in a graphs mode
 
 
 @dataclass
@@ -243,22 +249,43 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01,
                                       fused=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
+    # Host time per phase: on CUDA the launches are asynchronous, so a phase's wall time is what the
+    # host spends issuing it. When the phases add up to the step time, the GPU waits on the host.
+    host = dict.fromkeys(("forward", "backward", "clip_grad_norm", "optimizer", "zero_grad"), 0.0)
+
+    @contextmanager
+    def phase(name: str):
+        start = time.perf_counter()
+        with record_function(f"phase: {name}"):  # labels the --profile CPU table
+            yield
+        host[name] += time.perf_counter() - start
 
     def step(batch: Batch) -> None:
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         if training:
-            with autocast:
+            with phase("forward"), autocast:
                 loss = run(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with phase("backward"):
+                loss.backward()
+            with phase("clip_grad_norm"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            with phase("optimizer"):
+                optimizer.step()
+            with phase("zero_grad"):
+                optimizer.zero_grad(set_to_none=True)
         else:
-            with torch.inference_mode(), autocast:
+            with phase("forward"), torch.inference_mode(), autocast:
                 run(**batch)
 
     timed = [settings.warmup + i for i in range(settings.steps)]
+    # Peak memory counts from before the warm-up: under CUDA graphs every activation lives in the
+    # graph pools allocated while recording, so a peak taken over the replays alone shows little
+    # more than weights and optimizer state (1.8 GiB for a pre-training step that needs 14 in eager
+    # mode, measured on the H100). The recording is part of what a run must fit into.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    skips_before = counters["inductor"]["cudagraph_skips"]
     # Warm up on exactly the batches that are timed, too: with dynamic lengths every new tensor
     # shape pays one-time costs (kernel selection, allocator growth). A real epoch sees each shape
     # many times, so the steady state after one pass is what training runs at. (Measured: without
@@ -266,8 +293,7 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
     for i in list(range(settings.warmup)) + timed:
         step(batches[i % len(batches)])
     sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    host.update(dict.fromkeys(host, 0.0))
     t = time.perf_counter()
     for i in timed:
         step(batches[i % len(batches)])
@@ -281,13 +307,21 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
     if settings.profile_dir is not None:
         kernels = profile_steps(settings, f"{workload} {implementation}", step,
                                 [batches[i % len(batches)] for i in timed[:3]])
+    host_ms = {k: 1000 * v / len(timed) for k, v in host.items() if v > 0} if device.type == "cuda" else {}
+    # Inductor logs why it skipped CUDA graphs only under TORCH_LOGS=cudagraphs: count it here.
+    skips = counters["inductor"]["cudagraph_skips"] - skips_before if graphs else 0
     result = Result(workload, implementation, samples / seconds, 1000 * seconds / len(timed), peak,
-                    flops / seconds / settings.ceiling, real_tokens / samples, notes, kernels)
+                    flops / seconds / settings.ceiling, real_tokens / samples, notes, kernels, host_ms, skips)
     settings.results.append(result)
-    print(f"  {implementation:<34} {result.samples_per_s:10.1f} samples/s  {result.step_ms:8.1f} ms/step",
-          file=sys.stderr, flush=True)
+    host_note = (f"  host {sum(host_ms.values()):.1f} ms/step ("
+                 + ", ".join(f"{k} {v:.1f}" for k, v in host_ms.items()) + ")") if host_ms else ""
+    skip_note = f"  CUDA graphs skipped for {skips} compiled graphs (TORCH_LOGS=cudagraphs says why)" if skips else ""
+    print(f"  {implementation:<34} {result.samples_per_s:10.1f} samples/s  {result.step_ms:8.1f} ms/step"
+          f"{host_note}{skip_note}", file=sys.stderr, flush=True)
     del run, optimizer
     model.cpu()
+    if settings.compile:
+        torch._dynamo.reset()  # frees this row's CUDA graphs and their pools: each row starts as a fresh process would
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -313,8 +347,13 @@ def profile_steps(settings: Settings, name: str, step: Callable[[Batch], None], 
         sort_by = "self_cpu_time_total"
     settings.profile_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")[:120]
-    table = prof.key_averages().table(sort_by=sort_by, row_limit=30)
-    (settings.profile_dir / f"{slug}.txt").write_text(f"{name}\n{len(batches)} steps\n{table}\n", encoding="utf-8")
+    averages = prof.key_averages()
+    table = averages.table(sort_by=sort_by, row_limit=30)
+    # By host time as well: a launch-bound step shows where the host goes ("phase: ..." rows).
+    host_table = averages.table(sort_by="cpu_time_total", row_limit=30)
+    (settings.profile_dir / f"{slug}.txt").write_text(
+        f"{name}\n{len(batches)} steps\n\nby {sort_by}\n{table}\n\nby cpu_time_total\n{host_table}\n",
+        encoding="utf-8")
     return kernels / len(batches)
 
 
@@ -429,19 +468,28 @@ def run_inference(settings: Settings, config: ModelConfig, tok: Tokenizer, dev_s
 def markdown(settings: Settings, header: dict[str, str]) -> str:
     lines = [f"- {k}: {v}" for k, v in header.items()]
     profiled = any(r.kernels_per_step is not None for r in settings.results)
+    timed_host = any(r.host_ms for r in settings.results)
     kernel_unit = "kernels/step" if settings.device.type == "cuda" else "aten ops/step"
     lines += ["", "| workload | implementation | samples/s | ms/step | bertkit ÷ this | peak MiB | MFU | real tokens/sample |"
-              + (f" {kernel_unit} |" if profiled else ""),
-              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if profiled else "")]
+              + (" host ms/step |" if timed_host else "") + (f" {kernel_unit} |" if profiled else ""),
+              "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if timed_host else "") + ("---:|" if profiled else "")]
     for r in settings.results:
         ours = next(x for x in settings.results if x.workload == r.workload)  # the first row is bertkit's
         ratio = ours.samples_per_s / r.samples_per_s
         peak = f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "n/a"
         name = r.implementation + (f" ({r.notes})" if r.notes.startswith("failed") else "")
-        lines.append(f"| {r.workload} | {name} | {r.samples_per_s:,.1f} | {r.step_ms:.1f} | "
-                     f"{ratio:.2f}x | {peak} | {100 * r.mfu:.1f}% | {r.tokens_per_sample:.1f} |"
-                     + (f" {r.kernels_per_step:,.0f} |" if r.kernels_per_step is not None
-                        else (" |" if profiled else "")))
+        if r.cudagraph_skips:
+            name += f" (CUDA graphs skipped for {r.cudagraph_skips} graphs)"
+        cells = [r.workload, name, f"{r.samples_per_s:,.1f}", f"{r.step_ms:.1f}", f"{ratio:.2f}x", peak,
+                 f"{100 * r.mfu:.1f}%", f"{r.tokens_per_sample:.1f}"]
+        if timed_host:
+            cells.append(f"{sum(r.host_ms.values()):.1f}" if r.host_ms else "")
+        if profiled:
+            cells.append(f"{r.kernels_per_step:,.0f}" if r.kernels_per_step is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    if timed_host:
+        lines += ["", "host ms/step: what the host spends issuing a step (forward, backward, clipping, optimizer, "
+                      "zero_grad); close to ms/step means the GPU waits on the host (launch-bound)."]
     return "\n".join(lines)
 
 
