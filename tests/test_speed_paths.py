@@ -488,3 +488,21 @@ def test_multiple_choice_rows_take_the_unpadded_layout(multiple: int) -> None:
     assert (out.logits - reference.logits).abs().max() <= TOL
     for name, grad in grads(model).items():
         assert (grad - expected[name]).abs().max() <= TOL, name
+
+
+def test_a_run_that_loses_its_cuda_graphs_is_told_so() -> None:
+    # Inductor counts every graph it runs without CUDA graphs under mode="reduce-overhead" (on the
+    # CPU every graph: there are no CUDA graphs there). The trainer reads that counter after its
+    # first step; this checks the counter is the one the installed torch bumps, and the message.
+    from bertkit.training.trainer import cudagraph_skip_warning, cudagraph_skips
+
+    before = cudagraph_skips()
+    assert cudagraph_skip_warning(before, "reduce-overhead") is None
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x * 2 + 1, mode="reduce-overhead")
+    assert torch.equal(compiled(torch.ones(4)), torch.full((4,), 3.0))
+    assert cudagraph_skips() == before + 1
+    message = cudagraph_skip_warning(before, "reduce-overhead")
+    assert message is not None and "1 compiled graph(s)" in message and "TORCH_LOGS=cudagraphs" in message
+    assert cudagraph_skip_warning(cudagraph_skips(), "reduce-overhead") is None
+    torch._dynamo.reset()

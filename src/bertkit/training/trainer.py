@@ -113,6 +113,26 @@ class WithUnpaddingLayout:
         return batch
 
 
+def cudagraph_skips() -> int:
+    """Compiled graphs that inductor has run without CUDA graphs in a graphs mode, in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
+
+
+def cudagraph_skip_warning(skips_before: int, mode: str) -> str | None:
+    """The message for a run that asked for CUDA graphs and did not get them (or None).
+
+    Inductor falls back to launching every kernel (a CPU tensor in the graph, a mutated input, an
+    op that cannot be captured) and says why only under TORCH_LOGS=cudagraphs, so a run would go on
+    at eager-like speed without a word."""
+    skipped = cudagraph_skips() - skips_before
+    if skipped <= 0:
+        return None
+    return (f"warning: --compile {mode}: {skipped} compiled graph(s) run without CUDA graphs, so their "
+            f"kernels are launched one by one; rerun with TORCH_LOGS=cudagraphs to see why")
+
+
 def layout_collate(task, config: TrainConfig | None = None):
     """The collate the loops use: with the unpadded layout (every head takes one)."""
     graphs = config is not None and config.compile and config.compile_mode in ("reduce-overhead", "max-autotune")
@@ -482,6 +502,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unused)
     graphs = config.compile and config.compile_mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
+    skips_before, graphs_checked = cudagraph_skips(), not graphs
     if config.compile:
         train_model = torch.compile(train_model, dynamic=True, mode=config.compile_mode)
 
@@ -574,6 +595,12 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             scheduler.step()
             state.global_step += 1
             log.advance()
+            if not graphs_checked:  # after the first step, forward and backward are compiled
+                graphs_checked = True
+                message = cudagraph_skip_warning(skips_before, config.compile_mode)
+                if message and info.is_main:
+                    print(message, file=sys.stderr)
+                    log.write({"event": "warning", "step": state.global_step, "message": message})
 
             if state.global_step % config.log_every == 0 or state.global_step == total_steps:
                 settle_skipped()
