@@ -536,6 +536,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         return metrics
 
     train_model.train()
+    # Listed once: walking the module tree for clipping costs host time in every step of a
+    # launch-bound fine-tune (about 0.2 ms for BERT-base's 201 tensors).
+    clipped_parameters = list(model.parameters())
     loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per micro-step
     skipped_pending = torch.zeros((), device=device)  # skipped steps not yet added to state (read at logs/saves)
 
@@ -589,7 +592,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             if scaler is not None:
                 scaler.unscale_(optimizer)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-            grad_norm = distributed.to_local_scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            grad_norm = distributed.to_local_scalar(torch.nn.utils.clip_grad_norm_(clipped_parameters, max_norm))
             skipped_pending += optimizer_step(optimizer, scaler, grad_norm, sharded=config.fsdp)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
