@@ -39,7 +39,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch._dynamo.utils import counters
 from torch.profiler import record_function
 
 import transformers
@@ -48,7 +47,7 @@ from bertkit.modeling.attention import unpadding_layout
 from bertkit.modeling.heads import (BertForPreTraining, BertForQuestionAnswering,
                                     BertForSequenceClassification)
 from bertkit.tokenization import Tokenizer
-from bertkit.training.trainer import WithUnpaddingLayout
+from bertkit.training.trainer import GRAPH_MODES, WithUnpaddingLayout, cudagraph_skips
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # present on the dev machine only
 WORKLOADS = ("finetune", "pretrain", "inference")
@@ -243,7 +242,7 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
     model.to(device)
     model.train(training)
     run = torch.compile(model, dynamic=dynamic, mode=settings.compile) if settings.compile else model
-    graphs = settings.compile in ("reduce-overhead", "max-autotune") and device.type == "cuda"
+    graphs = settings.compile in GRAPH_MODES and device.type == "cuda"
     optimizer = None
     if training:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01,
@@ -285,7 +284,7 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
     # mode, measured on the H100). The recording is part of what a run must fit into.
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    skips_before = counters["inductor"]["cudagraph_skips"]
+    skips_before = cudagraph_skips()
     # Warm up on exactly the batches that are timed, too: with dynamic lengths every new tensor
     # shape pays one-time costs (kernel selection, allocator growth). A real epoch sees each shape
     # many times, so the steady state after one pass is what training runs at. (Measured: without
@@ -309,7 +308,7 @@ def measure_steps(settings: Settings, workload: str, implementation: str, model:
                                 [batches[i % len(batches)] for i in timed[:3]])
     host_ms = {k: 1000 * v / len(timed) for k, v in host.items() if v > 0} if device.type == "cuda" else {}
     # Inductor logs why it skipped CUDA graphs only under TORCH_LOGS=cudagraphs: count it here.
-    skips = counters["inductor"]["cudagraph_skips"] - skips_before if graphs else 0
+    skips = cudagraph_skips() - skips_before if graphs else 0
     result = Result(workload, implementation, samples / seconds, 1000 * seconds / len(timed), peak,
                     flops / seconds / settings.ceiling, real_tokens / samples, notes, kernels, host_ms, skips)
     settings.results.append(result)
@@ -376,7 +375,7 @@ def run_finetune(settings: Settings, config: ModelConfig, tok: Tokenizer, senten
     padded = [to_device(b, settings.device) for b in cpu_padded]
     # bertkit's collate adds the unpadded layout on the CPU (DataLoader workers); with CUDA graphs
     # it rounds row widths and token counts up to multiples of 64, exactly as the trainer does.
-    multiple = 64 if settings.compile in ("reduce-overhead", "max-autotune") else 1
+    multiple = 64 if settings.compile in GRAPH_MODES else 1
     ours_dynamic = [to_device(WithUnpaddingLayout(dict, multiple)(b), settings.device) for b in cpu_dynamic]
     ours_padded = [to_device(WithUnpaddingLayout(dict, multiple)(b), settings.device) for b in cpu_padded]
     flops = [useful_flops(config, b["attention_mask"].sum(1).tolist()) for b in dynamic]

@@ -113,6 +113,9 @@ class WithUnpaddingLayout:
         return batch
 
 
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
+
+
 def cudagraph_skips() -> int:
     """Compiled graphs that inductor has run without CUDA graphs in a graphs mode, in this process."""
     from torch._dynamo.utils import counters
@@ -135,7 +138,7 @@ def cudagraph_skip_warning(skips_before: int, mode: str) -> str | None:
 
 def layout_collate(task, config: TrainConfig | None = None):
     """The collate the loops use: with the unpadded layout (every head takes one)."""
-    graphs = config is not None and config.compile and config.compile_mode in ("reduce-overhead", "max-autotune")
+    graphs = config is not None and config.compile and config.compile_mode in GRAPH_MODES
     return WithUnpaddingLayout(task.collate, multiple=64 if graphs else 1)
 
 
@@ -501,8 +504,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         train_model = ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unused)
-    graphs = config.compile and config.compile_mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
-    skips_before, graphs_checked = cudagraph_skips(), not graphs
+    graphs = config.compile and config.compile_mode in GRAPH_MODES and device.type == "cuda"
+    skips_before = cudagraph_skips() if graphs else None  # checked once, after the first step
     if config.compile:
         train_model = torch.compile(train_model, dynamic=True, mode=config.compile_mode)
 
@@ -598,9 +601,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             scheduler.step()
             state.global_step += 1
             log.advance()
-            if not graphs_checked:  # after the first step, forward and backward are compiled
-                graphs_checked = True
+            if skips_before is not None:  # after the first step, forward and backward are compiled
                 message = cudagraph_skip_warning(skips_before, config.compile_mode)
+                skips_before = None
                 if message and info.is_main:
                     print(message, file=sys.stderr)
                     log.write({"event": "warning", "step": state.global_step, "message": message})
