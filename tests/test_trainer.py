@@ -186,6 +186,24 @@ def test_reduced_precision_trains_on_cpu(tiny_model_dir, sst2_small, tmp_path, p
     assert len(losses) == 6 and all(l == l for l in losses)  # finite, no NaN
 
 
+def test_bf16_residual_stream_trains_like_fp32(tiny_model_dir, sst2_small, tmp_path) -> None:
+    # Same seed, same batches, same dropout: the runs differ only in the rounding of the hidden
+    # states between sublayers.
+    losses = {}
+    for residual in ("fp32", "bf16"):
+        out = tmp_path / residual
+        assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "16", "--eval-every", "none",
+                                  "--precision", "bf16", "--residual-dtype", residual)) == 0
+        assert json.loads((out / "bertkit.json").read_text())["train"]["residual_dtype"] == residual
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        losses[residual] = [r["loss"] for r in log if "loss" in r]
+    fp32, bf16 = losses["fp32"], losses["bf16"]
+    assert len(fp32) == len(bf16) == 16
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.01, (fp32, bf16)  # measured: 3e-4
+    with pytest.raises(ValueError, match="--residual-dtype bf16 needs --precision bf16"):
+        TrainConfig(residual_dtype="bf16", precision="fp32")
+
+
 def test_non_finite_loss_is_skipped_and_counted(tiny_model_dir, sst2_small, tmp_path) -> None:
     task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
     features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)

@@ -187,6 +187,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (bucketed token counts)
     attn_backend: str = "auto"  # attention path (modeling/attention.py BACKENDS); "varlen_dropout": flash varlen with dropout
+    residual_dtype: str = "fp32"  # fp32 | bf16: hidden states between sublayers under autocast (bf16 needs precision bf16)
     attention_dropout: float | None = None  # overrides the model's attention_probs_dropout_prob (saved with it)
     fsdp: bool = False  # shard weights, gradients and optimizer state across processes (FSDP2)
     num_workers: int = -1  # DataLoader worker processes; -1: 4 on CUDA (collate and masking off the GPU's thread), 0 on CPU
@@ -215,6 +216,11 @@ class TrainConfig:
 
         if self.attn_backend not in BACKENDS:
             raise ValueError(f"--attn-backend {self.attn_backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.residual_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"--residual-dtype {self.residual_dtype!r} is not one of fp32, bf16")
+        if self.residual_dtype == "bf16" and self.precision != "bf16":
+            raise ValueError(f"--residual-dtype bf16 needs --precision bf16 (got --precision {self.precision}): "
+                             f"the residual stream is kept in the autocast dtype")
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"--attention-dropout must be in [0, 1), got {self.attention_dropout}")
         ev = str(self.eval_every)

@@ -97,6 +97,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attention path: auto (default) | padded | unpadded | varlen | varlen_dropout | "
                         "sdpa_unpadded | flex; varlen_dropout trains with attention dropout on the flash "
                         "varlen kernel (CUDA, bf16/fp16) instead of re-padding for SDPA in every layer")
+    g.add_argument("--residual-dtype", choices=("fp32", "bf16"), default=d.residual_dtype,
+                   help="dtype of the hidden states between sublayers under --precision bf16: fp32 (default, "
+                        "as transformers) or bf16 (half the bytes in the dropout/residual/LayerNorm kernels "
+                        "and their gradients; LayerNorm still computes in fp32)")
     g.add_argument("--attention-dropout", type=float, default=None, metavar="P",
                    help="set the model's attention_probs_dropout_prob (saved with the model); 0 lets "
                         "the unpadded path use the flash varlen kernel with no re-padding")

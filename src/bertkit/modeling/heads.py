@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertkit.config import ModelConfig
-from bertkit.modeling.bert import BertModel, activation, init_bert_weights
+from bertkit.modeling.bert import BertLayerNorm, BertModel, activation, init_bert_weights
 
 IGNORE_INDEX = -100
 
@@ -109,7 +109,7 @@ class BertPredictionHeadTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = activation(config.hidden_act)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = BertLayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.act(self.dense(x)))
@@ -123,8 +123,12 @@ class BertLMPredictionHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))  # HF: cls.predictions.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., H] -> vocabulary logits [..., V]."""
-        return self.decoder(self.transform(x)) + self.bias
+        """x [..., H] -> vocabulary logits [..., V].
+
+        The bias goes into the matmul (as in transformers, whose decoder.bias is this tensor): added
+        afterwards, a bf16 product plus the fp32 bias would promote the [M, V] logits to fp32,
+        twice the bytes of the largest activation of a pre-training step."""
+        return F.linear(self.transform(x), self.decoder.weight, self.bias)
 
 
 class BertOnlyMLMHead(nn.Module):

@@ -155,11 +155,12 @@ def make_loader(features, batches: list[np.ndarray], task, config: TrainConfig, 
         prefetch_factor=4 if workers else None)
 
 
-def apply_attention_settings(model: nn.Module, config: TrainConfig) -> None:
-    """--attn-backend and --attention-dropout onto the model (and its config, so a saved model
-    carries the dropout it was trained with)."""
-    from bertkit.modeling.bert import BertModel, BertSelfAttention
+def apply_model_settings(model: nn.Module, config: TrainConfig) -> None:
+    """--attn-backend, --attention-dropout and --residual-dtype onto the model (the dropout onto its
+    config too, so a saved model carries the dropout it was trained with)."""
+    from bertkit.modeling.bert import BertModel, BertSelfAttention, set_residual_dtype
 
+    set_residual_dtype(model, config.residual_dtype)
     for module in model.modules():
         if isinstance(module, BertModel) and config.attn_backend != "auto":  # else keep the model's own
             module.attn_backend = config.attn_backend
@@ -467,7 +468,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             f"{info.world_size} processes x --grad-accum {config.grad_accum}; lower --batch-size or --grad-accum")
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
 
-    apply_attention_settings(model, config)
+    apply_model_settings(model, config)
     model.to(device)
     if config.fsdp:
         if config.save_every or config.resume:
