@@ -2,13 +2,20 @@
 # The GPU checks of the speed work, sized so that each part fits one 10-minute device call.
 #
 #   bash benchmarks/gpu_suite.sh PART [OUT]
-#   PART: tests | eager | graphs-finetune | graphs-pretrain | combo-finetune | trainer | all
+#   PART: tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all
 #
 # tests    the CUDA-only tests (flash varlen, with and without attention dropout; compile over it)
 # eager    benchmarks/throughput.py, fine-tuning + pre-training, eager, with kernel profiles
-# graphs-finetune, graphs-pretrain
+# graphs-finetune, graphs-pretrain (seq 128 x 256), graphs-pretrain-512 (seq 512 x 32)
 #          one workload each under torch.compile mode=reduce-overhead (CUDA graphs), with kernel
-#          profiles (each compiled row costs a minute or more of compilation: one call per workload)
+#          profiles (each compiled row costs a minute or more of compilation: one call per workload;
+#          pre-training has four rows per shape: bertkit, --residual-dtype bf16, that with flash
+#          attention 2 instead of SDPA's own choice, transformers)
+# autotune-pretrain
+#          the --residual-dtype bf16 pre-training row alone (seq 128 x 256) under mode=max-autotune:
+#          Triton matmul templates can take the GELU and its gradient as matmul epilogues, the
+#          largest elementwise bytes left (35% per benchmarks/traffic.py); one row, its autotuning
+#          takes minutes
 # combo-finetune
 #          graphs-finetune plus inductor's combo kernels (independent small kernels such as the
 #          per-weight bf16 casts fused horizontally: fewer launches where a step is launch-bound)
@@ -76,13 +83,17 @@ case $part in
     tests) run_tests ;;
     eager) run_throughput eager finetune,pretrain ;;
     graphs-finetune) run_throughput graphs-finetune finetune --compile reduce-overhead ;;
-    graphs-pretrain) run_throughput graphs-pretrain pretrain --compile reduce-overhead ;;
+    graphs-pretrain) run_throughput graphs-pretrain pretrain --compile reduce-overhead --pretrain-shapes 128x256 ;;
+    autotune-pretrain) run_throughput autotune-pretrain pretrain --compile max-autotune --pretrain-shapes 128x256 \
+                           --only "residual-dtype bf16" ;;
+    graphs-pretrain-512) run_throughput graphs-pretrain-512 pretrain --compile reduce-overhead --pretrain-shapes 512x32 ;;
     combo-finetune) run_throughput combo-finetune finetune --compile reduce-overhead --combo-kernels ;;
     trainer) run_trainer ;;
     all) run_tests; run_throughput eager finetune,pretrain
          run_throughput graphs-finetune finetune --compile reduce-overhead
-         run_throughput graphs-pretrain pretrain --compile reduce-overhead; run_trainer ;;
-    *) echo "unknown part $part: tests | eager | graphs-finetune | graphs-pretrain | combo-finetune | trainer | all" >&2
+         run_throughput graphs-pretrain pretrain --compile reduce-overhead --pretrain-shapes 128x256
+         run_throughput graphs-pretrain-512 pretrain --compile reduce-overhead --pretrain-shapes 512x32; run_trainer ;;
+    *) echo "unknown part $part: tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all" >&2
        exit 2 ;;
 esac
 ls -l "$out"
