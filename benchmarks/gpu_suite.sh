@@ -24,9 +24,11 @@
 #
 # Results go to OUT (default $OUT, else ./gpu-out): one markdown table and one json per part, the
 # profiles as one tar.xz (the device tool returns at most 8 files). Needs the SST-2 tsv and a
-# bert-base-uncased vocab.txt under ../shared (on the device: .device-carry/setup.sh puts them there).
+# bert-base-uncased vocab.txt under ../shared (on the device: .device-carry/setup.sh puts them there;
+# benchmarks/device_carry.sh builds .device-carry here).
 # SUITE_PRESET, SUITE_STEPS and SUITE_MODES shrink the trainer part for a CPU dry run.
 set -uo pipefail
+py=${PYTHON:-python3}  # the device image's torch lives in python3 (a plain `python` may be another one)
 part=${1:-all}
 out=${2:-${OUT:-gpu-out}}
 mkdir -p "$out"
@@ -36,13 +38,13 @@ sst2=$shared/data/glue/SST-2/train.tsv
 vocab=$shared/models/bert-base-uncased/vocab.txt
 
 run_tests() {
-    python -m pytest -q -p no:cacheprovider tests/test_speed_paths.py tests/test_modeling.py -k "cuda or varlen" \
+    "$py" -m pytest -q -p no:cacheprovider tests/test_speed_paths.py tests/test_modeling.py -k "cuda or varlen" \
         2>&1 | tail -30 > "$out/cuda_tests.txt"
 }
 
 run_throughput() {  # $1: name, $2: workloads, then extra flags
     local name=$1 workloads=$2; shift 2
-    python benchmarks/throughput.py --workloads "$workloads" --sst2 "$sst2" --vocab "$vocab" \
+    "$py" benchmarks/throughput.py --workloads "$workloads" --sst2 "$sst2" --vocab "$vocab" \
         --profile "$out/profile_$name" --json "$out/$name.json" "$@" > "$out/$name.md" 2> "$out/$name.log"
     tar cJf "$out/profile_$name.tar.xz" -C "$out" "profile_$name" && rm -rf "$out/profile_$name"
 }
@@ -52,7 +54,7 @@ run_trainer() {
     mkdir -p "$data"
     if [[ $sst2 == *.xz ]]; then xz -dc "$sst2" > "$data/train.tsv"; else cp "$sst2" "$data/train.tsv"; fi
     head -n 873 "$data/train.tsv" > "$data/dev.tsv"
-    python - "$model" "$vocab" <<'PY'
+    "$py" - "$model" "$vocab" <<'PY'
 import shutil, sys
 from bertkit.config import preset
 from bertkit.modeling.heads import BertForSequenceClassification
@@ -65,10 +67,10 @@ PY
     for mode in ${SUITE_MODES:-eager reduce-overhead}; do
         local flags=()
         [ "$mode" = eager ] || flags=(--compile "$mode")
-        python -m bertkit finetune --task sst2 --model "$model" --data-dir "$data" --output-dir "/tmp/run-$mode" \
+        "$py" -m bertkit finetune --task sst2 --model "$model" --data-dir "$data" --output-dir "/tmp/run-$mode" \
             --max-steps "${SUITE_STEPS:-400}" --batch-size 32 --lr 2e-5 --eval-every none --log-every 50 --no-progress \
             "${flags[@]}" > "$out/trainer-$mode.log" 2>&1
-        python - "/tmp/run-$mode/log.jsonl" "$mode" >> "$out/trainer.md" <<'PY'
+        "$py" - "/tmp/run-$mode/log.jsonl" "$mode" >> "$out/trainer.md" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 speeds = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
