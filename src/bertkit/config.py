@@ -154,6 +154,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+RESIDUAL_DTYPES = ("fp32", "bf16")  # dtype of the hidden states between sublayers under autocast
 
 
 @dataclass
@@ -216,8 +217,8 @@ class TrainConfig:
 
         if self.attn_backend not in BACKENDS:
             raise ValueError(f"--attn-backend {self.attn_backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.residual_dtype not in ("fp32", "bf16"):
-            raise ValueError(f"--residual-dtype {self.residual_dtype!r} is not one of fp32, bf16")
+        if self.residual_dtype not in RESIDUAL_DTYPES:
+            raise ValueError(f"--residual-dtype {self.residual_dtype!r} is not one of {', '.join(RESIDUAL_DTYPES)}")
         if self.residual_dtype == "bf16" and self.precision != "bf16":
             raise ValueError(f"--residual-dtype bf16 needs --precision bf16 (got --precision {self.precision}): "
                              f"the residual stream is kept in the autocast dtype")

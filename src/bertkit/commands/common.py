@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bertkit.config import TrainConfig
+from bertkit.config import RESIDUAL_DTYPES, TrainConfig
 from bertkit.tasks.base import Task, TaskOptions, get_task_class
 
 BERTKIT_JSON = "bertkit.json"
@@ -97,7 +97,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="attention path: auto (default) | padded | unpadded | varlen | varlen_dropout | "
                         "sdpa_unpadded | flex; varlen_dropout trains with attention dropout on the flash "
                         "varlen kernel (CUDA, bf16/fp16) instead of re-padding for SDPA in every layer")
-    g.add_argument("--residual-dtype", choices=("fp32", "bf16"), default=d.residual_dtype,
+    g.add_argument("--residual-dtype", choices=RESIDUAL_DTYPES, default=d.residual_dtype,
                    help="dtype of the hidden states between sublayers under --precision bf16: fp32 (default, "
                         "as transformers) or bf16 (half the bytes in the dropout/residual/LayerNorm kernels "
                         "and their gradients; LayerNorm still computes in fp32)")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bertkit.config import TANH_GELU_NAMES, ModelConfig
+from bertkit.config import RESIDUAL_DTYPES, TANH_GELU_NAMES, ModelConfig
 from bertkit.modeling.attention import (LAYOUT_BACKENDS, FlexAttention, PaddedAttention, UnpaddedAttention,
                                        attention_from_layout, positions_from_mask, prepare_attention)
 
@@ -60,16 +60,14 @@ class BertLayerNorm(nn.LayerNorm):
         return y.to(self.output_dtype)
 
 
-RESIDUAL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
 def set_residual_dtype(model: nn.Module, name: str) -> None:
-    """Output dtype under autocast of every BertLayerNorm in `model` ("fp32" | "bf16")."""
+    """Output dtype under autocast of every BertLayerNorm in `model` (config.RESIDUAL_DTYPES)."""
     if name not in RESIDUAL_DTYPES:
         raise ValueError(f"residual dtype {name!r} is not one of {', '.join(RESIDUAL_DTYPES)}")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
     for module in model.modules():
         if isinstance(module, BertLayerNorm):
-            module.output_dtype = RESIDUAL_DTYPES[name]
+            module.output_dtype = dtype
 
 
 @dataclass
