@@ -136,11 +136,22 @@ def useful_flops(config: ModelConfig, lengths: list[int], masked: int = 0, train
     """Matmul FLOPs of one step on the real tokens only (padding is not useful work).
 
     Per layer and token: 2 * (4H^2 + 2HI) for the dense layers; per sequence of n tokens and layer:
-    2 * 2 * n^2 * H for QK^T and AV. The MLM decoder costs 2 * (H^2 + HV) per masked token.
-    Training = 3x forward (backward computes two products per forward one)."""
+    2 * 2 * n^2 * H for QK^T and AV. The last layer's output is useful only where the head reads
+    it ([CLS] for classification and NSP, the masked tokens for MLM, every token for QA): there
+    only the key and value projections (2 * 2H^2) run on every token, the rest on the q read
+    tokens, and attention costs 2 * 2 * n * q * H. The MLM decoder costs 2 * (H^2 + HV) per
+    masked token. Training = 3x forward (backward computes two products per forward one)."""
     H, I, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     tokens = sum(lengths)
-    forward = L * (2 * (4 * H * H + 2 * H * I) * tokens + 4 * H * sum(n * n for n in lengths))
+    if head == "question_answering":
+        read = list(lengths)
+    elif head == "pretraining":  # [CLS] and the masked tokens, spread over rows by length
+        read = [1 + masked * n / tokens for n in lengths]
+    else:
+        read = [1] * len(lengths)
+    forward = (L - 1) * (2 * (4 * H * H + 2 * H * I) * tokens + 4 * H * sum(n * n for n in lengths))
+    forward += 2 * 2 * H * H * tokens + 2 * (2 * H * H + 2 * H * I) * sum(read)
+    forward += 4 * H * sum(n * q for n, q in zip(lengths, read))
     forward += 2 * H * H * len(lengths)  # pooler
     if head == "pretraining":
         forward += 2 * (H * H + H * V) * masked

@@ -250,11 +250,22 @@ def test_benchmark_useful_flops_counts_real_tokens_only() -> None:
     bench = _load_benchmark()
     config = tiny_config()  # H=32, I=64, L=2, V=99
     dense = 2 * (4 * 32 * 32 + 2 * 32 * 64)  # per token and layer
-    expected = 2 * (dense * 7 + 4 * 32 * (3 * 3 + 4 * 4)) + 2 * 32 * 32 * 2
+    first = dense * 7 + 4 * 32 * (3 * 3 + 4 * 4)
+    pooler = 2 * 32 * 32 * 2
+    key_value = 2 * 2 * 32 * 32 * 7  # the last layer's keys and values, every token
+    read_rest = 2 * (2 * 32 * 32 + 2 * 32 * 64)  # its query, output and feed-forward, per read token
+    qa = first + key_value + read_rest * 7 + 4 * 32 * (3 * 3 + 4 * 4) + pooler + 2 * 32 * 2 * 7
+    assert bench.useful_flops(config, [3, 4], training=False, head="question_answering") == qa
+    assert qa == 2 * first + pooler + 2 * 32 * 2 * 7  # every token read: the full last layer
+    # Classification reads [CLS] only: one query per sequence in the last layer.
+    expected = first + key_value + read_rest * 2 + 4 * 32 * (3 + 4) + pooler
     assert bench.useful_flops(config, [3, 4], training=False) == expected
     assert bench.useful_flops(config, [3, 4]) == 3 * expected
+    # Pre-training: [CLS] and the masked tokens (5 over 7 tokens, spread by length).
     mlm = 2 * (32 * 32 + 32 * 99) * 5
-    assert bench.useful_flops(config, [3, 4], masked=5, training=False, head="pretraining") == expected + mlm
+    read = [1 + 5 * 3 / 7, 1 + 5 * 4 / 7]
+    expected = (first + key_value + read_rest * sum(read) + 4 * 32 * (3 * read[0] + 4 * read[1]) + pooler + mlm)
+    assert bench.useful_flops(config, [3, 4], masked=5, training=False, head="pretraining") == pytest.approx(expected)
 
 
 def test_benchmark_pretraining_batches_agree_between_libraries() -> None:
@@ -585,3 +596,99 @@ def test_a_run_that_loses_its_cuda_graphs_is_told_so() -> None:
     assert message is not None and "1 compiled graph(s)" in message and "TORCH_LOGS=cudagraphs" in message
     assert cudagraph_skip_warning(cudagraph_skips(), "reduce-overhead") is None
     torch._dynamo.reset()
+
+
+LAYOUTS = {  # attention masks: padded rows, packed documents with padding, whole rows
+    "padded": torch.tensor([[1] * 9 + [0] * 3, [1] * 4 + [0] * 8, [1] * 12]),
+    "packed": torch.tensor([[1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0, 0], [1] * 6 + [2] * 5 + [0], [1] * 12]),
+    "full": torch.ones(3, 12, dtype=torch.long),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("backend", ["padded", "auto", "sdpa_unpadded", "flex", "collate"])
+def test_last_layer_at_output_positions_equals_the_full_layer(backend: str, layout: str) -> None:
+    # The last layer computes its output only where a head reads it; the states there, the pooled
+    # [CLS] and every gradient must be what the full layer gives.
+    from bertkit.modeling.bert import BertModel
+
+    torch.manual_seed(12)
+    model = BertModel(tiny_config())
+    mask = LAYOUTS[layout]
+    ids = torch.randint(1, 99, mask.shape) * (mask > 0)
+    columns = torch.tensor([[3, 1, 8, 0], [2, 2, 3, 1], [11, 5, 7, 0]])  # [B,P] real tokens, repeats allowed
+    extra = unpadding_layout(mask, 8) if backend == "collate" else {}
+    model.attn_backend = "auto" if backend == "collate" else backend
+    weights = torch.randn(3, 4, 32), torch.randn(3, 32)
+    backward = backend != "flex"  # FlexAttention has no backward on the CPU
+    results = {}
+    for name, positions in (("full", None), ("sparse", columns)):
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(backward):
+            out = model(ids, mask, **extra, output_positions=positions)
+        hidden = out.last_hidden_state
+        if positions is None:
+            hidden = hidden.gather(1, columns[..., None].expand(-1, -1, 32))  # [B,T,H] -> [B,P,H]
+        if backward:
+            ((hidden * weights[0]).sum() + (out.pooler_output * weights[1]).sum()).backward()
+        results[name] = hidden.detach(), out.pooler_output.detach(), grads(model)
+    (hidden_a, pooled_a, grads_a), (hidden_b, pooled_b, grads_b) = results["full"], results["sparse"]
+    assert hidden_b.shape == (3, 4, 32)
+    assert (hidden_a - hidden_b).abs().max() <= TOL
+    assert (pooled_a - pooled_b).abs().max() <= TOL
+    if not backward:
+        return
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 20
+    for name in grads_a:  # sums of up to 36 outputs: fp32 rounding relative to the gradient's size
+        scale = max(1.0, grads_a[name].abs().max().item())
+        assert (grads_a[name] - grads_b[name]).abs().max() <= TOL * scale, name
+
+
+def test_pretraining_loss_and_gradients_with_the_sparse_last_layer_equal_the_dense_labels() -> None:
+    # masked_positions make the last layer compute the masked tokens and [CLS] only; HF-style
+    # labels [B,T] run it everywhere. Same loss, same gradients (dropout off, fp32).
+    torch.manual_seed(13)
+    model = BertForPreTraining(tiny_config())
+    batch = packed_pretraining_batch()
+    positions, targets = batch["masked_positions"], batch["masked_ids"]
+    labels = torch.full_like(batch["input_ids"], -100)
+    valid = positions >= 0
+    labels[torch.arange(2)[:, None].expand_as(positions)[valid], positions[valid]] = targets[valid]
+    dense_batch = {k: v for k, v in batch.items() if k not in ("masked_positions", "masked_ids")}
+    results = {}
+    for name, inputs in (("sparse", batch), ("dense", dict(dense_batch, labels=labels))):
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs, **unpadding_layout(batch["attention_mask"], 4))
+        out.loss.backward()
+        results[name] = out.loss.detach(), grads(model)
+    assert abs(results["sparse"][0] - results["dense"][0]) <= TOL
+    for name, grad in results["dense"][1].items():
+        assert (grad - results["sparse"][1][name]).abs().max() <= TOL, name
+
+
+def test_heads_that_read_a_few_columns_give_what_the_full_encoder_gives() -> None:
+    # Polyphone reads its target character, multi-task the pooler: through the sparse last layer
+    # their logits equal the head applied to the full encoder's output (eval, so no dropout).
+    from bertkit.modeling.heads import BertForPolyphone
+    from bertkit.tasks.multitask import HeadSpec, MultiTaskModel
+
+    torch.manual_seed(14)
+    batch = heavy_padding_batch([9, 4, 12], T=12)
+    layout = unpadding_layout(batch["attention_mask"], 8)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    poly = BertForPolyphone(tiny_config(num_labels=6)).eval()
+    targets = torch.tensor([7, 0, 11])
+    with torch.no_grad():
+        hidden = poly.bert(**inputs).last_hidden_state  # [B,T,H], every column
+        expected = poly.classifier(hidden[torch.arange(3), targets])
+        out = poly(**inputs, **layout, target_positions=targets)
+    assert (out.logits - expected).abs().max() <= TOL
+
+    specs = [HeadSpec("sst2", "sequence_classification", 2, ["0", "1"], "single_label_classification"),
+             HeadSpec("stsb", "regression", 1, None, "regression")]
+    mtl = MultiTaskModel(tiny_config(), specs).eval()
+    with torch.no_grad():
+        pooled = mtl.bert(**inputs).pooler_output
+        out = mtl(**inputs, **layout, task=torch.tensor([0, 1, 0]))
+    assert (out.logits[[0, 2], :2] - mtl.heads["sst2"].classifier(pooled[[0, 2]])).abs().max() <= TOL
+    assert (out.logits[1, :1] - mtl.heads["stsb"].classifier(pooled[1])).abs().max() <= TOL

@@ -9,6 +9,12 @@ attention product itself needs to know the layout, so it lives behind one small 
     out = ctx.attend(qkv, num_heads, dropout_p)        # qkv [..., 3H] (one fused projection), out [..., H]
     x = ctx.pad(x)                                     # back to [B,T,H], zeros at pads
 
+The last layer may need its output at a few columns only (the masked tokens and [CLS] in
+pre-training, [CLS] alone for sequence classification). For it, two more operations:
+
+    xq = ctx.gather(x, columns)                        # columns [B,Q] -> [B,Q,H]
+    out = ctx.attend_queries(q, kv, columns, num_heads, dropout_p)   # q [B,Q,H], kv [..., 2H] -> [B,Q,H]
+
 `attention_mask` follows docs/INTERFACES.md: 0 = padding, a positive integer = a sequence id; a
 token attends only to tokens of its own row with the same id. Ids must form contiguous runs within
 a row (packed documents 1, 1, 1, 2, 2, 0, 0), which is what the collators produce.
@@ -36,6 +42,22 @@ def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
 
 
+def _gather_columns(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """x [B,T,H], columns [B,Q] -> [B,Q,H]: each row's tokens at its columns."""
+    return x.gather(1, columns[..., None].expand(*columns.shape, x.shape[-1]))
+
+
+def _attend_queries(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None, num_heads: int,
+                    dropout_p: float) -> torch.Tensor:
+    """q [B,Q,H], kv [B,T,2H] (key, value side by side), mask bool broadcastable to [B,1,Q,T] or
+    None -> [B,Q,H]."""
+    B, Q, H = q.shape
+    k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in kv.chunk(2, dim=-1))  # [B,heads,T,D]
+    q = _split_heads(q, num_heads).transpose(1, 2)  # [B,heads,Q,D]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return out.transpose(1, 2).reshape(B, Q, H)  # [B,heads,Q,D] -> [B,Q,H]
+
+
 @dataclass
 class PaddedAttention:
     """Attention on the `[B, T, H]` layout with SDPA and a boolean mask (None = attend everywhere)."""
@@ -54,6 +76,18 @@ class PaddedAttention:
         q, k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [B,heads,T,D]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout_p)
         return out.transpose(1, 2).reshape(B, T, H)  # [B,heads,T,D] -> [B,T,H]
+
+    def gather(self, x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """x [B,T,H], columns [B,Q] -> [B,Q,H]."""
+        return _gather_columns(x, columns)
+
+    def attend_queries(self, q: torch.Tensor, kv: torch.Tensor, columns: torch.Tensor, num_heads: int,
+                       dropout_p: float) -> torch.Tensor:
+        """q [B,Q,H] (the queries at `columns` [B,Q]), kv [B,T,2H] -> [B,Q,H]."""
+        mask = self.mask
+        if mask is not None and mask.shape[2] > 1:  # [B,1,T,T] (same sequence id): the asked-for query rows
+            mask = mask.gather(2, columns[:, None, :, None].expand(-1, 1, -1, mask.shape[3]))  # [B,1,Q,T]
+        return _attend_queries(q, kv, mask, num_heads, dropout_p)
 
 
 def unpadded_kernel(device_type: str, dtype: torch.dtype, dropout_p: float, dropout_kernel: bool = False) -> str:
@@ -125,6 +159,23 @@ class UnpaddedAttention:
         out = PaddedAttention(mask=self.mask).attend(self.pad(qkv), num_heads, dropout_p)  # [B,T,3H] -> [B,T,H]
         return self.unpad(out)  # [B,T,H] -> [N,H]
 
+    def gather(self, x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """x [N,H] -> [B,Q,H]: the tokens at `columns` [B,Q] of each row (a padding column reads
+        some token of the batch: callers ask for real tokens)."""
+        B, Q = columns.shape
+        rows = torch.arange(B, device=columns.device)[:, None]  # [B,1]
+        flat = (rows * self.seq_len + columns).reshape(-1)  # [B*Q] flat row * T + column
+        token_of = torch.zeros(self.batch_size * self.seq_len, dtype=torch.long, device=x.device)
+        token_of = token_of.index_copy(0, self.indices, torch.arange(x.shape[0], device=x.device))  # [B*T]
+        return x.index_select(0, token_of[flat]).view(B, Q, x.shape[-1])  # [B*Q,H] -> [B,Q,H]
+
+    def attend_queries(self, q: torch.Tensor, kv: torch.Tensor, columns: torch.Tensor, num_heads: int,
+                       dropout_p: float) -> torch.Tensor:
+        """q [B,Q,H] (the queries at `columns` [B,Q]), kv [N,2H] -> [B,Q,H]. Keys and values are
+        re-padded to [B,T] for SDPA: one layer, Q queries per row, instead of a varlen call with
+        per-sequence query counts that the collate would have to compute."""
+        return PaddedAttention(mask=self.mask).attend_queries(q, self.pad(kv), columns, num_heads, dropout_p)
+
 
 @dataclass
 class FlexAttention:
@@ -154,6 +205,17 @@ class FlexAttention:
         q, k, v = (_split_heads(t, num_heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [B,heads,T,D]
         out = flex_attention(q, k, v, block_mask=self.block_mask)
         return out.transpose(1, 2).reshape(B, T, H)  # [B,heads,T,D] -> [B,T,H]
+
+    def gather(self, x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """x [B,T,H], columns [B,Q] -> [B,Q,H]."""
+        return _gather_columns(x, columns)
+
+    def attend_queries(self, q: torch.Tensor, kv: torch.Tensor, columns: torch.Tensor, num_heads: int,
+                       dropout_p: float) -> torch.Tensor:
+        """q [B,Q,H] (the queries at `columns` [B,Q]), kv [B,T,2H] -> [B,Q,H], with SDPA: a block
+        mask for Q queries would cost more to build than the one small product it would serve."""
+        same = self.ids.gather(1, columns)[:, :, None] == self.ids[:, None, :]  # [B,Q,T]
+        return _attend_queries(q, kv, same[:, None], num_heads, dropout_p)
 
 
 def _flex_context(mask: torch.Tensor) -> FlexAttention:

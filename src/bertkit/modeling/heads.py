@@ -144,19 +144,24 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
+def _output_positions(masked_positions: torch.Tensor | None) -> torch.Tensor | None:
+    """The columns whose final hidden states the MLM head reads: masked_positions [B,P] with the
+    unused slots (-1) at column 0 ([CLS], which every row has)."""
+    return masked_positions.clamp(min=0) if masked_positions is not None else None
+
+
 def _mlm(predictions: BertLMPredictionHead, hidden: torch.Tensor, masked_positions: torch.Tensor | None,
          masked_ids: torch.Tensor | None, labels: torch.Tensor | None
          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """MLM logits and loss. With masked_positions [B,P] (-1 = none) the decoder runs only on the
-    B*P masked slots -> logits [B,P,V] (slots at -1 read position 0 and are left out of the loss):
-    the vocabulary projection is most of the pre-training compute (V=30522 vs H=768), and only ~15%
-    of tokens are masked. The slots have a fixed count, unlike the valid positions, so the step
-    needs no host sync and keeps one shape for torch.compile and CUDA graphs. Without
-    masked_positions: logits [B,T,V] and HF-style labels [B,T] (-100 = not masked)."""
+    """MLM logits and loss. With masked_positions [B,P] (-1 = none), `hidden` [B,P,H] holds the
+    final states at the masked slots (the encoder computed only those: `_output_positions`) and the
+    decoder runs only on them -> logits [B,P,V] (slots at -1 read column 0 and are left out of the
+    loss): the vocabulary projection is most of the pre-training compute (V=30522 vs H=768), and
+    only ~15% of tokens are masked. The slots have a fixed count, unlike the valid positions, so the
+    step needs no host sync and keeps one shape for torch.compile and CUDA graphs. Without
+    masked_positions: hidden [B,T,H], logits [B,T,V] and HF-style labels [B,T] (-100 = not masked)."""
     if masked_positions is not None:
-        B, P = masked_positions.shape
-        slots = masked_positions.clamp(min=0).long()[..., None].expand(B, P, hidden.shape[-1])  # [B,P,H]
-        logits = predictions(hidden.gather(1, slots))  # [B,T,H] -> [B,P,H] -> [B,P,V]
+        logits = predictions(hidden)  # [B,P,H] -> [B,P,V]
         loss = None
         if masked_ids is not None:
             targets = masked_ids.long().masked_fill(masked_positions < 0, IGNORE_INDEX)  # [B,P]
@@ -181,7 +186,8 @@ class BertForPreTraining(BertPreTrainedModel):
                 masked_positions: torch.Tensor | None = None, masked_ids: torch.Tensor | None = None,
                 next_sentence_label: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 **layout: torch.Tensor) -> ModelOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
+                        output_positions=_output_positions(masked_positions), **layout)
         mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
                                     masked_ids, labels)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # [B,2]
@@ -207,7 +213,8 @@ class BertForMaskedLM(BertPreTrainedModel):
                 labels: torch.Tensor | None = None, next_sentence_label: torch.Tensor | None = None,
                 **layout: torch.Tensor) -> ModelOutput:
         # next_sentence_label is accepted (and ignored) so pre-training batches with NSP labels run.
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
+                        output_positions=_output_positions(masked_positions), **layout)
         mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
                                     masked_ids, labels)
         return ModelOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_logits=mlm_logits, logits=mlm_logits)
@@ -230,7 +237,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
                 **layout: torch.Tensor) -> ModelOutput:
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).pooler_output
+        only_pooler = input_ids.new_zeros(input_ids.shape[0], 0)  # the last layer computes [CLS] alone
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_positions=only_pooler,
+                           **layout).pooler_output
         logits = self.classifier(self.dropout(pooled))  # [B,C]
         loss = None
         if labels is not None:
@@ -306,7 +315,8 @@ class BertForMultipleChoice(BertPreTrainedModel):
         B, C, T = input_ids.shape
         flat = [t.reshape(B * C, T) if t is not None else None  # [B,C,T] -> [B*C,T]
                 for t in (input_ids, attention_mask, token_type_ids, position_ids)]
-        pooled = self.bert(*flat, **layout).pooler_output  # [B*C,H]
+        only_pooler = input_ids.new_zeros(B * C, 0)  # the last layer computes [CLS] alone
+        pooled = self.bert(*flat, output_positions=only_pooler, **layout).pooler_output  # [B*C,H]
         logits = self.classifier(self.dropout(pooled)).view(B, C)  # [B*C,1] -> [B,C]
         loss = _cross_entropy(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits)
@@ -336,9 +346,8 @@ class BertForPolyphone(BertPreTrainedModel):
         if target_positions is None:
             raise ValueError("BertForPolyphone needs target_positions [B]: the token index of each "
                              "row's polyphonic character")
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        target = hidden[rows, target_positions.long()]  # [B,T,H] -> [B,H]
+        target = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
+                           output_positions=target_positions.long()[:, None], **layout).last_hidden_state[:, 0]  # [B,H]
         logits = self.classifier(self.dropout(target))  # [B,C]
         if candidate_mask is not None:
             logits = logits.masked_fill(~candidate_mask.bool(), -1e4)

@@ -118,7 +118,9 @@ class MultiTaskModel(nn.Module):
         of each row's task loss."""
         if task is None:
             raise ValueError("MultiTaskModel.forward needs `task` [B]: the task index of every row")
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).pooler_output  # [B,H]
+        only_pooler = input_ids.new_zeros(input_ids.shape[0], 0)  # the last layer computes [CLS] alone
+        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_positions=only_pooler,
+                           **layout).pooler_output  # [B,H]
         B = pooled.shape[0]
         logits = torch.full((B, self.max_labels), float("nan"), device=pooled.device)
         if single_task is not None:  # every training batch: no row gathering
