@@ -2,8 +2,12 @@
 # The GPU checks of the speed work, sized so that each part fits one 10-minute device call.
 #
 #   bash benchmarks/gpu_suite.sh PART [OUT]
-#   PART: tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all
+#   PART: priority | tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all
 #
+# priority the first call of a session with little device time (15 minutes, start-up included):
+#          the CUDA tests, then the seq 128 x 256 pre-training rows that decide the open target
+#          under reduce-overhead: bertkit, --residual-dtype bf16, transformers (graphs-pretrain
+#          without its flash-attention-2 row), 10 timed steps each
 # tests    the CUDA-only tests (flash varlen, with and without attention dropout; compile over it)
 # eager    benchmarks/throughput.py, fine-tuning + pre-training, eager, with kernel profiles
 # graphs-finetune, graphs-pretrain (seq 128 x 256), graphs-pretrain-512 (seq 512 x 32)
@@ -82,6 +86,9 @@ PY
 }
 
 case $part in
+    priority) run_tests
+              run_throughput priority pretrain --compile reduce-overhead --pretrain-shapes 128x256 --steps 10 \
+                  --only "decoder on masked only|--residual-dtype bf16|transformers" ;;
     tests) run_tests ;;
     eager) run_throughput eager finetune,pretrain ;;
     graphs-finetune) run_throughput graphs-finetune finetune --compile reduce-overhead ;;
@@ -95,7 +102,7 @@ case $part in
          run_throughput graphs-finetune finetune --compile reduce-overhead
          run_throughput graphs-pretrain pretrain --compile reduce-overhead --pretrain-shapes 128x256
          run_throughput graphs-pretrain-512 pretrain --compile reduce-overhead --pretrain-shapes 512x32; run_trainer ;;
-    *) echo "unknown part $part: tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all" >&2
+    *) echo "unknown part $part: priority | tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all" >&2
        exit 2 ;;
 esac
 ls -l "$out"

@@ -10,8 +10,8 @@ attn_implementation="sdpa". Differences measured are therefore the models' own:
 
     fine-tuning   bertkit unpads (dense layers on real tokens only) vs transformers padded to 128
                   (run_glue.py's default) and with dynamic padding (pad to the batch's longest row)
-    pre-training  bertkit runs the vocabulary decoder on the 15% masked positions only;
-                  transformers' BertForPreTraining decodes every position
+    pre-training  bertkit runs the vocabulary decoder, and the last layer's output, on the 15%
+                  masked positions only; transformers' BertForPreTraining computes every position
     inference     SST-2 dev sentences and 384-token SQuAD-like windows
 
 MFU counts only useful FLOPs (real tokens, masked positions for the MLM decoder; see
@@ -223,7 +223,7 @@ class Settings:
     steps: int
     ceiling: float  # FLOP/s
     profile_dir: Path | None = None  # --profile: per-row kernel tables are written here
-    only: str | None = None  # --only: run just the rows whose implementation name contains this
+    only: str | None = None  # --only: run just the rows whose implementation name contains one of these ("|" between)
     results: list[Result] = field(default_factory=list)
 
 
@@ -232,7 +232,7 @@ def measure(settings: Settings, workload: str, implementation: str, model: torch
             dynamic: bool | None = None) -> Result | None:
     """`measure_steps`, but a row that fails (a compile mode a GPU lacks, out of memory) is reported
     as failed in the table and the other rows still run. Rows left out by --only return None."""
-    if settings.only is not None and settings.only not in implementation:
+    if settings.only is not None and not any(text in implementation for text in settings.only.split("|")):
         return None
     try:
         return measure_steps(settings, workload, implementation, model, batches, flops_per_step, training,
@@ -560,9 +560,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--combo-kernels", action="store_true",
                    help="with --compile: let inductor fuse independent small kernels horizontally (combo kernels)")
-    p.add_argument("--only", default=None, metavar="TEXT",
-                   help="run only the rows whose implementation name contains TEXT (e.g. 'residual-dtype bf16' "
-                        "for a max-autotune compile that would not fit a device call twice)")
+    p.add_argument("--only", default=None, metavar="TEXT[|TEXT...]",
+                   help="run only the rows whose implementation name contains one of the TEXTs (e.g. "
+                        "'residual-dtype bf16' for a max-autotune compile that would not fit a device call twice)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="after each row, profile 3 steps: kernels per step in the table, top kernels in DIR")
     return p.parse_args(argv)

@@ -692,3 +692,33 @@ def test_heads_that_read_a_few_columns_give_what_the_full_encoder_gives() -> Non
         out = mtl(**inputs, **layout, task=torch.tensor([0, 1, 0]))
     assert (out.logits[[0, 2], :2] - mtl.heads["sst2"].classifier(pooled[[0, 2]])).abs().max() <= TOL
     assert (out.logits[1, :1] - mtl.heads["stsb"].classifier(pooled[1])).abs().max() <= TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA attention kernels need a CUDA GPU")
+@pytest.mark.parametrize("layout", ["full", "padded"])
+def test_last_layer_at_output_positions_on_cuda_bf16(layout: str) -> None:
+    # On CUDA under bf16 autocast SDPA takes its flash/cuDNN kernels with fewer queries than keys,
+    # and the other layers of the padded batch run varlen_attn: the sparse last layer must still
+    # give the full layer's states and gradients to bf16 precision.
+    from bertkit.modeling.bert import BertModel
+
+    torch.manual_seed(15)
+    model = BertModel(tiny_config(hidden_size=128, num_attention_heads=2, intermediate_size=256)).cuda()
+    mask = LAYOUTS[layout].cuda()
+    ids = torch.randint(1, 99, mask.shape, device="cuda") * (mask > 0)
+    columns = torch.tensor([[3, 1, 8, 0], [2, 2, 3, 1], [11, 5, 7, 0]], device="cuda")
+    extra = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in unpadding_layout(mask.cpu(), 8).items()}
+    results = {}
+    for name, positions in (("full", None), ("sparse", columns)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, mask, **extra, output_positions=positions)
+        hidden = out.last_hidden_state.float()
+        if positions is None:
+            hidden = hidden.gather(1, columns[..., None].expand(-1, -1, 128))
+        (hidden.sum() + out.pooler_output.float().sum()).backward()
+        results[name] = hidden.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert (results["full"][0] - results["sparse"][0]).abs().max() <= 5e-2
+    cosine = torch.nn.functional.cosine_similarity(results["full"][1], results["sparse"][1], dim=0)
+    assert cosine > 0.999, cosine
