@@ -17,11 +17,21 @@ done
 mkdir -p "$repo/.device-carry"
 tar cJf "$repo/.device-carry/data.tar.xz.part" -C "$root" "${files[@]}"
 mv "$repo/.device-carry/data.tar.xz.part" "$repo/.device-carry/data.tar.xz"
+# Real pre-training records for gpu_suite.sh graphs-pretrain-records, built here (prepare-wiki
+# needs wikitextparser, which the device image may lack): the shared Wikipedia dump's articles as
+# NSP pairs of up to 128 tokens, masks drawn at batch time (5,645 records, 0.9 MB as xz).
+dump=$(ls "$root"/shared/data/wikipedia_dump/*.xml*.bz2 | head -1)
+work=$(mktemp -d)
+bertkit prepare-wiki "$dump" --output "$work/wiki.txt" > /dev/null
+bertkit pretrain-data --input "$work/wiki.txt" --tokenizer "$root/shared/models/bert-base-uncased/vocab.txt" \
+    --output-dir "$work/wikipedia-records" --masking dynamic --max-seq-length 128 --dupe-factor 1 > /dev/null
+tar cJf "$repo/.device-carry/records.tar.xz" -C "$work" wikipedia-records
+rm -rf "$work"
 cat > "$repo/.device-carry/setup.sh" <<'SETUP'
 # Sourced from the checkout's root on the device: ../shared gets the data, bertkit gets installed.
 # (--no-build-isolation only if the plain install cannot reach a build backend: nothing can be
 # fetched there.)
-tar xJf .device-carry/data.tar.xz -C .. \
+tar xJf .device-carry/data.tar.xz -C .. && tar xJf .device-carry/records.tar.xz -C .device-carry \
     && { python3 -m pip install -q --no-deps -e . > /tmp/bertkit-install.log 2>&1 \
          || python3 -m pip install -q --no-deps --no-build-isolation -e . >> /tmp/bertkit-install.log 2>&1; } \
     || { echo "setup.sh failed; /tmp/bertkit-install.log:"; tail -20 /tmp/bertkit-install.log; false; }

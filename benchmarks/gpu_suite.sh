@@ -2,7 +2,7 @@
 # The GPU checks of the speed work, sized so that each part fits one 10-minute device call.
 #
 #   bash benchmarks/gpu_suite.sh PART [OUT]
-#   PART: priority | tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all
+#   PART: priority | tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-records | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all
 #
 # priority the first call of a session with little device time (15 minutes, start-up included):
 #          the CUDA tests, then the seq 128 x 256 pre-training rows that decide the open target
@@ -15,6 +15,11 @@
 #          profiles (each compiled row costs a minute or more of compilation: one call per workload;
 #          pre-training has four rows per shape: bertkit, --residual-dtype bf16, that with flash
 #          attention 2 instead of SDPA's own choice, transformers)
+# graphs-pretrain-records
+#          pre-training on real Wikipedia NSP records (lengths as they are, mean 116 of 128 tokens;
+#          .device-carry/wikipedia-records) under reduce-overhead: bertkit's auto layout (padded at
+#          fill >= 0.9 while attention dropout would re-pad every layer), forced unpadded,
+#          varlen_dropout, bf16 residual, and transformers padded to 128
 # autotune-pretrain
 #          the --residual-dtype bf16 pre-training row alone (seq 128 x 256) under mode=max-autotune:
 #          Triton matmul templates can take the GELU and its gradient as matmul epilogues, the
@@ -93,6 +98,9 @@ case $part in
     eager) run_throughput eager finetune,pretrain ;;
     graphs-finetune) run_throughput graphs-finetune finetune --compile reduce-overhead ;;
     graphs-pretrain) run_throughput graphs-pretrain pretrain --compile reduce-overhead --pretrain-shapes 128x256 ;;
+    graphs-pretrain-records) run_throughput graphs-pretrain-records pretrain --compile reduce-overhead \
+                                 --pretrain-shapes 128x256 --pretrain-records .device-carry/wikipedia-records \
+                                 --only "records of" ;;
     autotune-pretrain) run_throughput autotune-pretrain pretrain --compile max-autotune --pretrain-shapes 128x256 \
                            --only "residual-dtype bf16" ;;
     graphs-pretrain-512) run_throughput graphs-pretrain-512 pretrain --compile reduce-overhead --pretrain-shapes 512x32 ;;
@@ -102,7 +110,7 @@ case $part in
          run_throughput graphs-finetune finetune --compile reduce-overhead
          run_throughput graphs-pretrain pretrain --compile reduce-overhead --pretrain-shapes 128x256
          run_throughput graphs-pretrain-512 pretrain --compile reduce-overhead --pretrain-shapes 512x32; run_trainer ;;
-    *) echo "unknown part $part: priority | tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all" >&2
+    *) echo "unknown part $part: priority | tests | eager | graphs-finetune | graphs-pretrain | graphs-pretrain-records | graphs-pretrain-512 | autotune-pretrain | combo-finetune | trainer | all" >&2
        exit 2 ;;
 esac
 ls -l "$out"

@@ -11,7 +11,9 @@ attn_implementation="sdpa". Differences measured are therefore the models' own:
     fine-tuning   bertkit unpads (dense layers on real tokens only) vs transformers padded to 128
                   (run_glue.py's default) and with dynamic padding (pad to the batch's longest row)
     pre-training  bertkit runs the vocabulary decoder, and the last layer's output, on the 15%
-                  masked positions only; transformers' BertForPreTraining computes every position
+                  masked positions only; transformers' BertForPreTraining computes every position.
+                  Full rows of random tokens, and with --pretrain-records DIR real NSP records
+                  (lengths as they are) against transformers padded to the sequence length
     inference     SST-2 dev sentences and 384-token SQuAD-like windows
 
 MFU counts only useful FLOPs (real tokens, masked positions for the MLM decoder; see
@@ -130,6 +132,41 @@ def pretraining_batch(batch_size: int, seq_len: int, vocab_size: int, rng: np.ra
     return batch
 
 
+def record_batches(path: Path, batch_size: int, count: int, seq_len: int) -> tuple[list[Batch], list[Batch]]:
+    """`count` batches of real pre-training records (`bertkit pretrain-data` output with NSP pairs,
+    lengths as they are), masks drawn once as the trainer would draw them: (bertkit's collate form,
+    transformers' form padded to seq_len with labels [B,T], as run_pretraining feeds it)."""
+    from bertkit.data.records import open_pretraining_data
+    from bertkit.training.pretraining import PretrainingTask
+
+    data = open_pretraining_data(path)
+    task = PretrainingTask(data, Tokenizer.from_pretrained(path / "tokenizer"))
+    if not task.nsp:
+        raise SystemExit(f"--pretrain-records {path}: MLM-only records; this workload compares MLM+NSP steps")
+    if task.options.max_seq_length > seq_len:
+        raise SystemExit(f"--pretrain-records {path}: built with --max-seq-length {task.options.max_seq_length}, "
+                         f"longer than the workload's {seq_len}")
+    view = task.training_view(data)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(view))
+    if len(order) < batch_size * count:
+        order = rng.integers(0, len(view), batch_size * count)
+    ours, theirs = [], []
+    for i in range(count):
+        batch = task.collate([view[int(j)] for j in order[i * batch_size:(i + 1) * batch_size]], rng)
+        ours.append(batch)
+        B, T = batch["input_ids"].shape
+        positions, targets = batch["masked_positions"], batch["masked_ids"]
+        valid = positions >= 0
+        labels = torch.full((B, seq_len), -100, dtype=torch.long)
+        labels[torch.arange(B)[:, None].expand_as(positions)[valid], positions[valid]] = targets[valid]
+        widen = lambda t: torch.nn.functional.pad(t, (0, seq_len - T))  # noqa: E731  [B,T] -> [B,seq_len] with 0
+        theirs.append(dict(input_ids=widen(batch["input_ids"]), token_type_ids=widen(batch["token_type_ids"]),
+                           attention_mask=widen((batch["attention_mask"] > 0).long()), labels=labels,
+                           next_sentence_label=batch["next_sentence_label"]))
+    return ours, theirs
+
+
 # ---- FLOPs and the hardware ceiling ---------------------------------------------------------------
 def useful_flops(config: ModelConfig, lengths: list[int], masked: int = 0, training: bool = True,
                  head: str = "classification") -> float:
@@ -223,7 +260,7 @@ class Settings:
     steps: int
     ceiling: float  # FLOP/s
     profile_dir: Path | None = None  # --profile: per-row kernel tables are written here
-    only: str | None = None  # --only: run just the rows whose implementation name contains one of these ("|" between)
+    only: str | None = None  # --only: run just the rows whose "workload: implementation" contains one of these ("|" between)
     results: list[Result] = field(default_factory=list)
 
 
@@ -232,7 +269,8 @@ def measure(settings: Settings, workload: str, implementation: str, model: torch
             dynamic: bool | None = None) -> Result | None:
     """`measure_steps`, but a row that fails (a compile mode a GPU lacks, out of memory) is reported
     as failed in the table and the other rows still run. Rows left out by --only return None."""
-    if settings.only is not None and not any(text in implementation for text in settings.only.split("|")):
+    row = f"{workload}: {implementation}"
+    if settings.only is not None and not any(text in row for text in settings.only.split("|")):
         return None
     try:
         return measure_steps(settings, workload, implementation, model, batches, flops_per_step, training,
@@ -371,6 +409,18 @@ def profile_steps(settings: Settings, name: str, step: Callable[[Batch], None], 
     return kernels / len(batches)
 
 
+def measure_varlen_dropout(settings: Settings, config: ModelConfig, workload: str, implementation: str,
+                           model: torch.nn.Module, batches: list[Batch], flops: list[float]) -> None:
+    """A row for the flash varlen kernel with its own attention dropout (no re-padding per layer;
+    opt-in for now): CUDA only, and only when there is attention dropout to apply."""
+    if settings.device.type != "cuda" or config.attention_probs_dropout_prob == 0:
+        return
+    model.attn_backend = "varlen_dropout"
+    measure(settings, workload, implementation, model, batches, flops, True,
+            notes="attention dropout inside the flash varlen kernel", dynamic=True)
+    model.attn_backend = "auto"
+
+
 def seeded(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     torch.manual_seed(0)
     return factory()
@@ -396,12 +446,7 @@ def run_finetune(settings: Settings, config: ModelConfig, tok: Tokenizer, senten
     flops = [useful_flops(config, b["attention_mask"].sum(1).tolist()) for b in dynamic]
     model = seeded(lambda: bertkit_model("classification", config))
     measure(settings, workload, "bertkit (unpadded, dynamic lengths)", model, ours_dynamic, flops, True, dynamic=True)
-    if settings.device.type == "cuda" and config.attention_probs_dropout_prob > 0:
-        # The flash varlen kernel with its own dropout (no re-padding per layer); opt-in for now.
-        model.attn_backend = "varlen_dropout"
-        measure(settings, workload, "bertkit (varlen_dropout backend)", model, ours_dynamic, flops, True,
-                notes="attention dropout inside the flash varlen kernel", dynamic=True)
-        model.attn_backend = "auto"
+    measure_varlen_dropout(settings, config, workload, "bertkit (varlen_dropout backend)", model, ours_dynamic, flops)
     measure(settings, workload, "bertkit (input padded to 128)", model, ours_padded, flops, True,
             notes="unpadding drops the pads inside the model", dynamic=True)
     del model
@@ -443,6 +488,41 @@ def run_pretrain(settings: Settings, config: ModelConfig, shapes: list[tuple[int
         model = seeded(lambda: transformers_model("pretraining", config))
         measure(settings, workload, "transformers", model, theirs, flops, True)
         del model
+
+
+def run_pretrain_records(settings: Settings, config: ModelConfig, path: Path, seq_len: int, batch_size: int) -> None:
+    """Pre-training on real records, lengths as they are (BERT's data has ~10% short pairs and
+    documents that end early): bertkit unpads them, transformers gets them padded to seq_len."""
+    count = min(settings.warmup + settings.steps, 4)  # a few distinct batches, cycled
+    cpu_ours, cpu_theirs = record_batches(path, batch_size, count, seq_len)
+    lengths = [b["attention_mask"].sum(1).tolist() for b in cpu_theirs]
+    mean = sum(map(sum, lengths)) / sum(map(len, lengths))
+    workload = f"pre-train MLM+NSP, records of {path.name} ({mean:.1f} tokens), seq {seq_len}, batch {batch_size}"
+    print(workload, file=sys.stderr)
+    # The collate's layout, with row widths and token counts in multiples of 64 under CUDA graphs,
+    # exactly as the trainer builds it.
+    multiple = 64 if settings.compile in GRAPH_MODES else 1
+    ours = [to_device(WithUnpaddingLayout(dict, multiple)(b), settings.device) for b in cpu_ours]
+    theirs = [to_device(b, settings.device) for b in cpu_theirs]
+    flops = [useful_flops(config, n, int((b["masked_positions"] >= 0).sum()), head="pretraining")
+             for n, b in zip(lengths, cpu_ours)]
+    model = seeded(lambda: bertkit_model("pretraining", config))
+    # "auto" keeps batches at least attention.REPAD_FILL full padded while attention dropout would
+    # re-pad every layer; the forced unpadded row and the varlen_dropout row (no re-padding) are the
+    # alternatives it is weighed against.
+    measure(settings, workload, "bertkit (auto layout, decoder on masked only)", model, ours, flops, True, dynamic=True)
+    model.attn_backend = "unpadded"
+    measure(settings, workload, "bertkit (unpadded, re-padded attention)", model, ours, flops, True, dynamic=True)
+    model.attn_backend = "auto"
+    measure_varlen_dropout(settings, config, workload, "bertkit (unpadded, varlen_dropout backend)", model, ours, flops)
+    if settings.precision == "bf16":
+        set_residual_dtype(model, "bf16")
+        measure(settings, workload, "bertkit (auto layout, --residual-dtype bf16)", model, ours, flops, True,
+                dynamic=True)
+    del model
+    model = seeded(lambda: transformers_model("pretraining", config))
+    measure(settings, workload, f"transformers (padded to {seq_len})", model, theirs, flops, True)
+    del model
 
 
 def run_inference(settings: Settings, config: ModelConfig, tok: Tokenizer, dev_sentences: list[str],
@@ -549,6 +629,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile both sides (MODE reduce-overhead: with CUDA graphs)")
     p.add_argument("--pretrain-shapes", type=parse_shapes, default=[(128, 256), (512, 32)], metavar="TxB,...",
                    help="pre-training sequence length x batch size per row group (default 128x256,512x32)")
+    p.add_argument("--pretrain-records", type=Path, default=None, metavar="DIR",
+                   help="with the pretrain workload: also pre-train on these records (`bertkit pretrain-data` "
+                        "output with NSP, lengths as they are) at the first --pretrain-shapes entry")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="autocast dtype (default: bf16 on CUDA, fp32 on CPU)")
@@ -561,7 +644,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--combo-kernels", action="store_true",
                    help="with --compile: let inductor fuse independent small kernels horizontally (combo kernels)")
     p.add_argument("--only", default=None, metavar="TEXT[|TEXT...]",
-                   help="run only the rows whose implementation name contains one of the TEXTs (e.g. "
+                   help="run only the rows whose 'workload: implementation' contains one of the TEXTs (e.g. "
                         "'residual-dtype bf16' for a max-autotune compile that would not fit a device call twice)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="after each row, profile 3 steps: kernels per step in the table, top kernels in DIR")
@@ -607,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     if "pretrain" in workloads:
         shapes = [(128, 16)] if args.small else args.pretrain_shapes
         run_pretrain(settings, config, shapes)
+        if args.pretrain_records:
+            run_pretrain_records(settings, config, args.pretrain_records, *shapes[0])
     if "inference" in workloads:
         squad = read_squad_pairs(args.squad) if args.squad else None
         run_inference(settings, config, tok, dev_sentences, squad, batch_size=32 if args.small else 128,

@@ -722,3 +722,77 @@ def test_last_layer_at_output_positions_on_cuda_bf16(layout: str) -> None:
     assert (results["full"][0] - results["sparse"][0]).abs().max() <= 5e-2
     cosine = torch.nn.functional.cosine_similarity(results["full"][1], results["sparse"][1], dim=0)
     assert cosine > 0.999, cosine
+
+
+def test_auto_keeps_nearly_full_batches_padded_when_unpadding_would_repad_every_layer() -> None:
+    # Attention dropout (or a device without the varlen kernel) re-pads q/k/v in every layer of the
+    # unpadded path; for a batch at least REPAD_FILL full that costs more than the padding saves.
+    from bertkit.modeling.attention import REPAD_FILL, attention_from_layout, repads_per_layer
+
+    assert repads_per_layer("auto", "cuda", torch.bfloat16, 0.1)  # SDPA re-padded for its dropout
+    assert not repads_per_layer("auto", "cuda", torch.bfloat16, 0.0)  # varlen_attn on the packed tokens
+    assert not repads_per_layer("varlen_dropout", "cuda", torch.bfloat16, 0.1)
+    assert repads_per_layer("auto", "cpu", torch.float32, 0.0) and repads_per_layer("sdpa_unpadded", "cuda",
+                                                                                      torch.bfloat16, 0.0)
+    nearly_full = torch.tensor([[1] * 20, [1] * 18 + [0] * 2, [1] * 20])  # fill 0.967
+    packed_full = torch.tensor([[1] * 8 + [2] * 12, [1] * 20, [1] * 5 + [2] * 15])
+    sparse = torch.tensor([[1] * 20, [1] * 4 + [0] * 16, [1] * 9 + [0] * 11])  # fill 0.55
+    assert REPAD_FILL <= 0.95
+    for mask, kept_padded in ((nearly_full, True), (packed_full, True), (sparse, False)):
+        layout = unpadding_layout(mask, 1)
+        ctx = attention_from_layout(mask, layout["unpad_indices"], layout["cu_seqlens"], "auto", repads=True)
+        assert isinstance(ctx, PaddedAttention) is kept_padded
+        if kept_padded:  # packed rows keep their documents apart: the same-id mask
+            assert ctx.mask.shape == ((3, 1, 20, 20) if mask.max() > 1 else (3, 1, 1, 20))
+        no_repad = attention_from_layout(mask, layout["unpad_indices"], layout["cu_seqlens"], "auto", repads=False)
+        assert isinstance(no_repad, UnpaddedAttention)
+        forced = attention_from_layout(mask, layout["unpad_indices"], layout["cu_seqlens"], "unpadded", repads=True)
+        assert isinstance(forced, UnpaddedAttention)  # an explicit backend is obeyed
+        assert isinstance(prepare_attention(mask, "auto", repads=True), PaddedAttention) is kept_padded
+
+    # The model takes the padded path for the nearly full packed batch and computes what the
+    # forced unpadded path computes (on the CPU every unpadded call re-pads).
+    torch.manual_seed(16)
+    model = BertForPreTraining(tiny_config())
+    ids = torch.randint(5, 99, packed_full.shape)
+    batch = dict(input_ids=ids, attention_mask=packed_full, masked_positions=torch.tensor([[1, 9], [3, 4], [0, 17]]),
+                 masked_ids=torch.tensor([[5, 6], [7, 8], [9, 10]]), **unpadding_layout(packed_full, 8))
+    results = {}
+    for backend in ("auto", "unpadded"):
+        model.zero_grad(set_to_none=True)
+        model.attn_backend = backend
+        out = model(**batch)
+        out.loss.backward()
+        results[backend] = out.loss.detach(), grads(model)
+    assert abs(results["auto"][0] - results["unpadded"][0]) <= TOL
+    for name, grad in results["unpadded"][1].items():
+        assert (grad - results["auto"][1][name]).abs().max() <= TOL, name
+
+
+def test_benchmark_record_batches_agree_between_libraries(tmp_path: Path, shared_dir: Path) -> None:
+    # The real-records pre-training workload: the same tokens, masks and NSP labels for both
+    # libraries, transformers' rows padded to the workload's length with HF-style labels.
+    from bertkit.data.pretraining import PretrainDataConfig, create_pretraining_data
+
+    corpus = shared_dir / "data/wikitext-2/valid.txt"
+    vocab = shared_dir / "models/bert-base-uncased"
+    if not corpus.is_file() or not vocab.is_dir():
+        pytest.skip("needs ../shared wikitext-2 and bert-base-uncased")
+    text = tmp_path / "wiki.txt"
+    text.write_text("\n".join(corpus.read_text(encoding="utf-8").splitlines()[:300]) + "\n", encoding="utf-8")
+    create_pretraining_data([str(text)], str(vocab), tmp_path / "records",
+                            PretrainDataConfig(max_seq_length=64, masking="dynamic", dupe_factor=1), log=lambda _m: None)
+    bench = _load_benchmark()
+    ours, theirs = bench.record_batches(tmp_path / "records", 8, 2, 80)
+    for a, b in zip(ours, theirs):
+        T = a["input_ids"].shape[1]
+        assert b["input_ids"].shape == (8, 80) and T <= 64
+        assert torch.equal(b["input_ids"][:, :T], a["input_ids"]) and (b["input_ids"][:, T:] == 0).all()
+        assert torch.equal(b["attention_mask"][:, :T], (a["attention_mask"] > 0).long())
+        assert torch.equal(b["next_sentence_label"], a["next_sentence_label"])
+        valid = a["masked_positions"] >= 0
+        assert valid.any() and (b["labels"] != -100).sum() == valid.sum()
+        assert torch.equal(b["labels"].gather(1, a["masked_positions"].clamp(min=0))[valid], a["masked_ids"][valid])
+        assert (a["input_ids"].gather(1, a["masked_positions"].clamp(min=0))[valid] != 0).all()
+    with pytest.raises(SystemExit, match="longer than the workload"):
+        bench.record_batches(tmp_path / "records", 8, 1, 32)

@@ -30,6 +30,17 @@ import torch.nn.functional as F
 BACKENDS = ("auto", "padded", "unpadded", "varlen", "varlen_dropout", "sdpa_unpadded", "flex")
 # Those that run on a precomputed layout.
 LAYOUT_BACKENDS = ("auto", "unpadded", "varlen", "varlen_dropout", "sdpa_unpadded")
+# Share of a batch's row slots holding real tokens at and above which "auto" keeps the padded
+# layout when the unpadded one would re-pad q/k/v in every layer (see `repads_per_layer`). The
+# re-padding is a scatter and a gather per layer, over the whole [B,T] layout; unpadding saves the
+# padding's share of the matmuls. Inductor's byte counts for a BERT-base pre-training step (bf16,
+# benchmarks/traffic.py's method, batch 16 at seq 128): the padded path moves 4.75 GB in fused
+# kernels at any fill; the unpadded path 4.30, 5.00 and 5.38 GB at fills 0.58, 0.81 and 0.93, i.e.
+# 2.52 GB fixed plus 1.38x the padded path's bytes per row slot for each real token. At the H100's
+# measured rates (elementwise ~3 TB/s, matmuls 22.6 ms per 256-row step) the two cross near 0.88:
+# real Wikipedia NSP records (fill ~0.91) and packed MLM rows (~1.0) are faster padded, fine-tuning
+# batches (SST-2 ~0.1-0.3) far faster unpadded.
+REPAD_FILL = 0.9
 
 
 def _kernel_of(backend: str) -> str:
@@ -88,6 +99,14 @@ class PaddedAttention:
         if mask is not None and mask.shape[2] > 1:  # [B,1,T,T] (same sequence id): the asked-for query rows
             mask = mask.gather(2, columns[:, None, :, None].expand(-1, 1, -1, mask.shape[3]))  # [B,1,Q,T]
         return _attend_queries(q, kv, mask, num_heads, dropout_p)
+
+
+def repads_per_layer(backend: str, device_type: str, dtype: torch.dtype, dropout_p: float) -> bool:
+    """Whether the unpadded path of `backend` re-pads q/k/v to [B,T] for attention in every layer
+    (the "sdpa_unpadded" kernel), for a call on this device, compute dtype and attention dropout."""
+    kernel = _kernel_of(backend)
+    return kernel == "sdpa_unpadded" or unpadded_kernel(device_type, dtype, dropout_p,
+                                                        kernel == "varlen_dropout") == "sdpa_unpadded"
 
 
 def unpadded_kernel(device_type: str, dtype: torch.dtype, dropout_p: float, dropout_kernel: bool = False) -> str:
@@ -311,14 +330,18 @@ def pad_rows(batch: dict, multiple: int) -> dict:
 
 
 def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Tensor, cu_seqlens: torch.Tensor,
-                          backend: str = "auto") -> "UnpaddedAttention":
+                          backend: str = "auto", repads: bool = False) -> "UnpaddedAttention | PaddedAttention":
     """The unpadded attention context from an `unpadding_layout` computed with the batch: tensor
-    ops only (shapes decide everything), so torch.compile traces it and CUDA graphs can capture it."""
+    ops only (shapes decide everything), so torch.compile traces it and CUDA graphs can capture it.
+    `repads`: the unpadded kernel would re-pad every layer (`repads_per_layer`); "auto" then keeps
+    the padded layout, with the mask, for batches at least REPAD_FILL full."""
     if backend not in LAYOUT_BACKENDS:
         raise ValueError(f"attn_backend={backend!r} cannot use a precomputed unpadded layout")
     B, T = attention_mask.shape
     Nb = unpad_indices.shape[0]
     packed = cu_seqlens.shape[0] - 2 > B  # more sequences than rows
+    if backend == "auto" and repads and Nb >= REPAD_FILL * B * T:  # Nb - 1 real tokens at most
+        return PaddedAttention(mask=padding_mask(attention_mask.long(), packed))
     valid = torch.arange(Nb, device=unpad_indices.device) < cu_seqlens[-2]  # False at filler tokens
     # The filler sequence can be longer than a row; Nb - B bounds it (every row has a real token).
     return UnpaddedAttention(indices=unpad_indices, cu_seqlens=cu_seqlens, max_seqlen=max(T, Nb - B),
@@ -328,7 +351,7 @@ def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Ten
 
 
 @torch.compiler.disable
-def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
+def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto", repads: bool = False
                       ) -> PaddedAttention | UnpaddedAttention | FlexAttention:
     """Choose the attention layout for one batch.
 
@@ -337,7 +360,8 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
     "varlen" (same) | "varlen_dropout" (also trains with attention dropout on the flash varlen
     kernel, see flash_varlen.py) | "sdpa_unpadded" | "flex" (FlexAttention with a document block mask) |
     "auto" (unpad only when the batch has padding or more than one sequence in a row: otherwise
-    the padded path has nothing to skip and no gather/scatter to pay for).
+    the padded path has nothing to skip and no gather/scatter to pay for; and, when `repads` (see
+    `repads_per_layer`), only when less than REPAD_FILL of the row slots hold real tokens).
 
     Runs eagerly under torch.compile (the token count N is data-dependent): one host sync per
     batch for the layout decision and the nonzero(), none inside the layers.
@@ -351,11 +375,11 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
     mask = attention_mask.long()
     if backend == "flex":
         return _flex_context(mask)
-    packed, full = torch.stack([(mask > 1).any(), (mask > 0).all()]).tolist()  # one host sync
+    packed, full, real = torch.stack([(mask > 1).any(), (mask > 0).all(), (mask > 0).sum()]).tolist()  # one host sync
     if backend == "auto":
         if not packed and full:
             return PaddedAttention(mask=None)
-        backend = "unpadded"
+        backend = "padded" if repads and real >= REPAD_FILL * mask.numel() else "unpadded"
     if backend == "padded":
         return PaddedAttention(mask=padding_mask(mask, packed))
 
