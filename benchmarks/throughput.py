@@ -507,9 +507,9 @@ def run_pretrain_records(settings: Settings, config: ModelConfig, path: Path, se
     flops = [useful_flops(config, n, int((b["masked_positions"] >= 0).sum()), head="pretraining")
              for n, b in zip(lengths, cpu_ours)]
     model = seeded(lambda: bertkit_model("pretraining", config))
-    # "auto" keeps batches at least attention.REPAD_FILL full padded while attention dropout would
-    # re-pad every layer; the forced unpadded row and the varlen_dropout row (no re-padding) are the
-    # alternatives it is weighed against.
+    # On CUDA "auto" keeps batches at least attention.REPAD_FILL full padded while attention dropout
+    # would re-pad every layer; the forced unpadded row and the varlen_dropout row (no re-padding)
+    # are the alternatives it is weighed against.
     measure(settings, workload, "bertkit (auto layout, decoder on masked only)", model, ours, flops, True, dynamic=True)
     model.attn_backend = "unpadded"
     measure(settings, workload, "bertkit (unpadded, re-padded attention)", model, ours, flops, True, dynamic=True)

@@ -724,34 +724,47 @@ def test_last_layer_at_output_positions_on_cuda_bf16(layout: str) -> None:
     assert cosine > 0.999, cosine
 
 
-def test_auto_keeps_nearly_full_batches_padded_when_unpadding_would_repad_every_layer() -> None:
+def test_auto_keeps_nearly_full_batches_padded_when_unpadding_would_repad_every_layer(monkeypatch) -> None:
     # Attention dropout (or a device without the varlen kernel) re-pads q/k/v in every layer of the
-    # unpadded path; for a batch at least REPAD_FILL full that costs more than the padding saves.
-    from bertkit.modeling.attention import REPAD_FILL, attention_from_layout, repads_per_layer
+    # unpadded path; on CUDA, for a batch at least REPAD_FILL full, that costs more than the padding saves.
+    import bertkit.modeling.bert as bert
+    from bertkit.modeling.attention import (REPAD_FILL, attention_from_layout, keep_full_batches_padded,
+                                            repads_per_layer)
 
     assert repads_per_layer("auto", "cuda", torch.bfloat16, 0.1)  # SDPA re-padded for its dropout
     assert not repads_per_layer("auto", "cuda", torch.bfloat16, 0.0)  # varlen_attn on the packed tokens
     assert not repads_per_layer("varlen_dropout", "cuda", torch.bfloat16, 0.1)
     assert repads_per_layer("auto", "cpu", torch.float32, 0.0) and repads_per_layer("sdpa_unpadded", "cuda",
                                                                                       torch.bfloat16, 0.0)
+    assert keep_full_batches_padded("auto", "cuda", torch.bfloat16, 0.1)
+    assert not keep_full_batches_padded("auto", "cpu", torch.bfloat16, 0.1)  # matmul-bound: unpadding wins
+    assert not keep_full_batches_padded("auto", "cuda", torch.bfloat16, 0.0)
     nearly_full = torch.tensor([[1] * 20, [1] * 18 + [0] * 2, [1] * 20])  # fill 0.967
     packed_full = torch.tensor([[1] * 8 + [2] * 12, [1] * 20, [1] * 5 + [2] * 15])
     sparse = torch.tensor([[1] * 20, [1] * 4 + [0] * 16, [1] * 9 + [0] * 11])  # fill 0.55
     assert REPAD_FILL <= 0.95
     for mask, kept_padded in ((nearly_full, True), (packed_full, True), (sparse, False)):
         layout = unpadding_layout(mask, 1)
-        ctx = attention_from_layout(mask, layout["unpad_indices"], layout["cu_seqlens"], "auto", repads=True)
+        indices, cu = layout["unpad_indices"], layout["cu_seqlens"]
+        ctx = attention_from_layout(mask, indices, cu, "auto", padded_if_full=True)
         assert isinstance(ctx, PaddedAttention) is kept_padded
         if kept_padded:  # packed rows keep their documents apart: the same-id mask
             assert ctx.mask.shape == ((3, 1, 20, 20) if mask.max() > 1 else (3, 1, 1, 20))
-        no_repad = attention_from_layout(mask, layout["unpad_indices"], layout["cu_seqlens"], "auto", repads=False)
-        assert isinstance(no_repad, UnpaddedAttention)
-        forced = attention_from_layout(mask, layout["unpad_indices"], layout["cu_seqlens"], "unpadded", repads=True)
+        assert isinstance(attention_from_layout(mask, indices, cu, "auto"), UnpaddedAttention)
+        forced = attention_from_layout(mask, indices, cu, "unpadded", padded_if_full=True)
         assert isinstance(forced, UnpaddedAttention)  # an explicit backend is obeyed
-        assert isinstance(prepare_attention(mask, "auto", repads=True), PaddedAttention) is kept_padded
+        assert isinstance(prepare_attention(mask, "auto", padded_if_full=True), PaddedAttention) is kept_padded
 
-    # The model takes the padded path for the nearly full packed batch and computes what the
-    # forced unpadded path computes (on the CPU every unpadded call re-pads).
+    # With the rule on (as on CUDA), the model takes the padded path for the nearly full packed
+    # batch and computes what the forced unpadded path computes.
+    chosen = []
+
+    def spy(*args, **kwargs):
+        chosen.append(type(attention_from_layout(*args, **kwargs)))
+        return attention_from_layout(*args, **kwargs)
+
+    monkeypatch.setattr(bert, "keep_full_batches_padded", lambda *args: True)
+    monkeypatch.setattr(bert, "attention_from_layout", spy)
     torch.manual_seed(16)
     model = BertForPreTraining(tiny_config())
     ids = torch.randint(5, 99, packed_full.shape)
@@ -764,6 +777,7 @@ def test_auto_keeps_nearly_full_batches_padded_when_unpadding_would_repad_every_
         out = model(**batch)
         out.loss.backward()
         results[backend] = out.loss.detach(), grads(model)
+    assert chosen == [PaddedAttention, UnpaddedAttention]
     assert abs(results["auto"][0] - results["unpadded"][0]) <= TOL
     for name, grad in results["unpadded"][1].items():
         assert (grad - results["auto"][1][name]).abs().max() <= TOL, name

@@ -39,7 +39,9 @@ LAYOUT_BACKENDS = ("auto", "unpadded", "varlen", "varlen_dropout", "sdpa_unpadde
 # 2.52 GB fixed plus 1.38x the padded path's bytes per row slot for each real token. At the H100's
 # measured rates (elementwise ~3 TB/s, matmuls 22.6 ms per 256-row step) the two cross near 0.88:
 # real Wikipedia NSP records (fill ~0.91) and packed MLM rows (~1.0) are faster padded, fine-tuning
-# batches (SST-2 ~0.1-0.3) far faster unpadded.
+# batches (SST-2 ~0.1-0.3) far faster unpadded. On the CPU the matmuls dominate instead: at fill
+# 0.91 unpadding was 4-8% faster (mini and small shapes, best of 10-20 alternated steps), so the
+# rule applies on CUDA only (`keep_full_batches_padded`).
 REPAD_FILL = 0.9
 
 
@@ -107,6 +109,12 @@ def repads_per_layer(backend: str, device_type: str, dtype: torch.dtype, dropout
     kernel = _kernel_of(backend)
     return kernel == "sdpa_unpadded" or unpadded_kernel(device_type, dtype, dropout_p,
                                                         kernel == "varlen_dropout") == "sdpa_unpadded"
+
+
+def keep_full_batches_padded(backend: str, device_type: str, dtype: torch.dtype, dropout_p: float) -> bool:
+    """Whether "auto" should keep batches at least REPAD_FILL full padded for this call: on CUDA,
+    where the unpadded path's per-layer re-padding is memory traffic the padding does not repay."""
+    return device_type == "cuda" and repads_per_layer(backend, device_type, dtype, dropout_p)
 
 
 def unpadded_kernel(device_type: str, dtype: torch.dtype, dropout_p: float, dropout_kernel: bool = False) -> str:
@@ -330,17 +338,17 @@ def pad_rows(batch: dict, multiple: int) -> dict:
 
 
 def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Tensor, cu_seqlens: torch.Tensor,
-                          backend: str = "auto", repads: bool = False) -> "UnpaddedAttention | PaddedAttention":
+                          backend: str = "auto", padded_if_full: bool = False) -> "UnpaddedAttention | PaddedAttention":
     """The unpadded attention context from an `unpadding_layout` computed with the batch: tensor
     ops only (shapes decide everything), so torch.compile traces it and CUDA graphs can capture it.
-    `repads`: the unpadded kernel would re-pad every layer (`repads_per_layer`); "auto" then keeps
-    the padded layout, with the mask, for batches at least REPAD_FILL full."""
+    `padded_if_full` (`keep_full_batches_padded`): "auto" keeps the padded layout, with the mask,
+    for batches at least REPAD_FILL full."""
     if backend not in LAYOUT_BACKENDS:
         raise ValueError(f"attn_backend={backend!r} cannot use a precomputed unpadded layout")
     B, T = attention_mask.shape
     Nb = unpad_indices.shape[0]
     packed = cu_seqlens.shape[0] - 2 > B  # more sequences than rows
-    if backend == "auto" and repads and Nb >= REPAD_FILL * B * T:  # Nb - 1 real tokens at most
+    if backend == "auto" and padded_if_full and Nb >= REPAD_FILL * B * T:  # Nb - 1 real tokens at most
         return PaddedAttention(mask=padding_mask(attention_mask.long(), packed))
     valid = torch.arange(Nb, device=unpad_indices.device) < cu_seqlens[-2]  # False at filler tokens
     # The filler sequence can be longer than a row; Nb - B bounds it (every row has a real token).
@@ -351,7 +359,7 @@ def attention_from_layout(attention_mask: torch.Tensor, unpad_indices: torch.Ten
 
 
 @torch.compiler.disable
-def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto", repads: bool = False
+def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto", padded_if_full: bool = False
                       ) -> PaddedAttention | UnpaddedAttention | FlexAttention:
     """Choose the attention layout for one batch.
 
@@ -360,8 +368,9 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
     "varlen" (same) | "varlen_dropout" (also trains with attention dropout on the flash varlen
     kernel, see flash_varlen.py) | "sdpa_unpadded" | "flex" (FlexAttention with a document block mask) |
     "auto" (unpad only when the batch has padding or more than one sequence in a row: otherwise
-    the padded path has nothing to skip and no gather/scatter to pay for; and, when `repads` (see
-    `repads_per_layer`), only when less than REPAD_FILL of the row slots hold real tokens).
+    the padded path has nothing to skip and no gather/scatter to pay for; and, with
+    `padded_if_full` (see `keep_full_batches_padded`), only when less than REPAD_FILL of the row
+    slots hold real tokens).
 
     Runs eagerly under torch.compile (the token count N is data-dependent): one host sync per
     batch for the layout decision and the nonzero(), none inside the layers.
@@ -379,7 +388,7 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
     if backend == "auto":
         if not packed and full:
             return PaddedAttention(mask=None)
-        backend = "padded" if repads and real >= REPAD_FILL * mask.numel() else "unpadded"
+        backend = "padded" if padded_if_full and real >= REPAD_FILL * mask.numel() else "unpadded"
     if backend == "padded":
         return PaddedAttention(mask=padding_mask(mask, packed))
 

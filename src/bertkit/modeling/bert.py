@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from bertkit.config import RESIDUAL_DTYPES, TANH_GELU_NAMES, ModelConfig
 from bertkit.modeling.attention import (LAYOUT_BACKENDS, FlexAttention, PaddedAttention, UnpaddedAttention,
-                                       attention_from_layout, positions_from_mask, prepare_attention,
-                                       repads_per_layer)
+                                       attention_from_layout, keep_full_batches_padded, positions_from_mask,
+                                       prepare_attention)
 
 AttentionContext = PaddedAttention | UnpaddedAttention | FlexAttention
 
@@ -278,9 +278,10 @@ class BertModel(nn.Module):
         if attention_mask is None:  # no padding, one sequence per row (prepare_attention would break the graph)
             ctx = PaddedAttention(mask=None)
         elif unpad_indices is not None and cu_seqlens is not None and self.attn_backend in LAYOUT_BACKENDS:
-            ctx = attention_from_layout(attention_mask, unpad_indices, cu_seqlens, self.attn_backend, self._repads())
+            ctx = attention_from_layout(attention_mask, unpad_indices, cu_seqlens, self.attn_backend,
+                                        self._padded_if_full())
         else:
-            ctx = prepare_attention(attention_mask, self.attn_backend, self._repads())
+            ctx = prepare_attention(attention_mask, self.attn_backend, self._padded_if_full())
         if output_positions is None:
             x = ctx.pad(self.encoder(ctx.unpad(x), ctx))  # [B,T,H] -> [N,H] (if unpadded) -> [B,T,H]
             pooled = self.pooler(x) if self.pooler is not None else None
@@ -293,14 +294,14 @@ class BertModel(nn.Module):
             return BertOutput(last_hidden_state=x, pooler_output=None)
         return BertOutput(last_hidden_state=x[:, 1:], pooler_output=self.pooler(x))
 
-    def _repads(self) -> bool:
-        """Whether this call's unpadded path would re-pad attention in every layer (the compute
-        dtype is autocast's, if on; attention dropout only counts in training)."""
+    def _padded_if_full(self) -> bool:
+        """attention.keep_full_batches_padded for this call (the compute dtype is autocast's, if
+        on; attention dropout only counts in training)."""
         weight = self.embeddings.word_embeddings.weight
         device = weight.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         dropout_p = self.encoder.layer[0].attention.self.dropout_p if self.training else 0.0
-        return repads_per_layer(self.attn_backend, device, dtype, dropout_p)
+        return keep_full_batches_padded(self.attn_backend, device, dtype, dropout_p)
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, **config_overrides: Any) -> "BertModel":
