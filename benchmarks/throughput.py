@@ -139,6 +139,9 @@ def record_batches(path: Path, batch_size: int, count: int, seq_len: int) -> tup
     from bertkit.data.records import open_pretraining_data
     from bertkit.training.pretraining import PretrainingTask
 
+    if not (path / "manifest.json").is_file() or not (path / "tokenizer").is_dir():
+        raise SystemExit(f"--pretrain-records {path}: expected a `bertkit pretrain-data` output directory "
+                         f"(manifest.json and tokenizer/); an .xz archive must be unpacked first")
     data = open_pretraining_data(path)
     task = PretrainingTask(data, Tokenizer.from_pretrained(path / "tokenizer"))
     if not task.nsp:

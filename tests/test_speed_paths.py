@@ -810,3 +810,5 @@ def test_benchmark_record_batches_agree_between_libraries(tmp_path: Path, shared
         assert (a["input_ids"].gather(1, a["masked_positions"].clamp(min=0))[valid] != 0).all()
     with pytest.raises(SystemExit, match="longer than the workload"):
         bench.record_batches(tmp_path / "records", 8, 1, 32)
+    with pytest.raises(SystemExit, match="expected a `bertkit pretrain-data` output directory"):
+        bench.record_batches(text, 8, 1, 80)
