@@ -384,7 +384,8 @@ def prepare_attention(attention_mask: torch.Tensor | None, backend: str = "auto"
     mask = attention_mask.long()
     if backend == "flex":
         return _flex_context(mask)
-    packed, full, real = torch.stack([(mask > 1).any(), (mask > 0).all(), (mask > 0).sum()]).tolist()  # one host sync
+    real_tokens = mask > 0
+    packed, full, real = torch.stack([(mask > 1).any(), real_tokens.all(), real_tokens.sum()]).tolist()  # one host sync
     if backend == "auto":
         if not packed and full:
             return PaddedAttention(mask=None)

@@ -144,6 +144,16 @@ class BertPreTrainingHeads(nn.Module):
         self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
+def pooled_output(bert: BertModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  token_type_ids: torch.Tensor | None, position_ids: torch.Tensor | None,
+                  **layout: torch.Tensor) -> torch.Tensor:
+    """bert's pooled [CLS] vector [B,H] for input_ids [B,T], with the last layer computing [CLS]
+    alone (output_positions [B,0]): the heads that read only the pooler call this."""
+    only_pooler = input_ids.new_zeros(input_ids.shape[0], 0)
+    return bert(input_ids, attention_mask, token_type_ids, position_ids, output_positions=only_pooler,
+                **layout).pooler_output
+
+
 def _output_positions(masked_positions: torch.Tensor | None) -> torch.Tensor | None:
     """The columns whose final hidden states the MLM head reads: masked_positions [B,P] with the
     unused slots (-1) at column 0 ([CLS], which every row has)."""
@@ -237,9 +247,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
                 token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, class_weights: torch.Tensor | None = None,
                 **layout: torch.Tensor) -> ModelOutput:
-        only_pooler = input_ids.new_zeros(input_ids.shape[0], 0)  # the last layer computes [CLS] alone
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_positions=only_pooler,
-                           **layout).pooler_output
+        pooled = pooled_output(self.bert, input_ids, attention_mask, token_type_ids, position_ids, **layout)
         logits = self.classifier(self.dropout(pooled))  # [B,C]
         loss = None
         if labels is not None:
@@ -315,8 +323,7 @@ class BertForMultipleChoice(BertPreTrainedModel):
         B, C, T = input_ids.shape
         flat = [t.reshape(B * C, T) if t is not None else None  # [B,C,T] -> [B*C,T]
                 for t in (input_ids, attention_mask, token_type_ids, position_ids)]
-        only_pooler = input_ids.new_zeros(B * C, 0)  # the last layer computes [CLS] alone
-        pooled = self.bert(*flat, output_positions=only_pooler, **layout).pooler_output  # [B*C,H]
+        pooled = pooled_output(self.bert, *flat, **layout)  # [B*C,H]
         logits = self.classifier(self.dropout(pooled)).view(B, C)  # [B*C,1] -> [B,C]
         loss = _cross_entropy(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits)

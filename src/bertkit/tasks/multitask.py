@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from bertkit.config import ModelConfig
 from bertkit.modeling.bert import BertModel, init_bert_weights
-from bertkit.modeling.heads import ModelOutput, _cross_entropy, _dropout
+from bertkit.modeling.heads import ModelOutput, _cross_entropy, _dropout, pooled_output
 from bertkit.tasks.base import Task, pad_sequences
 
 # Heads a shared-encoder run supports: both read the pooled [CLS] vector, so one encoder pass
@@ -118,9 +118,7 @@ class MultiTaskModel(nn.Module):
         of each row's task loss."""
         if task is None:
             raise ValueError("MultiTaskModel.forward needs `task` [B]: the task index of every row")
-        only_pooler = input_ids.new_zeros(input_ids.shape[0], 0)  # the last layer computes [CLS] alone
-        pooled = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_positions=only_pooler,
-                           **layout).pooler_output  # [B,H]
+        pooled = pooled_output(self.bert, input_ids, attention_mask, token_type_ids, position_ids, **layout)  # [B,H]
         B = pooled.shape[0]
         logits = torch.full((B, self.max_labels), float("nan"), device=pooled.device)
         if single_task is not None:  # every training batch: no row gathering
