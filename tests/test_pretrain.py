@@ -72,7 +72,8 @@ def initial_mlm_loss(data_path: Path, eval_path: Path | None, eval_fraction: flo
 
 @pytest.fixture(scope="module")
 def wiki_records(tmp_path_factory) -> Path:
-    """MLM+NSP records (dynamic masking, 64 tokens) from the first 1500 lines of WikiText-2 train."""
+    """MLM+NSP records (dynamic masking, 64 tokens) from the articles in the first 1500 lines of
+    WikiText-2 train."""
     need(WIKI, UNCASED)
     root = tmp_path_factory.mktemp("wiki")
     corpus = root / "wiki.txt"
@@ -80,7 +81,7 @@ def wiki_records(tmp_path_factory) -> Path:
         corpus.write_text("".join(next(f) for _ in range(1500)), encoding="utf-8")
     out = root / "records"
     assert main(["pretrain-data", "--input", str(corpus), "--tokenizer", str(UNCASED), "--output-dir", str(out),
-                 "--split-sentences", "--max-seq-length", "64", "--max-predictions-per-seq", "10",
+                 "--wikitext", "--max-seq-length", "64", "--max-predictions-per-seq", "10",
                  "--masking", "dynamic"]) == 0
     return out
 

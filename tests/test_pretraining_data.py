@@ -456,6 +456,56 @@ def test_split_sentences_for_paragraph_corpora(tmp_path):
                                                      ["The first one .", "The second , longer one !", "Third line"]]
 
 
+def test_wikitext_articles_become_documents(tmp_path):
+    from bertkit.data.pretraining import iter_wikitext_documents
+
+    f = tmp_path / "wiki.tokens"
+    f.write_text(" \n = First Article = \n \n Its lead , 1 @,@ 000 words . A <unk> follows @-@ here . \n"
+                 " \n = = History = = \n \n The state @-@ of @-@ the @-@ art was 0 @.@ 5 . \n"
+                 " \n = = = Early years = = = \n \n Early text . \n"
+                 " Key : GP \n = Games played ; G = \n Goals . \n"  # a wrapped legend, not a heading
+                 " \n = Second Article = \n \n Only one sentence . \n", encoding="utf-8")
+    assert list(iter_wikitext_documents([f])) == [
+        ["Its lead , 1,000 words .", "A [UNK] follows-here .", "The state-of-the-art was 0.5 .", "Early text .",
+         "Key : GP", "= Games played ; G =", "Goals ."],
+        ["Only one sentence ."],
+    ]
+
+
+def test_wikitext_records_have_articles_as_documents_and_balanced_nsp(tmp_path, capsys, uncased):
+    """WikiText-2 valid (60 articles): --wikitext makes one document per article; reading it as
+    paragraphs makes most documents one heading line and most NSP labels random, and says so."""
+    need(WIKITEXT_VALID)
+    from bertkit.cli import main
+    from bertkit.data.pretraining import iter_wikitext_documents
+
+    documents = list(iter_wikitext_documents([WIKITEXT_VALID]))
+    assert len(documents) == 60  # the published number of WikiText-2 validation articles
+    assert not any(s.startswith("= = ") for doc in documents for s in doc)
+
+    def nsp_random_share(out):
+        labels = np.array([int(r["nsp_label"]) for r in open_pretraining_data(out)])
+        return labels.mean(), len(labels)
+
+    args = ["pretrain-data", "--input", str(WIKITEXT_VALID), "--tokenizer", str(UNCASED), "--masking", "dynamic"]
+    assert main([*args, "--output-dir", str(tmp_path / "articles"), "--wikitext"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    articles_random, articles_rows = nsp_random_share(tmp_path / "articles")
+    assert main([*args, "--output-dir", str(tmp_path / "paragraphs"), "--split-sentences"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "most NSP labels will be 'random'" in err and "--wikitext" in err
+    paragraphs_random, _ = nsp_random_share(tmp_path / "paragraphs")
+    print(f"WikiText-2 valid NSP 'random' share: --wikitext {articles_random:.3f} ({articles_rows} rows), "
+          f"paragraphs {paragraphs_random:.3f}")
+    assert 0.45 < articles_random < 0.56 and paragraphs_random > 0.6
+    # <unk> is read as [UNK], not as the pieces "<", "un", "##k", ">".
+    ids = np.concatenate([r["input_ids"] for r in open_pretraining_data(tmp_path / "articles")])
+    assert (ids == uncased.unk_id).sum() > 1000
+    pieces = np.array(uncased.convert_tokens_to_ids(["<", "un", "##k", ">"]))
+    windows = np.lib.stride_tricks.sliding_window_view(ids, len(pieces))
+    assert not (windows == pieces).all(axis=1).any()
+
+
 def test_vectorised_word_picking_equals_the_greedy_scan() -> None:
     # _pick_words replaced a per-word Python loop (the hot path of target-word masking); it must
     # choose exactly what the plain greedy scan chooses, for any order, budget and word lengths.

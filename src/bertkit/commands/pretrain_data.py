@@ -19,7 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", "--output_dir", required=True, help="record directory to write")
     p.add_argument("--text-field", default=None, help="read JSONL documents, taking the text from this field")
     p.add_argument("--split-sentences", action="store_true",
-                   help="lines are paragraphs (e.g. WikiText): split them with the rule-based sentence splitter")
+                   help="lines are paragraphs: split them with the rule-based sentence splitter")
+    p.add_argument("--wikitext", action="store_true",
+                   help="WikiText-2/103 files (wiki.*.tokens or .raw): one document per article (from each "
+                        "' = Title = ' line), headings dropped, paragraphs split into sentences, "
+                        "' @-@ ' joins undone, <unk> read as the tokenizer's unknown token")
     p.add_argument("--max-seq-length", "--max_seq_length", type=int, default=128)
     p.add_argument("--short-seq-prob", "--short_seq_prob", type=float, default=0.1)
     p.add_argument("--dupe-factor", "--dupe_factor", "--epochs-to-generate", dest="dupe_factor", type=int, default=1,
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                                 dupe_factor=args.dupe_factor, nsp=not args.no_nsp, masking=args.masking, mask=mask,
                                 target_words=_read_target_words(args.target_words) if args.target_words else None,
                                 seed=args.seed, chunk_docs=args.chunk_docs, text_field=args.text_field,
-                                split_sentences=args.split_sentences, do_lower_case=args.do_lower_case)
+                                split_sentences=args.split_sentences, wikitext=args.wikitext,
+                                do_lower_case=args.do_lower_case)
     manifest = create_pretraining_data(args.input, args.tokenizer, args.output_dir, config, workers=args.workers,
                                        num_shards=args.num_shards, shard_index=args.shard_index)
     if not manifest["complete"]:

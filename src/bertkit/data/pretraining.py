@@ -7,7 +7,7 @@ another document (NSP label 1) with the unused sentences put back, and `truncate
 removing tokens from the longer side at a random end.
 
 Input: text files with one sentence per line and a blank (or whitespace-only) line between
-documents, or JSONL with one document per line in `--text-field` (split into sentences by newlines
+documents, WikiText-2/103 files (`--wikitext`: one document per article), or JSONL with one document per line in `--text-field` (split into sentences by newlines
 and the rule-based splitter of `bertkit.data.wikipedia`). Files may be .gz or .bz2. Invalid UTF-8 is
 an error naming the file and line (a silent replacement would put U+FFFD into the vocabulary's
 [UNK] counts without anyone noticing).
@@ -36,6 +36,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import re
 import resource
 import sys
 from collections import deque
@@ -69,6 +70,7 @@ class PretrainDataConfig:
     chunk_bytes: int = 64 << 20  # ... or this much text, whichever comes first
     text_field: str | None = None  # JSONL input: the field holding a document's text
     split_sentences: bool = False  # text input: lines are paragraphs, split them into sentences
+    wikitext: bool = False  # WikiText-2/103 files: articles at " = Title = " lines (see iter_wikitext_documents)
     do_lower_case: bool | None = None  # tokenizer casing; None: as the tokenizer's files say
 
     def __post_init__(self) -> None:
@@ -84,6 +86,8 @@ class PretrainDataConfig:
             raise ValueError(f"--masking {self.masking!r} is not one of {', '.join(MASKING_MODES)}")
         if self.chunk_docs < 1 or self.chunk_bytes < 1:
             raise ValueError("--chunk-docs must be >= 1")
+        if self.wikitext and self.text_field is not None:
+            raise ValueError("--wikitext and --text-field cannot be combined: WikiText files are plain text")
         if self.target_words is not None and self.mask.strategy == "span":
             raise ValueError("--target-words and --span-mask cannot be combined; pick one strategy")
 
@@ -94,6 +98,7 @@ class PretrainDataConfig:
     def from_dict(cls, data: dict[str, Any]) -> "PretrainDataConfig":
         data = dict(data)
         data["mask"] = MaskingConfig(**data["mask"])
+        data.setdefault("wikitext", False)  # manifests written before the flag existed
         return cls(**data)
 
 
@@ -135,8 +140,8 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
 def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: bool = False) -> Iterator[list[str]]:
     """Documents (lists of non-empty sentences) from text or JSONL files, streamed. `split`
     runs the rule-based sentence splitter over each line of text input (paragraph-per-line
-    corpora such as WikiText, where otherwise every document is one "sentence" and NSP always
-    picks a random B)."""
+    corpora, where otherwise every document is one "sentence" and NSP always picks a random B;
+    WikiText has its own reader, iter_wikitext_documents)."""
     from bertkit.data.sentences import split_sentences
 
     if text_field is not None:
@@ -167,6 +172,87 @@ def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: 
                 doc = []
         if doc:  # a file's end also ends its last document
             yield doc
+
+
+_WIKITEXT_HEADING = re.compile(r"^(=+) (.*) \1$")  # "= Title =" (an article), "= = Section = =", ...
+_WIKITEXT_JOINER = re.compile(r" @([-.,])@(?: |$)")  # the tokenized files split "1,000" as "1 @,@ 000"
+
+
+def _with_neighbours(lines: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """(line before, line, line after) for each line; "" beyond the ends."""
+    previous, current = "", None
+    for following in lines:
+        if current is not None:
+            yield previous, current, following
+            previous = current
+        current = following
+    if current is not None:
+        yield previous, current, ""
+
+
+def iter_wikitext_documents(paths: Sequence[Path], unk_token: str = "[UNK]") -> Iterator[list[str]]:
+    """Articles of WikiText-2/103 files (`wiki.*.tokens` or `wiki.*.raw`) as documents of sentences.
+
+    WikiText has one paragraph per line and blank lines around every heading, so the blank-line
+    rule of plain text makes each paragraph a document and each heading a one-line document:
+    on WikiText-2 train that gave 11,669 "documents" and NSP labels two-thirds random, since a
+    one-sentence document always takes a random B. Here an article runs from its ` = Title = `
+    line to the next; heading lines (`= = Section = =`, any level) are dropped; paragraphs are
+    split into sentences; ` @-@ `, ` @,@ `, ` @.@ ` are joined back (`1 @,@ 000` -> `1,000`,
+    otherwise [@, ",", @] tokens); and the tokenized files' `<unk>` becomes `unk_token`, which the
+    WordPiece tokenizer reads as its unknown token instead of the three pieces of "<unk>".
+
+    A heading is a `= ... =` line with a blank line on both sides: table legends wrapped over
+    lines (` = Goals ; A = ` between two text lines) look like headings but are not."""
+    from bertkit.data.sentences import split_sentences
+
+    for path in paths:
+        doc: list[str] = []
+        for before, text, after in _with_neighbours(line.strip() for _, line in read_lines(path)):
+            if not text:
+                continue
+            heading = _WIKITEXT_HEADING.match(text) if not before and not after else None
+            if heading:
+                is_title = len(heading.group(1)) == 1 and not heading.group(2).startswith("= ")
+                if is_title and doc:
+                    yield doc
+                    doc = []
+                continue
+            text = _WIKITEXT_JOINER.sub(lambda m: m.group(1), text).replace("<unk>", unk_token)
+            doc.extend(split_sentences(text))
+        if doc:
+            yield doc
+
+
+class DocumentShape:
+    """Counts, while the documents stream past, what NSP will make of them: a document of one
+    sentence always takes its segment B from another document (label "random")."""
+
+    def __init__(self) -> None:
+        self.documents = self.single_sentence = self.wikitext_headings = 0
+
+    def count(self, documents: Iterable[list[str]]) -> Iterator[list[str]]:
+        for doc in documents:
+            self.documents += 1
+            if len(doc) == 1:
+                self.single_sentence += 1
+                self.wikitext_headings += bool(_WIKITEXT_HEADING.match(doc[0]))
+            yield doc
+
+    def nsp_warning(self, config: PretrainDataConfig) -> str | None:
+        """A warning when most documents have one sentence and NSP is on, with the likely fix."""
+        if not config.nsp or self.documents < 20 or self.single_sentence * 2 <= self.documents:
+            return None
+        msg = (f"warning: {self.single_sentence:,} of {self.documents:,} documents have a single sentence; "
+               f"their next sentence always comes from another document, so most NSP labels will be "
+               f"'random'.")
+        if self.wikitext_headings:
+            return msg + (f" {self.wikitext_headings:,} of them are WikiText headings ('= = ... = ='): "
+                          f"read the files with --wikitext")
+        if not config.split_sentences and config.text_field is None:
+            return msg + (" If each line is a paragraph, add --split-sentences; documents must be "
+                          "separated by blank lines")
+        return msg
 
 
 def iter_chunks(documents: Iterable[list[str]], chunk_docs: int, chunk_bytes: int) -> Iterator[list[list[str]]]:
@@ -476,7 +562,12 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
                 continue
             yield c, docs
 
-    chunks = iter_chunks(iter_documents(paths, config.text_field, config.split_sentences), config.chunk_docs, config.chunk_bytes)
+    if config.wikitext:
+        documents = iter_wikitext_documents(paths, tokenizer.convert_ids_to_tokens(tokenizer.unk_id))
+    else:
+        documents = iter_documents(paths, config.text_field, config.split_sentences)
+    shape = DocumentShape()
+    chunks = iter_chunks(shape.count(documents), config.chunk_docs, config.chunk_bytes)
     if workers == 1:
         for c, docs in chunks_to_build():
             info = build_shard(c, docs, ctx, out_dir, fingerprint)
@@ -510,6 +601,9 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
         raise DataError(f"--input {' '.join(map(str, paths))}: no documents found (the files are empty "
                         f"or contain only blank lines)")
     manifest = records.write_manifest(out_dir, header, n_chunks)
+    warning = shape.nsp_warning(config)
+    if warning:
+        log(warning)
     log(f"{out_dir}: {manifest['num_records']} records in {len(manifest['shards'])}/{n_chunks} shards "
         f"({built} built, {skipped} already complete); peak RSS {peak_rss_mib():.0f} MiB")
     return manifest
