@@ -133,6 +133,31 @@ def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, sst2_small, tmp_p
     assert_identical(weights(straight), weights(killed))
 
 
+def test_a_fresh_run_never_mixes_with_an_earlier_runs_checkpoints(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    """An earlier run left step-8 and step-12. A fresh 3-step run there would keep those (pruning
+    is by step number) and a later --resume would load step-12: the old model, silently. So a
+    fresh run is refused unless --overwrite-output-dir, and --resume past --max-steps is refused."""
+    out = tmp_path / "run"
+    common = ["--eval-every", "none", "--save-every", "4"]
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", *common)) == 0
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-8", "step-12"]
+    old_model = weights(out)
+    capsys.readouterr()
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "3", *common)) == 1
+    err = capsys.readouterr().err
+    assert "holds checkpoints of an earlier run (step-8, step-12)" in err and "--overwrite-output-dir" in err
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "3", *common, "--resume")) == 1
+    assert "is at step 12, past the 3 steps this run trains for" in capsys.readouterr().err
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-8", "step-12"]  # nothing was touched
+    assert_identical(old_model, weights(out))
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "3", *common, "--save-every", "1",
+                              "--overwrite-output-dir")) == 0
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-2", "step-3"]
+    fresh = tmp_path / "fresh"
+    assert main(finetune_args(tiny_model_dir, sst2_small, fresh, "--max-steps", "3", *common)) == 0
+    assert_identical(weights(fresh), weights(out))
+
+
 def test_half_written_checkpoint_is_ignored_by_resume(tiny_model_dir, sst2_small, tmp_path) -> None:
     out = tmp_path / "run"
     assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "4", "--eval-every", "none",

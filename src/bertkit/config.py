@@ -183,6 +183,7 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N optimizer steps (0: only at eval points and the end)
     keep_checkpoints: int = 2  # step checkpoints kept on disk (the best model is kept apart)
     resume: bool = False  # continue from the latest complete checkpoint in output_dir
+    overwrite_output_dir: bool = False  # a fresh run may delete the checkpoints an earlier run left there
     group_by_length: bool = False  # sample batches of similar length to cut padding
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model

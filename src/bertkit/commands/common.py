@@ -86,6 +86,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    g.add_argument("--overwrite-output-dir", "--overwrite_output_dir", dest="overwrite_output_dir",
+                   action="store_true",
+                   help="start afresh in an --output-dir that holds an earlier run's checkpoints (deletes them)")
     g.add_argument("--group-by-length", action="store_true", help="batch examples of similar length")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     g.add_argument("--no_cuda", "--no-cuda", dest="no_cuda", action="store_true", help="alias of --device cpu")
@@ -131,7 +134,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields.update(device=device, precision=precision)
     compile_mode = getattr(args, "compile", None)
     fields.update(compile=compile_mode is not None, compile_mode=compile_mode or "default")
-    return TrainConfig(**fields)
+    config = TrainConfig(**fields)
+    from bertkit.training.trainer import check_output_dir
+
+    check_output_dir(config)  # before data is read or anything of an earlier run is touched
+    return config
 
 
 def task_options_from_args(args: argparse.Namespace, task_cls: type[Task], saved: dict | None = None) -> TaskOptions:

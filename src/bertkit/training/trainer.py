@@ -281,6 +281,21 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def check_output_dir(config: TrainConfig) -> list[Path]:
+    """The complete checkpoints in config.output_dir; refuses a fresh run (no --resume) where an
+    earlier run left checkpoints, unless --overwrite-output-dir. Training on would interleave the
+    two runs' checkpoints: pruning keeps the highest step numbers, so the old, later steps would
+    survive and a later --resume would bring back the old model."""
+    output_dir = Path(config.output_dir)
+    found = checkpoint_dirs(output_dir)
+    if found and not config.resume and not config.overwrite_output_dir:
+        raise ValueError(
+            f"--output-dir {output_dir} holds checkpoints of an earlier run "
+            f"({', '.join(p.name for p in found)}): continue it with --resume, or start afresh with "
+            f"--overwrite-output-dir (deletes them), or pick a new --output-dir")
+    return found
+
+
 def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state: TrainerState,
                     info: DistInfo, keep: int) -> None:
     rng_states = distributed.all_gather_objects(rng_state(), info)  # every rank's RNG, in rank order
@@ -480,14 +495,25 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
 
     state = TrainerState(fingerprint=data_fingerprint(train_features), world_size=info.world_size)
+    found = check_output_dir(config)
+    distributed.barrier()  # every rank has looked before the main one may delete
+    if found and not config.resume:
+        if info.is_main:
+            shutil.rmtree(output_dir / "checkpoints")
+            shutil.rmtree(output_dir / "best", ignore_errors=True)
+        distributed.barrier()
     if config.resume:
-        found = checkpoint_dirs(output_dir)
         if found:
             saved_fingerprint = json.loads((found[-1] / STATE_FILE).read_text())["fingerprint"]
             if saved_fingerprint != state.fingerprint:
                 raise ValueError(
                     f"--resume: {found[-1]} was written for other training data (fingerprint "
                     f"{saved_fingerprint}, now {state.fingerprint}); use the same data or a new --output-dir")
+            saved_step = json.loads((found[-1] / STATE_FILE).read_text())["global_step"]
+            if saved_step > total_steps:
+                raise ValueError(
+                    f"--resume: {found[-1]} is at step {saved_step}, past the {total_steps} steps this run "
+                    f"trains for (--max-steps / --epochs); it belongs to a longer run")
             state = load_checkpoint(found[-1], model, optimizer, scheduler, scaler, info)
             state.world_size = info.world_size
         elif info.is_main:
