@@ -289,6 +289,49 @@ def test_target_words_only_targets_when_others_rate_zero(tmp_path, polyphone):
     assert n > 300
 
 
+def test_a_multi_piece_target_word_is_masked_whole_or_not_at_all(uncased, vocab, wiki_rows):
+    """Without --whole-word-mask the other words' pieces are masked one by one, but a target
+    occurrence is one unit: masking only part of "crust ##ace ##ans" would give the word away."""
+    words = ["crustaceans", "homarus", "species", "lobsters"]
+    pieces = {tuple(uncased.backend.encode(w, add_special_tokens=False).ids) for w in words}
+    assert max(map(len, pieces)) == 3  # crust ##ace ##ans, ho ##mar ##us
+    targets = TargetWords(pieces)
+    whole = partial = untouched = 0
+    for masked_lm_prob in (0.0, 0.15):
+        cfg = MaskingConfig(masked_lm_prob=masked_lm_prob, target_mask_prob=0.8, max_predictions_per_seq=40)
+        rng = np.random.default_rng(5)
+        for ids in wiki_rows:
+            spans = word_spans(ids, vocab)
+            is_target = targets(ids, spans)
+            _, positions, _ = mask_row(ids, rng, cfg, vocab, is_target, spans)
+            masked = np.zeros(ids.size, dtype=bool)
+            masked[positions] = True
+            for start, end in spans[is_target & (spans[:, 1] - spans[:, 0] > 1)]:
+                n = int(masked[start:end].sum())
+                whole += n == end - start
+                untouched += n == 0
+                partial += 0 < n < end - start
+    assert partial == 0 and whole + untouched >= 40
+    assert 0.65 < whole / (whole + untouched) < 0.95
+
+
+def test_target_words_that_can_never_match_are_named(tmp_path):
+    need(SAMPLE, UNCASED)
+    messages: list[str] = []
+    config = PretrainDataConfig(target_words=["anarchism", "don't", "covid-19", "text"])
+    create_pretraining_data([str(SAMPLE)], str(UNCASED), tmp_path / "r", config, log=messages.append)
+    warning = [m for m in messages if "--target-words" in m]
+    assert len(warning) == 1 and "2 of 4 entries" in warning[0] and "\"don't\", 'covid-19'" in warning[0]
+
+
+def test_a_masking_rate_of_zero_without_target_words_is_refused():
+    with pytest.raises(ValueError, match=r"--masked-lm-prob 0 masks nothing"):
+        PretrainDataConfig(mask=MaskingConfig(masked_lm_prob=0.0))
+    with pytest.raises(ValueError, match=r"--masked-lm-prob 0 masks nothing"):
+        PretrainDataConfig(mask=MaskingConfig(masked_lm_prob=0.0, target_mask_prob=0.0), target_words=["a"])
+    PretrainDataConfig(mask=MaskingConfig(masked_lm_prob=0.0, target_mask_prob=0.8), target_words=["a"])
+
+
 def test_target_mask_prob_hits_about_80_percent(polyphone):
     corpus, _, targets = polyphone
     from bertkit.tokenization import Tokenizer

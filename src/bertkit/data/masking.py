@@ -214,13 +214,19 @@ def mask_row(input_ids: np.ndarray, rng: np.random.Generator, config: MaskingCon
     else:
         spans = word_spans(ids, vocab) if spans is None else spans
         if not config.whole_word_mask:
-            # Per-token candidates; a target word's pieces still all count as target.
+            # Other words' pieces become candidates one by one; a target occurrence stays one
+            # candidate, masked whole or not at all: "ana ##rch [MASK]" would give the word away.
             lengths = spans[:, 1] - spans[:, 0]
-            owner = np.repeat(np.arange(len(spans)), lengths)
-            starts = _token_positions(spans)
-            tw = target_words[owner] if target_words is not None else None
-            spans = np.stack([starts, starts + 1], axis=1) if len(starts) else np.zeros((0, 2), np.int64)
-            target_words = tw
+            whole = (np.zeros(len(spans), dtype=bool) if target_words is None
+                     else np.asarray(target_words, dtype=bool))
+            counts = np.where(whole, 1, lengths)
+            owner = np.repeat(np.arange(len(spans)), counts)
+            first = np.zeros(len(spans) + 1, dtype=np.int64)
+            np.cumsum(counts, out=first[1:])
+            starts = spans[owner, 0] + (np.arange(owner.size) - first[owner])
+            ends = np.where(whole[owner], spans[owner, 1], starts + 1)
+            spans = np.stack([starts, ends], axis=1) if owner.size else np.zeros((0, 2), np.int64)
+            target_words = whole[owner] if target_words is not None else None
         chosen: list[int] = []
         taken = 0
         is_target = np.zeros(len(spans), dtype=bool) if target_words is None else np.asarray(target_words, bool)

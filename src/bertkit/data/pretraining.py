@@ -88,6 +88,9 @@ class PretrainDataConfig:
             raise ValueError("--chunk-docs must be >= 1")
         if self.wikitext and self.text_field is not None:
             raise ValueError("--wikitext and --text-field cannot be combined: WikiText files are plain text")
+        if self.mask.masked_lm_prob == 0 and (self.target_words is None or self.mask.target_mask_prob == 0):
+            raise ValueError("--masked-lm-prob 0 masks nothing (no --target-words to mask either): the records "
+                             "would have no MLM targets; use e.g. the default 0.15")
         if self.target_words is not None and self.mask.strategy == "span":
             raise ValueError("--target-words and --span-mask cannot be combined; pick one strategy")
 
@@ -296,6 +299,17 @@ def make_context(tokenizer: Any, config: PretrainDataConfig) -> _Context:
         targets = TargetWords(pieces)
     return _Context(config, tokenizer.backend, tokenizer.cls_id, tokenizer.sep_id,
                     VocabInfo.from_vocab(tokenizer.vocab), targets)
+
+
+def unmatchable_target_words(words: Sequence[str], ctx: _Context) -> list[str]:
+    """Listed words whose pieces form more than one word ("don't" -> don ' t): TargetWords
+    matches single words, so these never match."""
+    never = []
+    for word in words:
+        ids = np.asarray(ctx.backend.encode(word, add_special_tokens=False).ids, dtype=np.int32)
+        if ids.size and len(word_spans(ids, ctx.vocab)) > 1:
+            never.append(word)
+    return never
 
 
 def tokenize_documents(documents: list[list[str]], backend: Any) -> list[list[np.ndarray]]:
@@ -524,6 +538,12 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
     paths = expand_inputs(inputs)
     tokenizer = load_tokenizer(tokenizer_spec, config.do_lower_case)
     ctx = make_context(tokenizer, config)
+    if config.target_words is not None:
+        never = unmatchable_target_words(config.target_words, ctx)
+        if never:
+            log(f"warning: --target-words: {len(never)} of {len(config.target_words)} entries tokenize into "
+                f"several words ({', '.join(repr(w) for w in never[:10])}{' ...' if len(never) > 10 else ''}) "
+                f"and can never match an occurrence, which is always one word")
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     header = {
