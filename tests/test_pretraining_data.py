@@ -549,6 +549,59 @@ def test_wikitext_records_have_articles_as_documents_and_balanced_nsp(tmp_path, 
     assert not (windows == pieces).all(axis=1).any()
 
 
+@pytest.mark.parametrize("nsp", [True, False], ids=["nsp", "packed"])
+def test_held_out_documents_share_no_text_with_training_over_several_epochs(tmp_path, nsp):
+    """Three epochs of WikiText-2 valid's 60 articles: a held-out draw by row repeats most of its
+    text in training; by document, the two parts share no 8-gram of text."""
+    need(WIKITEXT_VALID, UNCASED)
+    from bertkit.training.pretraining import IndexView, held_out_warning, split_held_out
+
+    out, ds = build(tmp_path, [WIKITEXT_VALID], wikitext=True, dupe_factor=3, masking="dynamic", nsp=nsp)
+    offsets, values = ds.document_ids()
+    for i in range(0, len(ds), 97):
+        documents, row = values[offsets[i]:offsets[i + 1]], ds[i]
+        if nsp:  # A's document, and B's when B is random
+            assert len(documents) == 1 + int(row["nsp_label"]) and len(set(documents.tolist())) == len(documents)
+        else:  # one per packed piece
+            assert len(documents) == int(row["sequence_ids"].max())
+
+    def grams(view) -> set[bytes]:
+        found = set()
+        for i in range(len(view)):
+            ids = view[i]["input_ids"]
+            for j in range(ids.size - 8):
+                window = ids[j:j + 8]
+                if not np.isin(window, [101, 102]).any():  # text only, not [CLS]/[SEP] framing
+                    found.add(window.tobytes())
+        return found
+
+    train, held = split_held_out(ds, 0.05, seed=1)
+    assert len(held) >= round(0.05 * len(ds)) and len(train) + len(held) > 0.75 * len(ds)
+    held_grams = grams(held)
+    shared = len(held_grams & grams(train)) / len(held_grams)
+    print(f"held-out 8-grams also in training: by document {shared:.4f}", end="")
+    assert shared < 0.01  # phrases that different articles happen to share
+    assert held_out_warning(ds, held) is None
+    rng = np.random.default_rng(0)
+    by_row = np.sort(rng.choice(len(ds), len(held), replace=False))
+    rest = np.setdiff1d(np.arange(len(ds)), by_row)
+    by_row_grams = grams(IndexView(ds, by_row))
+    shared_by_row = len(by_row_grams & grams(IndexView(ds, rest))) / len(by_row_grams)
+    print(f", by row {shared_by_row:.3f}")
+    assert shared_by_row > 0.8
+
+
+def test_records_without_document_ids_warn_that_the_held_out_split_may_leak():
+    from bertkit.training.pretraining import held_out_warning, split_held_out
+
+    tfrecord = SHARED / "data/pretraining_formats/google_create_pretraining_data_format.tfrecord"
+    need(tfrecord)
+    ds = open_pretraining_data(tfrecord)
+    train, held = split_held_out(ds, 0.1, seed=1)
+    assert len(train) + len(held) == len(ds) and len(held) == round(0.1 * len(ds))
+    assert "held-out rows repeat text seen in training" in held_out_warning(ds, held)
+
+
 def test_vectorised_word_picking_equals_the_greedy_scan() -> None:
     # _pick_words replaced a per-word Python loop (the hot path of target-word masking); it must
     # choose exactly what the plain greedy scan chooses, for any order, budget and word lengths.

@@ -30,6 +30,7 @@ def random_instances(n: int, seed: int) -> list[dict[str, np.ndarray]]:
             "sequence_ids": np.ones(length, dtype=np.int8),
             "masked_positions": np.sort(rng.choice(np.arange(1, length), k, replace=False)).astype(np.int32),
             "masked_ids": rng.integers(0, 30000, k).astype(np.int32),
+            "document_ids": rng.integers(0, 50, int(rng.integers(1, 3))).astype(np.int32),
             "nsp_label": np.int8(rng.integers(-1, 2)),
         })
     return out
@@ -79,6 +80,32 @@ def test_shard_is_an_arrow_stream(two_shards):
         table = pa.ipc.open_stream(source).read_all()
     assert table.schema == records.SCHEMA and table.num_rows == 300
     assert table.column("input_ids")[0].as_py() == expected[BATCH_ROWS * 2 + 17]["input_ids"].tolist()
+
+
+def test_shards_without_document_ids_are_still_read(tmp_path):
+    """Shards written before the document_ids column existed: read as before, and no document ids
+    for the held-out split (which then draws by row)."""
+    rows = random_instances(50, 3)
+    legacy = records.SCHEMA_WITHOUT_DOCUMENTS
+    batch = records._record_batch(rows)
+    with pa.OSFile(str(tmp_path / "shard-00000.arrow"), "wb") as sink, pa.ipc.new_stream(sink, legacy) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays([batch.column(f.name) for f in legacy], schema=legacy))
+    path = tmp_path / "shard-00000.arrow"
+    sidecar = {"name": path.name, "rows": 50, "sha256": records.sha256_file(path), "bytes": path.stat().st_size}
+    (tmp_path / "shard-00000.json").write_text(json.dumps(sidecar))
+    write_manifest(tmp_path, HEADER, 1)
+    ds = open_pretraining_data(tmp_path)
+    assert np.array_equal(ds[7]["input_ids"], rows[7]["input_ids"]) and "document_ids" not in ds[7]
+    assert ds.document_ids() is None
+
+
+def test_document_ids_are_numbered_across_shards(two_shards):
+    directory, expected = two_shards
+    offsets, values = open_pretraining_data(directory).document_ids()
+    assert offsets.size == len(expected) + 1
+    first_of_second_shard = BATCH_ROWS * 2 + 17
+    assert values[offsets[first_of_second_shard]] == (1 << 32) | int(expected[first_of_second_shard]["document_ids"][0])
+    assert np.array_equal(values[offsets[3]:offsets[4]], expected[3]["document_ids"])
 
 
 def test_checksum_detects_corruption(two_shards):

@@ -94,7 +94,8 @@ def build_model(args: argparse.Namespace, tokenizer: Any, max_seq_length: int):
 
 def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
-    from bertkit.training.pretraining import PretrainingTask, check_vocabulary, split_held_out
+    from bertkit.training.pretraining import (PretrainingTask, check_vocabulary, held_out_warning,
+                                              split_held_out)
     from bertkit.training.trainer import seed_everything, train
 
     config = common.train_config_from_args(args)
@@ -107,6 +108,14 @@ def run(args: argparse.Namespace) -> int:
         train_part = data
     else:
         train_part, eval_data = split_held_out(data, args.eval_fraction, config.seed)
+        if eval_data is not None and info.is_main:
+            warning = held_out_warning(data, eval_data)
+            left_out = len(data) - len(train_part) - len(eval_data)
+            if warning:
+                common.eprint(warning)
+            elif left_out:
+                common.eprint(f"note: held out {len(eval_data)} records of whole documents; {left_out} more records "
+                              f"that hold text of those documents are left out of training")
     if config.eval_every != "none" and eval_data is None and info.is_main:
         common.eprint("note: no held-out records (--eval-fraction 0 and no --eval-data): no evaluation")
 

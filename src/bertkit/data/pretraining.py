@@ -396,8 +396,10 @@ def _nsp_instances(docs: list[list[np.ndarray]], ctx: _Context, rng: np.random.G
                 ids = np.concatenate([[ctx.cls_id], a, [ctx.sep_id], b, [ctx.sep_id]]).astype(np.int32)
                 types = np.zeros(ids.size, dtype=np.int8)
                 types[a.size + 2:] = 1
+                documents = [d, other] if is_random else [d]
                 out.append({"input_ids": ids, "token_type_ids": types,
-                            "sequence_ids": np.ones(ids.size, dtype=np.int8), "nsp_label": np.int8(is_random)})
+                            "sequence_ids": np.ones(ids.size, dtype=np.int8), "nsp_label": np.int8(is_random),
+                            "document_ids": np.array(documents, dtype=np.int32)})
                 chunk, length = [], 0
             i += 1
     return out
@@ -407,16 +409,18 @@ def _packed_instances(docs: list[list[np.ndarray]], ctx: _Context, rng: np.rando
     max_len = ctx.config.max_seq_length
     out: list[dict[str, Any]] = []
     pieces: list[np.ndarray] = []
+    piece_documents: list[int] = []
     used = 0
 
     def flush() -> None:
-        nonlocal pieces, used
+        nonlocal pieces, piece_documents, used
         if pieces:
             ids = np.concatenate([np.concatenate([[ctx.cls_id], p, [ctx.sep_id]]) for p in pieces]).astype(np.int32)
             seq = np.concatenate([np.full(p.size + 2, k + 1, dtype=np.int8) for k, p in enumerate(pieces)])
             out.append({"input_ids": ids, "token_type_ids": np.zeros(ids.size, dtype=np.int8),
-                        "sequence_ids": seq, "nsp_label": np.int8(-1)})
-        pieces, used = [], 0
+                        "sequence_ids": seq, "nsp_label": np.int8(-1),
+                        "document_ids": np.array(piece_documents, dtype=np.int32)})
+        pieces, piece_documents, used = [], [], 0
 
     # A different document order per epoch gives different row compositions.
     for d in rng.permutation(len(docs)):
@@ -430,6 +434,7 @@ def _packed_instances(docs: list[list[np.ndarray]], ctx: _Context, rng: np.rando
                 continue
             take = min(room, left)
             pieces.append(tokens[p:p + take])
+            piece_documents.append(int(d))
             used += take + 2
             p += take
     flush()

@@ -12,7 +12,13 @@ pass over the batch headers at open (zero-copy on a memory map) access by index 
 
 Columns (docs/INTERFACES.md "Pre-training records"): input_ids list<int32>, token_type_ids
 list<int8>, sequence_ids list<int8>, masked_positions list<int32>, masked_ids list<int32>,
-nsp_label int8.
+document_ids list<int32>, nsp_label int8.
+
+document_ids: the documents, numbered within the shard, whose text the row holds (NSP: A's, then
+B's when B is random; packed: each piece's). With several epochs generated, the same text is in
+several rows, so a held-out set drawn by row would repeat training text; `split_held_out` draws
+whole documents instead. Shards written before the column existed, and rows converted from
+TFRecord/HDF5, have none (an empty list) and are still read.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ LIST_COLUMNS: dict[str, Any] = {
     "sequence_ids": np.int8,
     "masked_positions": np.int32,
     "masked_ids": np.int32,
+    "document_ids": np.int32,
 }
 SCHEMA = pa.schema([(name, pa.list_(pa.from_numpy_dtype(dt))) for name, dt in LIST_COLUMNS.items()]
                    + [("nsp_label", pa.int8())])
+SCHEMA_WITHOUT_DOCUMENTS = pa.schema([f for f in SCHEMA if f.name != "document_ids"])  # shards of before
 
 Instance = dict[str, np.ndarray]
 
@@ -59,7 +67,7 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
 def _record_batch(rows: Sequence[Instance]) -> pa.RecordBatch:
     arrays = []
     for name, dt in LIST_COLUMNS.items():
-        parts = [np.asarray(r[name], dtype=dt) for r in rows]
+        parts = [np.asarray(r.get(name, ()), dtype=dt) for r in rows]
         lengths = np.fromiter((p.size for p in parts), dtype=np.int32, count=len(parts))
         offsets = np.zeros(len(parts) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
@@ -138,6 +146,7 @@ class _Shard:
         self.rows = rows
         self._batches: list[pa.RecordBatch] | None = None
         self._cols: dict[int, dict[str, tuple[np.ndarray, np.ndarray] | np.ndarray]] = {}
+        self.columns: list[str] = []  # the list columns the file has (set when opened)
 
     def _open(self) -> list[pa.RecordBatch]:
         if self._batches is None:
@@ -147,17 +156,29 @@ class _Shard:
             except (pa.ArrowInvalid, OSError) as err:
                 raise DataError(f"{self.path}: not a readable bertkit record shard ({err}); "
                                 f"run `bertkit pretrain-data` again to rebuild it") from None
-            if reader.schema != SCHEMA:
+            if reader.schema not in (SCHEMA, SCHEMA_WITHOUT_DOCUMENTS):
                 raise DataError(f"{self.path}: columns {reader.schema.names} differ from the record "
                                 f"schema {SCHEMA.names}")
+            self.columns = [name for name in LIST_COLUMNS if name in reader.schema.names]
         return self._batches
+
+    def document_ids(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(offsets [rows+1], values) of the document_ids column over the whole shard, or None
+        when the shard has no such column."""
+        batches = self._open()
+        if "document_ids" not in self.columns:
+            return None
+        column = pa.concat_arrays([b.column("document_ids") for b in batches]) if batches else pa.array([], pa.list_(pa.int32()))
+        offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+        values = column.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+        return offsets - offsets[0], values
 
     def _columns(self, b: int) -> dict[str, Any]:
         cols = self._cols.get(b)
         if cols is None:
             batch = self._open()[b]
             cols = {}
-            for name in LIST_COLUMNS:
+            for name in self.columns:
                 arr = batch.column(name)
                 cols[name] = (arr.offsets.to_numpy(zero_copy_only=False), arr.values.to_numpy(zero_copy_only=False))
             cols["nsp_label"] = batch.column("nsp_label").to_numpy(zero_copy_only=False)
@@ -168,7 +189,7 @@ class _Shard:
         b, r = divmod(i, BATCH_ROWS)
         cols = self._columns(b)
         out: Instance = {}
-        for name in LIST_COLUMNS:
+        for name in self.columns:
             offsets, values = cols[name]
             out[name] = np.array(values[offsets[r]:offsets[r + 1]])
         out["nsp_label"] = np.int8(cols["nsp_label"][r])
@@ -176,7 +197,7 @@ class _Shard:
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps do not pickle; DataLoader workers reopen the file.
-        return {"path": self.path, "rows": self.rows, "_batches": None, "_cols": {}}
+        return {"path": self.path, "rows": self.rows, "_batches": None, "_cols": {}, "columns": []}
 
 
 class PretrainingRecords:
@@ -211,6 +232,25 @@ class PretrainingRecords:
     def __getitem__(self, index: int) -> Instance:
         s, r = self.locate(int(index))
         return self._shards[s].row(r)
+
+    def document_ids(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every record's documents as (offsets [N+1], values int64), numbered across the whole
+        directory (shard number << 32 | document within the shard); None unless every record has
+        at least one (shards of older bertkit versions have none)."""
+        offsets_parts, value_parts = [np.zeros(1, dtype=np.int64)], []
+        total = 0
+        for s, shard in enumerate(self._shards):
+            found = shard.document_ids()
+            if found is None:
+                return None
+            offsets, values = found
+            if offsets.size != shard.rows + 1 or (np.diff(offsets) == 0).any():
+                return None
+            offsets_parts.append(offsets[1:] + total)
+            value_parts.append((np.int64(s) << 32) | values.astype(np.int64))
+            total += int(offsets[-1])
+        values = np.concatenate(value_parts) if value_parts else np.zeros(0, dtype=np.int64)
+        return np.concatenate(offsets_parts), values
 
     def verify(self) -> None:
         """Recompute every shard's sha256; raise DataError naming the first corrupted shard."""
