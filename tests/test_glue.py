@@ -177,10 +177,37 @@ def test_custom_classification_csv_tsv_jsonl(tmp_path: Path) -> None:
     bad = get_task_class("classification")(TaskOptions(train_file=str(tmp_path / "bad.tsv")))
     with pytest.raises(DataError, match=r"bad.tsv:2: expected 2 columns"):
         bad.read("train")
+    write(tmp_path / "empty.csv", ["text,label", "fine,pos", "ok,", "bad,neg"])
+    empty = get_task_class("classification")(TaskOptions(train_file=str(tmp_path / "empty.csv")))
+    with pytest.raises(DataError, match=r"empty.csv:3: empty 'label'"):
+        empty.read("train")
     write(tmp_path / "reg.tsv", ["text\tlabel", "a\t0.5", "b\thigh"])
     reg = get_task_class("regression")(TaskOptions(train_file=str(tmp_path / "reg.tsv")))
     with pytest.raises(DataError, match=r"reg.tsv:3: label='high' is not a number"):
         reg.read("train")
+
+
+def test_custom_tsv_quotes_are_text_not_csv_quoting(shared_dir: Path) -> None:
+    """GLUE-style TSV: a field that opens with '"' is text. CSV quoting read RTE test.tsv as
+    2,985 rows (lines joined up to the next quote), every later id off."""
+    rte = shared_dir / "data" / "glue" / "RTE"
+    task = get_task_class("classification")(TaskOptions(
+        train_file=str(rte / "train.tsv"), test_file=str(rte / "test.tsv"),
+        extra={"text_column": "sentence1", "text_pair_column": "sentence2", "id_column": "index"}))
+    test = task.read("test")
+    assert len(test) == 3000 and [e.guid for e in test] == [str(i) for i in range(3000)]
+    glue = glue_task("rte", rte).read("test")
+    assert [(e.text_a, e.text_b) for e in test] == [(e.text_a, e.text_b) for e in glue]
+
+
+def test_evaluate_refuses_a_checkpoint_that_was_not_fine_tuned(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    """all-MiniLM-L6-v2 has no classifier: its 'RTE accuracy' would come from a random head."""
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--task", "rte", "--model", str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+                 "--data-dir", str(shared_dir / "data" / "glue" / "RTE"), "--output", str(out),
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "no weights for the task head (classifier.weight, classifier.bias)" in err and not out.exists()
 
 
 def minilm_finetune(shared_dir: Path, tmp_path: Path, task: str, folder: str, train_rows: int, *extra: str) -> dict:

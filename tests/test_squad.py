@@ -287,6 +287,28 @@ def test_oracle_logits_v2_give_no_answer_exactly(v2_dev, tokenizer):
     assert all((p.null_odds > 0) == e.is_impossible for e, p in zip(examples, predictions))
 
 
+def test_v2_metrics_score_the_answers_written_at_any_threshold(v2_dev):
+    """evaluate must score what predict writes: with --null-score-diff-threshold 2, answers whose
+    null odds lie in (1, 2] are in predictions.json, and the script's default cut-off (1.0) would
+    have counted them as abstentions (audit: EM 51.09 reported vs 36.33 for the file)."""
+    from bertkit.tasks.squad import SquadPrediction
+
+    examples = v2_dev[:400]
+    rng = np.random.default_rng(0)
+    for threshold in (0.0, 2.0, -1.5):
+        task = make_task(null_score_diff_threshold=threshold)
+        predictions = []
+        for e in examples:
+            odds = float(rng.uniform(-4, 4))
+            text = "" if odds > threshold else (e.answers[0] if e.answers and rng.random() < 0.7 else "wrong span")
+            predictions.append(SquadPrediction(text, odds, []))
+        reported = task.metrics(examples, predictions)
+        as_written = squad_v2_evaluate({e.qid: e.answers for e in examples},
+                                       {e.qid: p.text for e, p in zip(examples, predictions)})
+        assert reported["exact_match"] == pytest.approx(as_written["exact_match"])
+        assert reported["f1"] == pytest.approx(as_written["f1"])
+
+
 def test_postprocess_respects_max_answer_length_and_threshold(v2_dev, tokenizer):
     example = next(e for e in v2_dev if not e.is_impossible and len(e.answers[0].split()) >= 3)
     task = make_task(max_answer_length=1)

@@ -92,9 +92,11 @@ def finetune_single(args: argparse.Namespace) -> int:
 
 
 def load_task_model(task, model_path: str, new_head: bool = True):
-    """The task's head model with encoder weights from `model_path` (new head weights initialised;
-    a head of another size, from a model fine-tuned on other labels, too unless new_head=False)."""
+    """The task's head model with encoder weights from `model_path`. new_head (fine-tuning): missing
+    head weights are initialised, and so is a head of another size (a model fine-tuned on other
+    labels); without it (evaluation, prediction) both are errors."""
     from bertkit.modeling.heads import model_class_for_head
 
     cls = model_class_for_head(task.head)
-    return cls.from_pretrained(model_path, new_head_on_mismatch=new_head, **task.model_config_updates())
+    return cls.from_pretrained(model_path, new_head_on_mismatch=new_head, require_head=not new_head,
+                               **task.model_config_updates())

@@ -266,7 +266,7 @@ def check_consistency(config: ModelConfig, state: dict[str, torch.Tensor], sourc
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
-              new_head_on_mismatch: bool = False) -> None:
+              new_head_on_mismatch: bool = False, require_head: bool = False) -> None:
     """Copy canonical-named tensors into model. Missing encoder weights and shape mismatches are
     errors; missing head weights are logged as newly initialised; extra heads are logged and dropped.
     With new_head_on_mismatch, a task head whose shape differs (a checkpoint fine-tuned with another
@@ -296,6 +296,13 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
                 continue
             raise ValueError(f"{source}: tensor {name} has shape {list(tensor.shape)} in the file but the "
                              f"model (from its config) expects {list(expected[name].shape)}")
+    head_missing = [k for k in missing if not k.removeprefix("bert.").startswith("pooler.")]
+    if head_missing and require_head:
+        # Scores from a randomly initialised head look like results (RTE accuracy 0.51, then 0.55).
+        # The pooler is left out: token-level heads never read it and HF saves theirs without one.
+        raise ValueError(f"{source}: no weights for the task head ({', '.join(head_missing)}): this checkpoint was "
+                         f"not fine-tuned for the task; fine-tune it first (bertkit finetune) and pass that run "
+                         f"as --model")
     if missing:
         log.warning("%s: newly initialised (not in %s): %s", type(model).__name__, source, ", ".join(missing))
     if unexpected:
@@ -309,7 +316,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
 
 
 def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_on_mismatch: bool = False,
-                    **config_overrides: Any) -> nn.Module:
+                    require_head: bool = False, **config_overrides: Any) -> nn.Module:
     """Build `cls` from a checkpoint's config (with overrides) and load its weights."""
     path = resolve_model_path(path_or_hub_id)
     kind, file = find_weights(path)
@@ -319,7 +326,7 @@ def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_o
     state = to_bertkit_names(load_state_dict(file))
     check_consistency(config, state, file)
     model = cls(config)
-    load_into(model, state, file, new_head_on_mismatch=new_head_on_mismatch)
+    load_into(model, state, file, new_head_on_mismatch=new_head_on_mismatch, require_head=require_head)
     return model
 
 

@@ -69,12 +69,14 @@ class BertPreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path, new_head_on_mismatch: bool = False,
-                        **config_overrides: Any):
+                        require_head: bool = False, **config_overrides: Any):
         """Load a HF directory, hub id or Google TF checkpoint; new head weights are initialised
-        (and logged). config_overrides replace config.json fields, e.g. num_labels=3."""
+        (and logged), or with require_head missing head weights are an error (evaluation).
+        config_overrides replace config.json fields, e.g. num_labels=3."""
         from bertkit.modeling.checkpoints import load_pretrained
 
-        return load_pretrained(cls, path_or_hub_id, new_head_on_mismatch=new_head_on_mismatch, **config_overrides)
+        return load_pretrained(cls, path_or_hub_id, new_head_on_mismatch=new_head_on_mismatch,
+                               require_head=require_head, **config_overrides)
 
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
         """Write config.json + model.safetensors (+ tokenizer files) in Hugging Face format."""

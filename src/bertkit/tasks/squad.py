@@ -364,7 +364,11 @@ class SquadTask(Task):
         texts = {e.qid: p.text for e, p in zip(examples, predictions)}
         if any(e.is_impossible is not None for e in examples):
             odds = {e.qid: p.null_odds if p.null_odds is not None else 0.0 for e, p in zip(examples, predictions)}
-            return squad_v2_evaluate(golds, texts, odds)
+            # The script's cut-off must be the one the predictions were made with: at its default
+            # (1.0) a question with odds in (1, threshold] would count as "no answer" although
+            # predictions.json answers it (evaluate-v2.0.py ... --na-prob-thresh THRESHOLD agrees).
+            threshold = float(self._opt("null_score_diff_threshold", 0.0))
+            return squad_v2_evaluate(golds, texts, odds, na_prob_thresh=threshold)
         unlabeled = [e.qid for e in examples if not e.answers]
         if unlabeled:
             raise DataError(f"question id {unlabeled[0]!r} (and {len(unlabeled) - 1} more) has no gold "
