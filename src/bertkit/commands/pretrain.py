@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     held = parser.add_mutually_exclusive_group()
     held.add_argument("--eval-data", default=None, help="held-out records (same formats as --data)")
     held.add_argument("--eval-fraction", type=float, default=0.01,
-                      help="hold out this fraction of --data for evaluation (default 0.01; 0: no eval)")
+                      help="hold out about this fraction of --data for evaluation, as whole documents "
+                           "(default 0.01; 0: no eval)")
     parser.add_argument("--masking", choices=("static", "dynamic"), default=None,
                         help="static: the stored masks; dynamic: new masks every batch (default: as the "
                              "records were built)")
