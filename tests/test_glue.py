@@ -210,6 +210,15 @@ def test_evaluate_refuses_a_checkpoint_that_was_not_fine_tuned(shared_dir: Path,
     assert "no weights for the task head (classifier.weight, classifier.bias)" in err and not out.exists()
 
 
+def test_dev_predictions_never_take_the_test_submission_name(shared_dir: Path) -> None:
+    from bertkit.commands.predict import prediction_file_name
+
+    sst2 = glue_task("sst2", shared_dir / "data" / "glue" / "SST-2")
+    assert prediction_file_name(sst2, "test") == "SST-2.tsv"
+    assert prediction_file_name(sst2, "dev") == "SST-2.dev.tsv"
+    assert prediction_file_name(glue_task("rte", shared_dir / "data" / "glue" / "RTE"), "test") == "RTE.tsv"
+
+
 def minilm_finetune(shared_dir: Path, tmp_path: Path, task: str, folder: str, train_rows: int, *extra: str) -> dict:
     """Fine-tune the real all-MiniLM-L6-v2 on the first `train_rows` rows of a real GLUE train file."""
     data = tmp_path / folder

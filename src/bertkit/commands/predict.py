@@ -25,6 +25,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def prediction_file_name(task, split: str) -> str:
+    """The file name in an --output directory: the benchmark's submission name for test splits
+    (SST-2.tsv), the same with the split for others (SST-2.dev.tsv), so that dev predictions never
+    overwrite a test submission."""
+    name = getattr(task, "submission_name", "")
+    if not name:
+        return f"{task.name}_{split}_predictions.jsonl"
+    if split.startswith("test"):
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{split}.{suffix}" if dot else f"{name}.{split}"
+
+
 def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
     from bertkit.training.trainer import predict_features
@@ -37,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         output = Path(args.output)
         if output.is_dir() or args.output.endswith("/"):
-            name = getattr(task, "submission_name", "") or f"{task.name}_{args.split}_predictions.jsonl"
-            output = output / name
+            output = output / prediction_file_name(task, args.split)
         kwargs = {}
         if task.head in ("sequence_classification",) and outputs and np.ndim(outputs[0]) == 1:
             kwargs["probabilities"] = [softmax(np.asarray(o)) for o in outputs]
