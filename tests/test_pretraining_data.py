@@ -602,6 +602,19 @@ def test_records_without_document_ids_warn_that_the_held_out_split_may_leak():
     assert "held-out rows repeat text seen in training" in held_out_warning(ds, held)
 
 
+def test_a_lone_last_document_joins_the_chunk_before(tmp_path):
+    """BERT's sample text has 3 documents; in chunks of 2 the last would be alone and every
+    'random' B of its rows would be its own text. It joins the first chunk instead."""
+    need(SAMPLE, UNCASED)
+    out, ds = build(tmp_path, [SAMPLE], chunk_docs=2, dupe_factor=3)
+    assert len(ds.manifest["shards"]) == 1 and ds.manifest["shards"][0]["documents"] == 3
+    offsets, values = ds.document_ids()
+    random_rows = [values[offsets[i]:offsets[i + 1]] for i in range(len(ds)) if int(ds[i]["nsp_label"]) == 1]
+    assert random_rows and all(len(d) == 2 and d[0] != d[1] for d in random_rows)
+    with pytest.raises(ValueError, match=r"--chunk-docs must be >= 2 with NSP"):
+        PretrainDataConfig(chunk_docs=1)
+
+
 def test_vectorised_word_picking_equals_the_greedy_scan() -> None:
     # _pick_words replaced a per-word Python loop (the hot path of target-word masking); it must
     # choose exactly what the plain greedy scan chooses, for any order, budget and word lengths.

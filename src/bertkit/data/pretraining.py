@@ -86,6 +86,9 @@ class PretrainDataConfig:
             raise ValueError(f"--masking {self.masking!r} is not one of {', '.join(MASKING_MODES)}")
         if self.chunk_docs < 1 or self.chunk_bytes < 1:
             raise ValueError("--chunk-docs must be >= 1")
+        if self.nsp and self.chunk_docs < 2:
+            raise ValueError("--chunk-docs must be >= 2 with NSP: the random next sentence comes from another "
+                             "document of the same chunk")
         if self.wikitext and self.text_field is not None:
             raise ValueError("--wikitext and --text-field cannot be combined: WikiText files are plain text")
         if self.mask.masked_lm_prob == 0 and (self.target_words is None or self.mask.target_mask_prob == 0):
@@ -259,14 +262,26 @@ class DocumentShape:
 
 
 def iter_chunks(documents: Iterable[list[str]], chunk_docs: int, chunk_bytes: int) -> Iterator[list[list[str]]]:
+    """Documents in chunks of `chunk_docs` documents or `chunk_bytes` of text. A last chunk of a
+    single document joins the one before: NSP takes its random B from another document of the
+    same chunk, and a lone document has none (its random B would be its own text)."""
     chunk: list[list[str]] = []
+    full: list[list[str]] | None = None  # a full chunk, held until more than one document follows
     size = 0
     for doc in documents:
         chunk.append(doc)
         size += sum(len(s) for s in doc)
+        if full is not None and len(chunk) > 1:
+            yield full
+            full = None
         if len(chunk) >= chunk_docs or size >= chunk_bytes:
-            yield chunk
-            chunk, size = [], 0
+            if full is not None:
+                yield full
+            full, chunk, size = chunk, [], 0
+    if full is not None:
+        if len(chunk) == 1:
+            full, chunk = full + chunk, []
+        yield full
     if chunk:
         yield chunk
 
