@@ -410,7 +410,7 @@ def test_workers_and_machine_parts_give_identical_shards(tmp_path, wiki_corpus):
     logs: list[str] = []
     create_pretraining_data([str(wiki_corpus)], str(UNCASED), one, PretrainDataConfig(chunk_docs=60), log=logs.append)
     assert "0 built" in logs[-1]
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings: seed \(12345, now 1\)"):
         create_pretraining_data([str(wiki_corpus)], str(UNCASED), one, PretrainDataConfig(chunk_docs=60, seed=1),
                                 log=quiet)
 
@@ -422,6 +422,7 @@ def test_empty_corpus_is_an_error(tmp_path):
     empty.write_text("\n  \n\n", encoding="utf-8")
     with pytest.raises(DataError, match="no documents"):
         build(tmp_path, [empty])
+    assert not (tmp_path / "r").exists()  # nothing half made is left behind (it had a tokenizer/ before)
 
 
 def test_one_sentence_document_and_overlong_line(tmp_path, uncased):
@@ -443,6 +444,19 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
     bad.write_bytes(b"fine line\nanother\n\xff\xfe broken\n")
     with pytest.raises(DataError, match=r"bad\.txt:3: invalid UTF-8"):
         build(tmp_path, [bad])
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_input_mid_shard_leaves_no_partial_file(tmp_path):
+    from bertkit.data.records import write_shard
+
+    def rows():
+        yield {"input_ids": np.arange(5, dtype=np.int32), "nsp_label": 0}
+        raise DataError("row 2: bad record")
+
+    with pytest.raises(DataError, match="row 2"):
+        write_shard(tmp_path / "shard-00000.arrow", rows())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gzip_and_jsonl_inputs(tmp_path, uncased):

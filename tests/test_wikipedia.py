@@ -167,4 +167,5 @@ def test_malformed_and_non_wikipedia_xml(tmp_path):
     other.write_text("<html><body/></html>")
     with pytest.raises(DataError, match="not <mediawiki>"):
         prepare_wiki(other, tmp_path / "out.txt")
-    assert not (tmp_path / "out.txt").exists()  # nothing half-written under the final name
+    assert not (tmp_path / "out.txt").exists()  # nothing half-written under the final name ...
+    assert not (tmp_path / "out.txt.tmp").exists()  # ... nor beside it

@@ -100,30 +100,30 @@ def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, record
         if _fingerprint({k: previous.get(k) for k in header}) != fingerprint:
             raise ValueError(f"DST {out} holds records made from other data or settings; use a new "
                              f"directory (or delete it)")
-    out.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out / "tokenizer")
-    n_shards = -(-len(dataset) // records_per_shard)
-    start, built = time.perf_counter(), 0
-    for s in range(n_shards):
-        path = out / records.shard_name(s)
-        info = records.read_sidecar(path)
-        if info is not None and info.get("fingerprint") == fingerprint:
-            continue
-        lo, hi = s * records_per_shard, min(len(dataset), (s + 1) * records_per_shard)
-        info = records.write_shard(path, _checked(dataset, lo, hi, vocab_size),
-                                   {"fingerprint": fingerprint, "source_records": [lo, hi]})
-        built += hi - lo
-        log(f"{info['name']}: records {lo}..{hi - 1}")
-    manifest = records.write_manifest(out, header, n_shards)
-    seconds = time.perf_counter() - start
-    rate = f", {built / seconds:.0f} records/s" if built and seconds > 0 else ""
-    log(f"{out}: {manifest['num_records']} records from {len(source['files'])} {source['format']} "
-        f"file(s) in {n_shards} shards ({built} converted{rate})")
-    if tokenizer is None:
-        log("no --tokenizer: the records carry no vocab_hash; `bertkit inspect` and `pretrain` "
-            "cannot check that the ids match the model's vocabulary")
-    return manifest
+    with records.new_record_directory(out):  # bad input leaves no half-made directory
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out / "tokenizer")
+        n_shards = -(-len(dataset) // records_per_shard)
+        start, built = time.perf_counter(), 0
+        for s in range(n_shards):
+            path = out / records.shard_name(s)
+            info = records.read_sidecar(path)
+            if info is not None and info.get("fingerprint") == fingerprint:
+                continue
+            lo, hi = s * records_per_shard, min(len(dataset), (s + 1) * records_per_shard)
+            info = records.write_shard(path, _checked(dataset, lo, hi, vocab_size),
+                                       {"fingerprint": fingerprint, "source_records": [lo, hi]})
+            built += hi - lo
+            log(f"{info['name']}: records {lo}..{hi - 1}")
+        manifest = records.write_manifest(out, header, n_shards)
+        seconds = time.perf_counter() - start
+        rate = f", {built / seconds:.0f} records/s" if built and seconds > 0 else ""
+        log(f"{out}: {manifest['num_records']} records from {len(source['files'])} {source['format']} "
+            f"file(s) in {n_shards} shards ({built} converted{rate})")
+        if tokenizer is None:
+            log("no --tokenizer: the records carry no vocab_hash; `bertkit inspect` and `pretrain` "
+                "cannot check that the ids match the model's vocabulary")
+        return manifest
 
 
 def run(args: argparse.Namespace) -> int:

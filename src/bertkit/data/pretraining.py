@@ -542,6 +542,21 @@ def _fingerprint(header: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(header, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
+def _differences(previous: dict[str, Any], header: dict[str, Any]) -> str:
+    """What differs between an existing manifest and this run's header, for the error message."""
+    def flat(settings: dict[str, Any]) -> dict[str, Any]:
+        return {f"{k}.{sub}" if isinstance(v, dict) else k: (v[sub] if isinstance(v, dict) else v)
+                for k, v in settings.items() for sub in (v if isinstance(v, dict) else [None])}
+
+    settings_then, settings_now = flat(previous.get("settings") or {}), flat(header["settings"])
+    changed = [f"{k} ({settings_then.get(k)!r}, now {settings_now[k]!r})" for k in settings_now
+               if settings_then.get(k) != settings_now[k]]
+    changed += [{"tokenizer": "tokenizer", "vocab_hash": "vocabulary", "inputs": "input files",
+                 "max_seq_length": "max_seq_length"}[k] for k in header
+                if k != "settings" and previous.get(k) != header[k]]
+    return "settings: " + ", ".join(dict.fromkeys(changed)) if changed else "settings"
+
+
 def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_dir: str | Path,
                             config: PretrainDataConfig, workers: int = 1, num_shards: int = 1,
                             shard_index: int = 0, log: Any = None) -> dict[str, Any]:
@@ -565,85 +580,85 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
                 f"several words ({', '.join(repr(w) for w in never[:10])}{' ...' if len(never) > 10 else ''}) "
                 f"and can never match an occurrence, which is always one word")
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    header = {
-        "tokenizer": {"vocab_hash": tokenizer.vocab_hash, "do_lower_case": tokenizer.do_lower_case,
-                      "vocab_size": tokenizer.vocab_size, "path": "tokenizer"},
-        "vocab_hash": tokenizer.vocab_hash,
-        "max_seq_length": config.max_seq_length,
-        "settings": config.to_dict(),
-        # Names and sizes, not contents: enough to refuse resuming onto a different corpus.
-        "inputs": [{"name": p.name, "bytes": p.stat().st_size} for p in paths],
-    }
-    fingerprint = _fingerprint(header)
-    old = out_dir / "manifest.json"
-    if old.is_file():
-        previous = json.loads(old.read_text(encoding="utf-8"))
-        if _fingerprint({k: previous.get(k) for k in header}) != fingerprint:
-            raise ValueError(f"--output-dir {out_dir} holds records made with other settings, tokenizer or "
-                             f"inputs; use a new --output-dir (or delete it)")
-    tokenizer.save_pretrained(out_dir / "tokenizer")
+    with records.new_record_directory(out_dir):  # bad input leaves no half-made directory
+        header = {
+            "tokenizer": {"vocab_hash": tokenizer.vocab_hash, "do_lower_case": tokenizer.do_lower_case,
+                          "vocab_size": tokenizer.vocab_size, "path": "tokenizer"},
+            "vocab_hash": tokenizer.vocab_hash,
+            "max_seq_length": config.max_seq_length,
+            "settings": config.to_dict(),
+            # Names and sizes, not contents: enough to refuse resuming onto a different corpus.
+            "inputs": [{"name": p.name, "bytes": p.stat().st_size} for p in paths],
+        }
+        fingerprint = _fingerprint(header)
+        old = out_dir / "manifest.json"
+        if old.is_file():
+            previous = json.loads(old.read_text(encoding="utf-8"))
+            if _fingerprint({k: previous.get(k) for k in header}) != fingerprint:
+                raise ValueError(f"--output-dir {out_dir} holds records made with other "
+                                 f"{_differences(previous, header)}; use a new --output-dir (or delete it)")
+        tokenizer.save_pretrained(out_dir / "tokenizer")
 
-    def done(chunk: int) -> bool:
-        info = records.read_sidecar(out_dir / records.shard_name(chunk))
-        return info is not None and info.get("fingerprint") == fingerprint
+        def done(chunk: int) -> bool:
+            info = records.read_sidecar(out_dir / records.shard_name(chunk))
+            return info is not None and info.get("fingerprint") == fingerprint
 
-    n_chunks = built = skipped = 0
+        n_chunks = built = skipped = 0
 
-    def chunks_to_build():
-        """(index, documents) of this part's chunks that are not complete on disk yet."""
-        nonlocal n_chunks, skipped
-        for c, docs in enumerate(chunks):
-            n_chunks += 1
-            if c % num_shards != shard_index:
-                continue
-            if done(c):
-                skipped += 1
-                continue
-            yield c, docs
+        def chunks_to_build():
+            """(index, documents) of this part's chunks that are not complete on disk yet."""
+            nonlocal n_chunks, skipped
+            for c, docs in enumerate(chunks):
+                n_chunks += 1
+                if c % num_shards != shard_index:
+                    continue
+                if done(c):
+                    skipped += 1
+                    continue
+                yield c, docs
 
-    if config.wikitext:
-        documents = iter_wikitext_documents(paths, tokenizer.convert_ids_to_tokens(tokenizer.unk_id))
-    else:
-        documents = iter_documents(paths, config.text_field, config.split_sentences)
-    shape = DocumentShape()
-    chunks = iter_chunks(shape.count(documents), config.chunk_docs, config.chunk_bytes)
-    if workers == 1:
-        for c, docs in chunks_to_build():
-            info = build_shard(c, docs, ctx, out_dir, fingerprint)
-            built += 1
-            log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
-    else:
-        # fork where there is one: workers inherit the loaded tokenizer instead of importing torch
-        # and reloading it (seconds per worker). `tokenizers` turns its thread pool off in a
-        # forked child, which is what we want with one process per core anyway.
-        global _WORKER_CTX
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        _WORKER_CTX = ctx if method == "fork" else None
-        pool = mp.get_context(method).Pool(workers, _worker_init, (tokenizer_spec, config.to_dict()))
-        _WORKER_CTX = None
-        pending: deque = deque()
-        try:
+        if config.wikitext:
+            documents = iter_wikitext_documents(paths, tokenizer.convert_ids_to_tokens(tokenizer.unk_id))
+        else:
+            documents = iter_documents(paths, config.text_field, config.split_sentences)
+        shape = DocumentShape()
+        chunks = iter_chunks(shape.count(documents), config.chunk_docs, config.chunk_bytes)
+        if workers == 1:
             for c, docs in chunks_to_build():
-                # At most 2 chunks per worker in flight: reading ahead further would defeat streaming.
-                while len(pending) >= 2 * workers:
+                info = build_shard(c, docs, ctx, out_dir, fingerprint)
+                built += 1
+                log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+        else:
+            # fork where there is one: workers inherit the loaded tokenizer instead of importing torch
+            # and reloading it (seconds per worker). `tokenizers` turns its thread pool off in a
+            # forked child, which is what we want with one process per core anyway.
+            global _WORKER_CTX
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            _WORKER_CTX = ctx if method == "fork" else None
+            pool = mp.get_context(method).Pool(workers, _worker_init, (tokenizer_spec, config.to_dict()))
+            _WORKER_CTX = None
+            pending: deque = deque()
+            try:
+                for c, docs in chunks_to_build():
+                    # At most 2 chunks per worker in flight: reading ahead further would defeat streaming.
+                    while len(pending) >= 2 * workers:
+                        info = pending.popleft().get()
+                        log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+                    pending.append(pool.apply_async(_worker_build, (c, docs, str(out_dir), fingerprint)))
+                    built += 1
+                while pending:
                     info = pending.popleft().get()
                     log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
-                pending.append(pool.apply_async(_worker_build, (c, docs, str(out_dir), fingerprint)))
-                built += 1
-            while pending:
-                info = pending.popleft().get()
-                log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
-        finally:
-            pool.close()
-            pool.join()
-    if n_chunks == 0:
-        raise DataError(f"--input {' '.join(map(str, paths))}: no documents found (the files are empty "
-                        f"or contain only blank lines)")
-    manifest = records.write_manifest(out_dir, header, n_chunks)
-    warning = shape.nsp_warning(config)
-    if warning:
-        log(warning)
-    log(f"{out_dir}: {manifest['num_records']} records in {len(manifest['shards'])}/{n_chunks} shards "
-        f"({built} built, {skipped} already complete); peak RSS {peak_rss_mib():.0f} MiB")
-    return manifest
+            finally:
+                pool.close()
+                pool.join()
+        if n_chunks == 0:
+            raise DataError(f"--input {' '.join(map(str, paths))}: no documents found (the files are empty "
+                            f"or contain only blank lines)")
+        manifest = records.write_manifest(out_dir, header, n_chunks)
+        warning = shape.nsp_warning(config)
+        if warning:
+            log(warning)
+        log(f"{out_dir}: {manifest['num_records']} records in {len(manifest['shards'])}/{n_chunks} shards "
+            f"({built} built, {skipped} already complete); peak RSS {peak_rss_mib():.0f} MiB")
+        return manifest

@@ -23,12 +23,14 @@ TFRecord/HDF5, have none (an empty list) and are still read.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -83,17 +85,21 @@ def write_shard(path: str | Path, instances: Iterable[Instance], sidecar: dict[s
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     rows = 0
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
-        buf: list[Instance] = []
-        for inst in instances:
-            buf.append(inst)
-            if len(buf) == BATCH_ROWS:
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+            buf: list[Instance] = []
+            for inst in instances:
+                buf.append(inst)
+                if len(buf) == BATCH_ROWS:
+                    writer.write_batch(_record_batch(buf))
+                    rows += len(buf)
+                    buf = []
+            if buf:
                 writer.write_batch(_record_batch(buf))
                 rows += len(buf)
-                buf = []
-        if buf:
-            writer.write_batch(_record_batch(buf))
-            rows += len(buf)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # bad input met mid-shard: no half-written file stays behind
+        raise
     digest = sha256_file(tmp)
     os.replace(tmp, path)
     info = {**(sidecar or {}), "name": path.name, "rows": rows, "sha256": digest, "bytes": path.stat().st_size}
@@ -102,6 +108,22 @@ def write_shard(path: str | Path, instances: Iterable[Instance], sidecar: dict[s
     side_tmp.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(side_tmp, side)
     return info
+
+
+@contextlib.contextmanager
+def new_record_directory(directory: str | Path) -> Iterator[Path]:
+    """Creates `directory` for records; if the block fails before any shard there is complete and
+    the directory did not exist before, removes it again, so that bad input leaves nothing half
+    made (a directory with complete shards stays: rerunning resumes from them)."""
+    directory = Path(directory)
+    existed = directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        yield directory
+    except BaseException:
+        if not existed and not any(read_sidecar(p) for p in directory.glob("shard-*.arrow")):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
 
 
 def read_sidecar(shard_path: str | Path) -> dict[str, Any] | None:

@@ -187,12 +187,16 @@ def prepare_wiki(dump: str | Path, output: str | Path) -> WikiStats:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        first = True
-        for _, sentences in iter_articles(dump, stats):
-            if not first:
-                out.write("\n")
-            out.write("\n".join(sentences) + "\n")
-            first = False
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            first = True
+            for _, sentences in iter_articles(dump, stats):
+                if not first:
+                    out.write("\n")
+                out.write("\n".join(sentences) + "\n")
+                first = False
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a truncated or malformed dump leaves no partial output
+        raise
     tmp.replace(output)
     return stats
