@@ -13,8 +13,6 @@ inside it. A rerun skips shards already complete with the same source and settin
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,10 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instances per output shard (default 100000: ~40 MB at length 128)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the TFRecord CRC check of every record on open")
-
-
-def _fingerprint(header: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(header, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def _checked(dataset, lo: int, hi: int, vocab_size: int | None) -> Iterator[dict[str, np.ndarray]]:
@@ -93,13 +87,7 @@ def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, record
         header["vocab_hash"] = tokenizer.vocab_hash
         header["tokenizer"] = {"vocab_hash": tokenizer.vocab_hash, "do_lower_case": tokenizer.do_lower_case,
                                "vocab_size": tokenizer.vocab_size, "path": "tokenizer"}
-    fingerprint = _fingerprint(header)
-    old = out / "manifest.json"
-    if old.is_file():
-        previous = json.loads(old.read_text(encoding="utf-8"))
-        if _fingerprint({k: previous.get(k) for k in header}) != fingerprint:
-            raise ValueError(f"DST {out} holds records made from other data or settings; use a new "
-                             f"directory (or delete it)")
+    fingerprint = records.fingerprint_for(out, header, "DST")
     with records.new_record_directory(out):  # bad input leaves no half-made directory
         if tokenizer is not None:
             tokenizer.save_pretrained(out / "tokenizer")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import bz2
 import glob
 import gzip
-import hashlib
 import io
 import json
 import multiprocessing as mp
@@ -538,25 +537,6 @@ def peak_rss_mib() -> float:
     return max(own, children) / 1024
 
 
-def _fingerprint(header: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(header, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-
-
-def _differences(previous: dict[str, Any], header: dict[str, Any]) -> str:
-    """What differs between an existing manifest and this run's header, for the error message."""
-    def flat(settings: dict[str, Any]) -> dict[str, Any]:
-        return {f"{k}.{sub}" if isinstance(v, dict) else k: (v[sub] if isinstance(v, dict) else v)
-                for k, v in settings.items() for sub in (v if isinstance(v, dict) else [None])}
-
-    settings_then, settings_now = flat(previous.get("settings") or {}), flat(header["settings"])
-    changed = [f"{k} ({settings_then.get(k)!r}, now {settings_now[k]!r})" for k in settings_now
-               if settings_then.get(k) != settings_now[k]]
-    changed += [{"tokenizer": "tokenizer", "vocab_hash": "vocabulary", "inputs": "input files",
-                 "max_seq_length": "max_seq_length"}[k] for k in header
-                if k != "settings" and previous.get(k) != header[k]]
-    return "settings: " + ", ".join(dict.fromkeys(changed)) if changed else "settings"
-
-
 def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_dir: str | Path,
                             config: PretrainDataConfig, workers: int = 1, num_shards: int = 1,
                             shard_index: int = 0, log: Any = None) -> dict[str, Any]:
@@ -590,13 +570,7 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
             # Names and sizes, not contents: enough to refuse resuming onto a different corpus.
             "inputs": [{"name": p.name, "bytes": p.stat().st_size} for p in paths],
         }
-        fingerprint = _fingerprint(header)
-        old = out_dir / "manifest.json"
-        if old.is_file():
-            previous = json.loads(old.read_text(encoding="utf-8"))
-            if _fingerprint({k: previous.get(k) for k in header}) != fingerprint:
-                raise ValueError(f"--output-dir {out_dir} holds records made with other "
-                                 f"{_differences(previous, header)}; use a new --output-dir (or delete it)")
+        fingerprint = records.fingerprint_for(out_dir, header, "--output-dir")
         tokenizer.save_pretrained(out_dir / "tokenizer")
 
         def done(chunk: int) -> bool:

@@ -110,6 +110,38 @@ def write_shard(path: str | Path, instances: Iterable[Instance], sidecar: dict[s
     return info
 
 
+def fingerprint_for(directory: Path, header: dict[str, Any], flag: str) -> str:
+    """The settings fingerprint of records described by `header`; refuses a `directory` that
+    already holds records made with another header, naming what differs."""
+    def digest(h: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(h, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+    fingerprint = digest(header)
+    old = Path(directory) / "manifest.json"
+    if old.is_file():
+        previous = json.loads(old.read_text(encoding="utf-8"))
+        then = {k: previous.get(k) for k in header}
+        if digest(then) != fingerprint:
+            header = json.loads(json.dumps(header))  # compared as the manifest stores it (lists, not tuples)
+            raise ValueError(f"{flag} {directory} holds records made with other {_differences(then, header)}; "
+                             f"use a new {flag} (or delete it)")
+    return fingerprint
+
+
+def _differences(previous: dict[str, Any], header: dict[str, Any]) -> str:
+    """What differs between an existing manifest and this run's header, for the error message."""
+    def flat(settings: dict[str, Any]) -> dict[str, Any]:
+        return {f"{k}.{sub}" if isinstance(v, dict) else k: (v[sub] if isinstance(v, dict) else v)
+                for k, v in settings.items() for sub in (v if isinstance(v, dict) else [None])}
+
+    settings_then, settings_now = flat(previous.get("settings") or {}), flat(header["settings"])
+    changed = [f"{k} ({settings_then.get(k)!r}, now {settings_now[k]!r})" for k in settings_now
+               if settings_then.get(k) != settings_now[k]]
+    changed += [{"vocab_hash": "vocabulary", "inputs": "input files"}.get(k, k) for k in header
+                if k != "settings" and previous.get(k) != header[k]]
+    return "settings: " + ", ".join(dict.fromkeys(changed)) if changed else "settings"
+
+
 @contextlib.contextmanager
 def new_record_directory(directory: str | Path) -> Iterator[Path]:
     """Creates `directory` for records; if the block fails before any shard there is complete and
