@@ -115,6 +115,19 @@ def test_from_scratch_tiny_on_wikitext_lowers_held_out_mlm_loss(wiki_records, tm
     assert diff < 1e-4
 
 
+def test_errors_about_eval_data_name_eval_data(wiki_records, tmp_path, capsys) -> None:
+    cased = tmp_path / "cased"
+    assert main(["pretrain-data", "--input", str(SHARED / "data" / "bert_sample_text" / "sample_text.txt"),
+                 "--tokenizer", str(SHARED / "models" / "bert-base-cased"), "--output-dir", str(cased)]) == 0
+    capsys.readouterr()
+    assert main(pretrain_args(wiki_records, tmp_path / "run", *tiny(), "--eval-data", str(cased),
+                              "--max-steps", "1")) == 1
+    assert f"error: --eval-data {cased}: the records were built with vocabulary" in capsys.readouterr().err
+    assert main(pretrain_args(wiki_records, tmp_path / "run", *tiny(), "--eval-data", str(tmp_path / "none"),
+                              "--max-steps", "1")) == 1
+    assert f"error: --eval-data {tmp_path / 'none'}: no such file" in capsys.readouterr().err
+
+
 def test_resume_with_dynamic_masking_is_bit_identical(wiki_records, tmp_path, monkeypatch) -> None:
     common = [*tiny(), "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--save-every", "3",
               "--eval-every", "none", "--eval-fraction", "0.05"]

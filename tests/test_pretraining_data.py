@@ -315,6 +315,19 @@ def test_a_multi_piece_target_word_is_masked_whole_or_not_at_all(uncased, vocab,
     assert 0.65 < whole / (whole + untouched) < 0.95
 
 
+def test_a_target_words_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    need(SAMPLE, UNCASED)
+    from bertkit.cli import main
+
+    words = tmp_path / "words.txt"
+    words.write_bytes("lobster\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"--target-words .*words\.txt:2: invalid UTF-8"):
+        from bertkit.commands.pretrain_data import _read_target_words
+        _read_target_words(str(words))
+    assert main(["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED), "--output-dir",
+                 str(tmp_path / "r"), "--target-words", str(words)]) == 1
+
+
 def test_target_words_that_can_never_match_are_named(tmp_path):
     need(SAMPLE, UNCASED)
     messages: list[str] = []

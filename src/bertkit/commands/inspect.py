@@ -103,7 +103,7 @@ def record_stats(dataset, tok, limit: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = open_pretraining_data(args.records)
+    dataset = open_pretraining_data(args.records, flag="")
     tok = _load_tokenizer(args, dataset)
     end = min(len(dataset), args.start + args.n)
     for i in range(args.start, end):

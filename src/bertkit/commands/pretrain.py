@@ -48,13 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_train_arguments(parser)
 
 
-def load_data(path: str, verify: bool) -> Any:
+def load_data(path: str, verify: bool, flag: str = "--data") -> Any:
     from bertkit.data import records
 
     p = Path(path)
     if verify and p.is_dir() and (p / "manifest.json").is_file():
         records.verify(p)  # a corrupted shard fails now, not hours into the run
-    return records.open_pretraining_data(path)
+    return records.open_pretraining_data(path, flag)
 
 
 def load_tokenizer(args: argparse.Namespace, data: Any) -> Any:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args, data)
     eval_data = None
     if args.eval_data is not None:
-        eval_data = load_data(args.eval_data, args.verify)
+        eval_data = load_data(args.eval_data, args.verify, "--eval-data")
         train_part = data
     else:
         train_part, eval_data = split_held_out(data, args.eval_fraction, config.seed)
@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(config.seed)  # initialisation is part of the seeded run
     max_len = max(int(d.manifest.get("max_seq_length") or 0) for d in (data, eval_data) if d is not None)
     model = build_model(args, tokenizer, max_len)
-    check_vocabulary(data, tokenizer, args.data, model.config.vocab_size)
+    check_vocabulary(data, tokenizer, f"--data {args.data}", model.config.vocab_size)
     if args.eval_data is not None:
-        check_vocabulary(eval_data, tokenizer, args.eval_data, model.config.vocab_size)
+        check_vocabulary(eval_data, tokenizer, f"--eval-data {args.eval_data}", model.config.vocab_size)
 
     task = PretrainingTask(data, tokenizer, masking=args.masking)
     eval_set = task.eval_set(eval_data) if config.eval_every != "none" else None

@@ -51,7 +51,13 @@ def _read_target_words(path: str) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--target-words {path}: no such file")
-    words = [w.strip() for w in file.read_text(encoding="utf-8").splitlines() if w.strip()]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = file.read_bytes()[:err.start].count(b"\n") + 1
+        raise DataError(f"--target-words {path}:{line}: invalid UTF-8 ({err.reason}); re-encode the file as "
+                        f"UTF-8") from None
+    words = [w.strip() for w in text.splitlines() if w.strip()]
     if not words:
         raise DataError(f"--target-words {path}: the file lists no words")
     return words

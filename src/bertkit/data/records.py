@@ -355,23 +355,24 @@ def verify(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def open_pretraining_data(path: str | Path) -> Any:
+def open_pretraining_data(path: str | Path, flag: str = "--data") -> Any:
     """Open pre-training data: a bertkit record directory, or TFRecord / HDF5 files (via
     `bertkit.data.external`). Returns a map-style dataset with `__len__`, `__getitem__` (one
-    instance dict, see the module doc) and `manifest`."""
+    instance dict, see the module doc) and `manifest`. `flag` names the argument in errors."""
     p = Path(path)
+    where = f"{flag} {path}".strip()
     if p.is_dir() and (p / "manifest.json").is_file():
         return PretrainingRecords(p, read_manifest(p))
     if not p.exists() and not glob.glob(str(path)):
-        raise FileNotFoundError(f"--data {path}: no such file, directory or glob match")
+        raise FileNotFoundError(f"{where}: no such file, directory or glob match")
     try:
         from bertkit.data.external import open_external
     except ImportError:
-        raise DataError(f"--data {path}: unsupported format (not a bertkit record directory with "
+        raise DataError(f"{where}: unsupported format (not a bertkit record directory with "
                         f"manifest.json, and TFRecord/HDF5 support, bertkit.data.external, is not available)") from None
     dataset = open_external(str(path))
     if dataset is None:
-        raise DataError(f"--data {path}: unsupported format; expected a bertkit record directory "
+        raise DataError(f"{where}: unsupported format; expected a bertkit record directory "
                         f"(manifest.json), TFRecord files or HDF5 shards")
     return dataset
 

@@ -1,7 +1,7 @@
 """Pre-training as a Task for the one training loop: records in, MLM(+NSP) losses out.
 
     data = open_pretraining_data(path)                  # bertkit records, TFRecord or HDF5
-    check_vocabulary(data, tokenizer, path)             # refuse records made with another vocab
+    check_vocabulary(data, tokenizer, f"--data {path}") # refuse records made with another vocab
     train, held_out = split_held_out(data, 0.01, seed)  # index views, nothing is copied
     task = PretrainingTask(data, tokenizer, masking="dynamic")
     eval_set = task.eval_set(held_out)                  # masks drawn once, so evals compare
@@ -180,7 +180,7 @@ def check_vocabulary(data: Any, tokenizer: Any, source: str, model_vocab_size: i
         if recorded != tokenizer.vocab_hash:
             made_with = data.manifest.get("tokenizer", {})
             raise DataError(
-                f"--data {source}: the records were built with vocabulary {recorded} "
+                f"{source}: the records were built with vocabulary {recorded} "
                 f"({made_with.get('vocab_size', '?')} tokens) but the model's tokenizer has vocabulary "
                 f"{tokenizer.vocab_hash} ({tokenizer.vocab_size} tokens); rebuild the records with "
                 f"`bertkit pretrain-data --tokenizer <the model>` or pre-train the matching model")
@@ -195,7 +195,7 @@ def check_vocabulary(data: Any, tokenizer: Any, source: str, model_vocab_size: i
         if top >= tokenizer.vocab_size:
             where = data.where(int(i)) if hasattr(data, "where") else f"record {int(i)}"
             raise DataError(
-                f"--data {source}: {where} holds token id {top}, but the model's tokenizer has only "
+                f"{source}: {where} holds token id {top}, but the model's tokenizer has only "
                 f"{tokenizer.vocab_size} tokens (vocabulary {tokenizer.vocab_hash}); the records were "
                 f"made with another vocabulary: give the matching --tokenizer/--model")
 
