@@ -377,3 +377,19 @@ def test_minilm_learns_span_qa_on_held_out_articles(tmp_path, tokenizer):
     after, _ = trainer.evaluate(task, model, dev_examples, dev_features, 64, device)
     assert after["f1"] > before["f1"] + 12, (before, after)
     assert after["exact_match"] > 8.0, after
+
+
+def test_evaluate_and_predict_take_the_saved_tasks_flags_without_task(tmp_path):
+    """A run directory names its task in bertkit.json; its flags need no repeated --task."""
+    import argparse
+
+    from bertkit.commands import evaluate, predict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "bertkit.json").write_text(json.dumps({"task": "squad"}))
+    for command in (evaluate, predict):
+        argv = ["--model", str(run), "--null-score-diff-threshold", "2.0", "--output", str(tmp_path / "o")]
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser, argv)
+        assert parser.parse_args(argv).null_score_diff_threshold == 2.0

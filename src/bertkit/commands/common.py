@@ -22,15 +22,33 @@ from bertkit.tasks.base import Task, TaskOptions, get_task_class
 BERTKIT_JSON = "bertkit.json"
 
 
+def flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """The values of every one of `flags` in argv (before argparse runs)."""
+    values = []
+    for i, arg in enumerate(argv):
+        for flag in flags:
+            if arg == flag and i + 1 < len(argv):
+                values.append(argv[i + 1])
+            elif arg.startswith(flag + "="):
+                values.append(arg.split("=", 1)[1])
+    return values
+
+
 def task_names_in(argv: list[str]) -> list[str]:
     """The values of every --task/--task_name in argv (before argparse runs)."""
-    names = []
-    for i, arg in enumerate(argv):
-        for flag in ("--task", "--task_name"):
-            if arg == flag and i + 1 < len(argv):
-                names.append(argv[i + 1])
-            elif arg.startswith(flag + "="):
-                names.append(arg.split("=", 1)[1])
+    return flag_values(argv, ("--task", "--task_name"))
+
+
+def saved_task_names(argv: list[str]) -> list[str]:
+    """The tasks a run directory given as --model was fine-tuned for (its bertkit.json), so that
+    evaluate/predict accept those tasks' flags without a repeated --task."""
+    names: list[str] = []
+    for model in flag_values(argv, ("--model", "--bert_model")):
+        try:
+            info = read_run_info(model)
+        except (OSError, ValueError):
+            continue  # the command reports an unreadable run directory itself
+        names += [n for n in info.get("tasks") or [info.get("task")] if isinstance(n, str)]
     return names
 
 
@@ -38,7 +56,8 @@ def normalize_task_name(name: str) -> str:
     return name.strip().lower()
 
 
-def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], required: bool = True) -> None:
+def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], required: bool = True,
+                       implied_tasks: list[str] | None = None) -> None:
     parser.add_argument("--task", "--task_name", dest="task", action="append", required=required,
                         type=normalize_task_name, help="task name (repeat for multi-task training)")
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="the benchmark's data directory")
@@ -50,7 +69,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], require
     parser.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", action="store_true",
                         default=None, help="lower-case input (default: as the checkpoint's tokenizer says)")
     seen: set[type[Task]] = set()
-    for name in task_names_in(argv):
+    for name in task_names_in(argv) + (implied_tasks or []):
         try:
             cls = get_task_class(normalize_task_name(name))
         except ValueError:

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 def add_model_and_data_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("--model", "--bert_model", dest="model", required=True, help="fine-tuned run directory")
-    common.add_task_arguments(parser, argv, required=False)
+    common.add_task_arguments(parser, argv, required=False, implied_tasks=common.saved_task_names(argv))
     parser.add_argument("--batch-size", "--eval_batch_size", dest="batch_size", type=int, default=128)
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)
     parser.add_argument("--device", default="auto")
