@@ -217,6 +217,11 @@ def test_dev_predictions_never_take_the_test_submission_name(shared_dir: Path) -
     assert prediction_file_name(sst2, "test") == "SST-2.tsv"
     assert prediction_file_name(sst2, "dev") == "SST-2.dev.tsv"
     assert prediction_file_name(glue_task("rte", shared_dir / "data" / "glue" / "RTE"), "test") == "RTE.tsv"
+    from bertkit.tasks.conll import Conll2003Task
+    from bertkit.tasks.polyphone import PolyphoneTask
+
+    assert prediction_file_name(Conll2003Task(TaskOptions()), "test") == "conll2003_test_predictions.txt"
+    assert prediction_file_name(PolyphoneTask(TaskOptions()), "test") == "polyphone_test_predictions.lb"
 
 
 def minilm_finetune(shared_dir: Path, tmp_path: Path, task: str, folder: str, train_rows: int, *extra: str) -> dict:

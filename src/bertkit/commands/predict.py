@@ -31,7 +31,7 @@ def prediction_file_name(task, split: str) -> str:
     overwrite a test submission."""
     name = getattr(task, "submission_name", "")
     if not name:
-        return f"{task.name}_{split}_predictions.jsonl"
+        return f"{task.name}_{split}_predictions{getattr(task, 'prediction_suffix', '.jsonl')}"
     if split.startswith("test"):
         return name
     stem, dot, suffix = name.rpartition(".")

@@ -120,6 +120,7 @@ class NerTask(Task):
 
     head = "token_classification"
     main_metric = "f1"  # entity-level micro F1, conlleval-compatible (see bertkit.metrics.ner)
+    prediction_suffix = ".txt"  # CoNLL text for conlleval, not JSON
     file_names = {"train": ("train.txt", "eng.train"), "dev": ("valid.txt", "dev.txt", "eng.testa"),
                   "test": ("test.txt", "eng.testb")}
     fixed_types: tuple[str, ...] | None = None  # entity types a file may use; None = any

@@ -252,6 +252,7 @@ def majority_readings(examples: Sequence[PolyphoneExample]) -> dict[str, str]:
 class PolyphoneTask(Task):
     head = "polyphone"
     main_metric = "accuracy"
+    prediction_suffix = ".lb"  # one reading per line, as the data's .lb label files
 
     def __init__(self, options):
         super().__init__(options)
