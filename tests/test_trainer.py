@@ -156,6 +156,8 @@ def test_a_fresh_run_never_mixes_with_an_earlier_runs_checkpoints(tiny_model_dir
     fresh = tmp_path / "fresh"
     assert main(finetune_args(tiny_model_dir, sst2_small, fresh, "--max-steps", "3", *common)) == 0
     assert_identical(weights(fresh), weights(out))
+    metrics = json.loads((fresh / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and "dev" not in metrics  # --eval-every none: no evaluation, no null entry
 
 
 def test_half_written_checkpoint_is_ignored_by_resume(tiny_model_dir, sst2_small, tmp_path) -> None:

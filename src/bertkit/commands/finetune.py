@@ -81,12 +81,17 @@ def finetune_single(args: argparse.Namespace) -> int:
     result = train(task, model, train_features, eval_set, config, info=info, save_model=save_model)
     if info.is_main:
         metrics = {"task": task.name, "best_step": result.state.best_step, "steps": result.state.global_step,
-                   "skipped_steps": result.state.skipped_steps,
-                   args.eval_split: result.final_metrics, "history": result.state.history}
+                   "skipped_steps": result.state.skipped_steps, "history": result.state.history}
+        if result.final_metrics is not None:  # None with --eval-every none: no evaluation ran
+            metrics[args.eval_split] = result.final_metrics
         common.write_json_atomic(output_dir / "metrics.json", metrics)
         # bertkit.json last: its presence marks a complete run directory.
         common.write_json_atomic(output_dir / common.BERTKIT_JSON, run_info)
-        print(f"{task.name} {args.eval_split}: {result.final_metrics}")
+        if result.final_metrics is not None:
+            print(f"{task.name} {args.eval_split}: {result.final_metrics}")
+        else:
+            print(f"{task.name}: trained {result.state.global_step} steps, not evaluated (--eval-every none); "
+                  f"`bertkit evaluate --model {output_dir}` scores it")
     distributed.shutdown()
     return 0
 
