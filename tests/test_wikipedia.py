@@ -150,6 +150,7 @@ def test_wikitext_rules_beyond_plain_text():
     ('He said "Stop!" Then he left.', ['He said "Stop!"', "Then he left."]),
     ("J. R. R. Tolkien wrote it in 1937. It sold.", ["J. R. R. Tolkien wrote it in 1937.", "It sold."]),
     ("See e.g. the notes. Fine.", ["See e.g. the notes.", "Fine."]),
+    ("Made Bvt. Brig. Gen. in 1865. Maj. Reno followed.", ["Made Bvt. Brig. Gen. in 1865.", "Maj. Reno followed."]),
     ("lower case. after a period stays", ["lower case. after a period stays"]),
     ("他来了。她走了！", ["他来了。", "她走了！"]),
     ("   ", []),

@@ -1,7 +1,7 @@
 """The on-disk format of pre-training records: a directory of Arrow IPC stream shards.
 
     R/manifest.json          format version, tokenizer, settings, shards with row counts + sha256
-    R/vocab.txt              the vocabulary the ids refer to (so `bertkit inspect R` needs nothing else)
+    R/tokenizer/             the tokenizer the ids refer to (so `bertkit inspect R` needs nothing else)
     R/shard-00000.arrow      Arrow IPC *stream* (what `datasets.Dataset.from_file` opens)
     R/shard-00000.json       the shard's sidecar: rows, sha256, settings fingerprint; written last,
                              so its presence marks the shard complete

@@ -16,6 +16,7 @@ ABBREVIATIONS = frozenset("""
 mr mrs ms dr prof sr jr st mt ft vs etc e.g i.e cf al approx ca c no nos vol vols fig figs p pp
 jan feb mar apr jun jul aug sep sept oct nov dec gen col lt sgt capt cmdr adm gov rep sen rev
 inc ltd co corp bros dept est u.s u.k u.n a.d b.c op ed eds trans univ assn
+brig bvt maj lieut pvt cpl hon messrs rt
 """.split())
 _BOUNDARY = re.compile(r"""([.!?]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9À-ÖØ-Þ])""")
 _CJK_BOUNDARY = re.compile(r"(?<=[。！？])")
