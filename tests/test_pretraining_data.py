@@ -514,6 +514,11 @@ def test_cli_pretrain_data_then_inspect(tmp_path, capsys):
     k = int(np.flatnonzero(r["input_ids"][r["masked_positions"]] == tok.mask_id)[0])
     assert f"[MASK]({tok.convert_ids_to_tokens(int(r['masked_ids'][k]))})" in text
     assert "masking rate:" in text and "length histogram" in text and f"records: {len(ds)}" in text
+    assert main(["inspect", str(out), "--start", str(len(ds))]) == 1
+    assert f"--start {len(ds)}: the records hold {len(ds)} rows" in capsys.readouterr().err
+    assert main(["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED), "--output-dir",
+                 str(tmp_path / "other"), "--target-mask-prob", "0.5"]) == 1
+    assert "give --target-words FILE too" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
 def test_split_sentences_for_paragraph_corpora(tmp_path):

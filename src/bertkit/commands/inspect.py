@@ -105,6 +105,8 @@ def record_stats(dataset, tok, limit: int) -> str:
 def run(args: argparse.Namespace) -> int:
     dataset = open_pretraining_data(args.records, flag="")
     tok = _load_tokenizer(args, dataset)
+    if len(dataset) and not 0 <= args.start < len(dataset):
+        raise ValueError(f"--start {args.start}: the records hold {len(dataset)} rows (0..{len(dataset) - 1})")
     end = min(len(dataset), args.start + args.n)
     for i in range(args.start, end):
         print(f"record {i}:")

@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--span-mask", action="store_true", help="SpanBERT spans (geometric lengths, p=0.2, max 10 words)")
     p.add_argument("--target-words", default=None, metavar="FILE",
                    help="one word/character per line; their occurrences are masked at --target-mask-prob")
-    p.add_argument("--target-mask-prob", type=float, default=0.8)
+    p.add_argument("--target-mask-prob", type=float, default=None,
+                   help="probability that each target-word occurrence is masked (default 0.8; needs --target-words)")
     p.add_argument("--seed", "--random_seed", type=int, default=12345)
     p.add_argument("--workers", type=int, default=1, help="processes (same output as 1 worker)")
     p.add_argument("--num-shards", type=int, default=1, help="split the work over this many machines ...")
@@ -64,6 +65,10 @@ def _read_target_words(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.target_mask_prob is not None and not args.target_words:
+        raise ValueError("--target-mask-prob applies to --target-words occurrences; give --target-words FILE too")
+    if args.target_mask_prob is None:
+        args.target_mask_prob = 0.8
     # With --masking dynamic the masking flags are still recorded in the manifest: the trainer's
     # DynamicMasking reads them from there.
     mask = MaskingConfig(masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=args.max_predictions_per_seq,
