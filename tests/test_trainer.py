@@ -131,6 +131,23 @@ def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, sst2_small, tmp_p
     assert len(found) <= 2  # --keep-checkpoints
     assert main(finetune_args(tiny_model_dir, sst2_small, killed, *common, "--resume")) == 0
     assert_identical(weights(straight), weights(killed))
+    log = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 41))
+
+
+def test_steps_redone_after_resume_are_logged_once(tiny_model_dir, sst2_small, tmp_path) -> None:
+    out = tmp_path / "run"
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
+    features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)
+    config = TrainConfig(output_dir=str(out), max_steps=12, batch_size=16, device="cpu", eval_every="none",
+                         save_every=4, progress=False, log_every=1)
+    # Killed at step 10: checkpoints at 4 and 8, steps 9 and 10 logged but lost.
+    train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None, config,
+          stop_after_steps=10)
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", "--eval-every", "none",
+                              "--save-every", "4", "--resume")) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 13))
 
 
 def test_a_fresh_run_never_mixes_with_an_earlier_runs_checkpoints(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:

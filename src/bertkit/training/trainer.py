@@ -391,6 +391,13 @@ class RunLog:
         self.enabled = enabled
         self.path = output_dir / "log.jsonl"
         self.bar = None
+        if enabled and start_step > 0 and self.path.is_file():
+            # A resumed run redoes the steps after its checkpoint: their old records would appear twice.
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line and json.loads(line).get("step", 0) <= start_step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
         if enabled and progress and sys.stderr.isatty():
             from tqdm import tqdm
 
