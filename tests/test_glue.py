@@ -144,6 +144,8 @@ def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
         glue_task("rte", tmp_path).read("dev")
     with pytest.raises(DataError, match=r"test.tsv: split file not found \(files there: dev.tsv, train.tsv\)"):
         glue_task("rte", tmp_path).read("test")
+    with pytest.raises(DataError, match=r"the directory .*nowhere does not exist \(check --data-dir\)"):
+        glue_task("rte", tmp_path / "nowhere").read("train")
     stsb_header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
     write(tmp_path / "STS-B" / "train.tsv", [stsb_header, "0\tmain\tf\t2012\t1\ts\ts\tA.\tB.\t3.8",
                                              "1\tmain\tf\t2012\t2\ts\ts\tC.\tD.\tfour"])

@@ -29,7 +29,10 @@ class Columns:
 
 def read_glue_tsv(path: Path, columns: Columns, has_header: bool) -> list[PairExample]:
     if not path.is_file():
-        siblings = sorted(p.name for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
+        if not path.parent.is_dir():
+            raise DataError(f"{path}: split file not found: the directory {path.parent} does not exist "
+                            f"(check --data-dir)")
+        siblings = sorted(p.name for p in path.parent.glob("*.tsv"))
         raise DataError(f"{path}: split file not found (files there: {', '.join(siblings) or 'none'})")
     # utf-8-sig drops MRPC's byte-order mark; GLUE text contains quotes, so no CSV quoting rules.
     lines = path.read_text(encoding="utf-8-sig").splitlines()
