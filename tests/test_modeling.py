@@ -90,6 +90,24 @@ def test_minilm_matches_transformers_on_real_sentences(minilm_dir: Path) -> None
     assert (emb[0] @ emb[2]).item() > 0.6 > (emb[0] @ emb[1]).item()
 
 
+def test_a_zero_inside_the_mask_only_hides_that_token_as_in_transformers(minilm_dir: Path) -> None:
+    """A Hugging Face mask may hide tokens in mid-row. Positions must keep counting across them
+    (they restarted after the zero, up to 5.7 off) and the row stays one sequence."""
+    tok = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
+    batch = dict(tok(SENTENCES, padding=True, return_tensors="pt"))
+    mask = batch["attention_mask"].clone()
+    mask[0, 3] = 0
+    mask[1, 2] = 0
+    batch["attention_mask"] = mask
+    ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    model = BertModel.from_pretrained(minilm_dir).eval()
+    with torch.no_grad():
+        expected = ref(**batch).last_hidden_state
+        for backend in ("padded", "unpadded", "sdpa_unpadded"):
+            model.attn_backend = backend
+            assert max_diff(model(**batch).last_hidden_state, expected, mask) <= TOL, backend
+
+
 def test_packed_rows_equal_separate_sequences() -> None:
     torch.manual_seed(1)
     config = tiny_config()

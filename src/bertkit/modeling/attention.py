@@ -257,16 +257,24 @@ def _flex_context(mask: torch.Tensor) -> FlexAttention:
 
 
 def sequence_starts(attention_mask: torch.Tensor) -> torch.Tensor:
-    """bool [B,T]: True where a new sequence begins (the id differs from the token before it)."""
-    starts = torch.ones_like(attention_mask, dtype=torch.bool)
-    starts[:, 1:] = attention_mask[:, 1:] != attention_mask[:, :-1]
-    return starts
+    """bool [B,T]: True at the first token of each sequence, a non-zero id that differs from the
+    last non-zero id before it. Zeros (padding, or tokens masked out in mid-row, as a Hugging Face
+    mask may have) neither start nor end a sequence: [1, 1, 0, 1] is one sequence of three tokens
+    at positions 0, 1, 3, as in transformers."""
+    column = torch.arange(attention_mask.shape[1], device=attention_mask.device).expand_as(attention_mask)
+    real = attention_mask != 0
+    last_real = torch.where(real, column, torch.full_like(column, -1)).cummax(dim=1).values
+    before = torch.cat([torch.full_like(last_real[:, :1], -1), last_real[:, :-1]], dim=1)
+    id_before = torch.where(before >= 0, attention_mask.gather(1, before.clamp(min=0)),
+                            torch.zeros_like(attention_mask))
+    return real & (attention_mask != id_before)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that restart at 0 at each sequence start. attention_mask [B,T] -> int64 [B,T].
+    """Position ids counted from each sequence's first token. attention_mask [B,T] -> int64 [B,T].
 
-    Example row [1, 1, 1, 2, 2, 0] -> [0, 1, 2, 0, 1, 0]."""
+    Example rows [1, 1, 1, 2, 2, 0] -> [0, 1, 2, 0, 1, 2]; [0, 0, 1, 1] (left padding) -> [0, 1, 0, 1];
+    [1, 1, 0, 1] -> [0, 1, 2, 3]."""
     T = attention_mask.shape[1]
     column = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
     start_column = torch.where(sequence_starts(attention_mask), column, torch.zeros_like(column))
