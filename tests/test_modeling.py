@@ -108,6 +108,26 @@ def test_a_zero_inside_the_mask_only_hides_that_token_as_in_transformers(minilm_
             assert max_diff(model(**batch).last_hidden_state, expected, mask) <= TOL, backend
 
 
+def test_inputs_of_the_wrong_shape_are_clear_errors() -> None:
+    model = BertModel(tiny_config()).eval()
+    ids = torch.tensor([[2, 5, 6, 3]])
+    cases = [({"input_ids": ids, "attention_mask": torch.ones(2, 4, dtype=torch.long)},
+              r"attention_mask has shape \[2, 4\] but input_ids has \[1, 4\]"),  # was broadcast to 2 rows
+             ({"input_ids": ids, "attention_mask": torch.ones(1, 3, dtype=torch.long)}, r"attention_mask has shape"),
+             ({"input_ids": ids[0]}, r"input_ids must be \[batch, tokens\]"),
+             ({"input_ids": ids[:, :0]}, r"at least one token"),
+             ({"input_ids": torch.ones(1, 65, dtype=torch.long), "position_ids": torch.zeros(1, 65, dtype=torch.long)},
+              r"65 tokens per row but the model has only max_position_embeddings=64"),
+             ({"input_ids": ids, "output_positions": torch.tensor([1, 2])}, r"output_positions must be \[batch, P\]")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model(**kwargs)
+    two = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]])
+    with torch.no_grad():  # position/token type ids of one row are shared by the batch, as in transformers
+        shared = model(two, position_ids=torch.arange(4)[None]).last_hidden_state
+        assert shared.shape == (2, 4, model.config.hidden_size)
+
+
 def test_packed_rows_equal_separate_sequences() -> None:
     torch.manual_seed(1)
     config = tiny_config()

@@ -230,6 +230,27 @@ def init_bert_weights(module: nn.Module, config: ModelConfig) -> None:
         nn.init.zeros_(module.bias)
 
 
+def check_input_shapes(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                       token_type_ids: torch.Tensor | None, position_ids: torch.Tensor | None,
+                       output_positions: torch.Tensor | None) -> None:
+    """Clear errors for inputs of the wrong shape (shapes only: no device sync). Broadcasting would
+    otherwise accept a mask of another batch size and duplicate rows without a word."""
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be [batch, tokens] with at least one token, got shape "
+                         f"{list(input_ids.shape)} (a single sequence: input_ids[None])")
+    B, T = input_ids.shape
+    for name, tensor, rows in (("attention_mask", attention_mask, (B,)), ("token_type_ids", token_type_ids, (1, B)),
+                               ("position_ids", position_ids, (1, B))):
+        if tensor is not None and (tensor.dim() != 2 or tensor.shape[1] != T or tensor.shape[0] not in rows):
+            allowed = f"[{B}, {T}]" + (f" or [1, {T}]" if 1 in rows and B != 1 else "")
+            raise ValueError(f"{name} has shape {list(tensor.shape)} but input_ids has {list(input_ids.shape)}; "
+                             f"expected {allowed}")
+    if output_positions is not None and (output_positions.dim() != 2
+                                         or output_positions.shape[0] != input_ids.shape[0]):
+        raise ValueError(f"output_positions must be [batch, P] with batch {input_ids.shape[0]}, got shape "
+                         f"{list(output_positions.shape)}")
+
+
 class BertModel(nn.Module):
     """The encoder. `attn_backend` picks the attention path (see attention.prepare_attention)."""
 
@@ -261,8 +282,9 @@ class BertModel(nn.Module):
         matmul FLOPs; inductor counts 5.7% fewer fused-kernel bytes per token (benchmarks/traffic.py)."""
         if unused:
             raise TypeError(f"BertModel.forward got unexpected arguments: {', '.join(sorted(unused))}")
+        check_input_shapes(input_ids, attention_mask, token_type_ids, position_ids, output_positions)
         B, T = input_ids.shape
-        if T > self.config.max_position_embeddings and position_ids is None:
+        if T > self.config.max_position_embeddings:
             raise ValueError(f"input_ids has {T} tokens per row but the model has only "
                              f"max_position_embeddings={self.config.max_position_embeddings}; "
                              f"lower --max-seq-length")
