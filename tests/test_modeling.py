@@ -100,7 +100,8 @@ def test_a_zero_inside_the_mask_only_hides_that_token_as_in_transformers(minilm_
     mask[1, 2] = 0
     batch["attention_mask"] = mask
     ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
-    model = BertModel.from_pretrained(minilm_dir).eval()
+    model = BertModel.from_pretrained(minilm_dir)
+    assert not model.training  # as transformers returns it: no dropout without .train()
     with torch.no_grad():
         expected = ref(**batch).last_hidden_state
         for backend in ("padded", "unpadded", "sdpa_unpadded"):

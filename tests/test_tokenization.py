@@ -379,3 +379,13 @@ def test_train_tokenizer_input_errors(tmp_path, capsys):
     assert "bad.txt:3: not UTF-8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--vocab-size 4 leaves no room"):
         train_wordpiece(["some text"], 4)
+
+
+def test_default_length_is_what_the_model_allows():
+    """Without max_length a call truncates at model_max_length (it cut at 128 silently), and a
+    checkpoint without a tokenizer_config.json length takes its max_position_embeddings."""
+    tok = Tokenizer.from_pretrained(need(MODELS / "all-MiniLM-L6-v2"))
+    batch = tok(["word " * 1000, "short"])
+    assert tok.model_max_length == 512 and batch["input_ids"].shape == (2, 512)
+    tf_fixture = Tokenizer.from_pretrained(need(MODELS / "tf-bert-fixture"))  # bert_config.json: 128 positions
+    assert tf_fixture.model_max_length == 128 and tf_fixture(["word " * 300])["input_ids"].shape == (1, 128)

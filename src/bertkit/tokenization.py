@@ -216,7 +216,14 @@ class Tokenizer:
         config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
         max_len = config.get("model_max_length")
         # transformers writes a huge sentinel (1e30) when the length is unknown.
-        max_len = int(max_len) if isinstance(max_len, (int, float)) and 0 < max_len <= 1_000_000 else DEFAULT_MODEL_MAX_LENGTH
+        max_len = int(max_len) if isinstance(max_len, (int, float)) and 0 < max_len <= 1_000_000 else None
+        if max_len is None:  # no tokenizer_config.json length: what the model's positions allow
+            max_len = DEFAULT_MODEL_MAX_LENGTH
+            for name in ("config.json", "bert_config.json"):
+                positions = _read_json(path / name).get("max_position_embeddings") if (path / name).is_file() else None
+                if isinstance(positions, int) and positions > 0:
+                    max_len = min(max_len, positions)
+                    break
         source = "do_lower_case argument"
         if do_lower_case is None and "do_lower_case" in config:
             do_lower_case, source = bool(config["do_lower_case"]), f"{path / 'tokenizer_config.json'}"
@@ -373,15 +380,18 @@ class Tokenizer:
 
     def __call__(self, texts: str | Sequence[str] | Sequence[Sequence[str]],
                  pairs: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
-                 max_length: int = 128, truncation: str | bool = "longest_first",
+                 max_length: int | None = None, truncation: str | bool = "longest_first",
                  padding: bool | str = True, return_tensors: bool = True,
                  is_pretokenized: bool = False) -> dict[str, Any]:
         """Texts (and optional second segments) -> model inputs.
 
-        Returns `input_ids`, `token_type_ids`, `attention_mask`, each a long tensor [B, T]: T is
-        the longest row (padding=True) or max_length (padding="max_length"). With
+        Rows longer than max_length (default: model_max_length, what the model's positions allow)
+        are truncated. Returns `input_ids`, `token_type_ids`, `attention_mask`, each a long tensor
+        [B, T]: T is the longest row (padding=True) or max_length (padding="max_length"). With
         return_tensors=False the values are lists of lists (unpadded when padding=False).
         """
+        if max_length is None:
+            max_length = self.model_max_length
         if isinstance(texts, str):
             texts = [texts]
             pairs = [pairs] if isinstance(pairs, str) else pairs

@@ -317,7 +317,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
 
 def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_on_mismatch: bool = False,
                     require_head: bool = False, **config_overrides: Any) -> nn.Module:
-    """Build `cls` from a checkpoint's config (with overrides) and load its weights."""
+    """Build `cls` from a checkpoint's config (with overrides) and load its weights; the model is
+    returned in eval mode, as transformers returns it."""
     path = resolve_model_path(path_or_hub_id)
     kind, file = find_weights(path)
     config = read_config(file if kind != "tf" else file.parent)
@@ -327,7 +328,7 @@ def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_o
     check_consistency(config, state, file)
     model = cls(config)
     load_into(model, state, file, new_head_on_mismatch=new_head_on_mismatch, require_head=require_head)
-    return model
+    return model.eval()  # as transformers returns it: dropout off until .train() (the trainer calls it)
 
 
 # ---- saving -------------------------------------------------------------------------------------
