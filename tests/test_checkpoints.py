@@ -253,3 +253,18 @@ def test_head_of_another_size_is_new_when_fine_tuning_and_an_error_otherwise(tmp
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, source.bert.embeddings.word_embeddings.weight)
     with pytest.raises(ValueError, match=r"tensor classifier\.(weight|bias) has shape \[2.*\] in the file but the model"):
         BertForTokenClassification.from_pretrained(tmp_path, num_labels=9)
+
+
+def test_info_counts_the_tied_mlm_decoder_once(tmp_path):
+    """A .bin of BertForMaskedLM stores the decoder weight (the word embeddings) a second time."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from bertkit.modeling.checkpoints import model_info
+
+    hf = transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+    hf.config.save_pretrained(tmp_path)
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    assert "cls.predictions.decoder.weight" in torch.load(tmp_path / "pytorch_model.bin")
+    assert model_info(tmp_path)["parameters"] == sum(p.numel() for p in hf.parameters())

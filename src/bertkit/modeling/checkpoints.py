@@ -539,6 +539,9 @@ def model_info(path_or_hub_id: str | Path) -> dict[str, Any]:
         name, transpose = bertkit_name(raw)
         if name is not None:
             mapped[name] = tuple(reversed(shape)) if transpose else shape
+    # BERT's MLM decoder weight is the word embedding matrix (tied); .bin files store it twice.
+    counted = {n: s for n, s in mapped.items()
+               if not (n == "cls.predictions.decoder.weight" and "bert.embeddings.word_embeddings.weight" in mapped)}
     return {
         "path": str(path), "format": kind, "weights": str(file),
         "architectures": config.architectures,
@@ -546,8 +549,8 @@ def model_info(path_or_hub_id: str | Path) -> dict[str, Any]:
         "heads": config.num_attention_heads, "intermediate": config.intermediate_size,
         "vocab": config.vocab_size, "max_positions": config.max_position_embeddings,
         "hidden_act": config.hidden_act,
-        "parameters": int(sum(int(np.prod(s, dtype=np.int64)) for s in mapped.values())),
-        "tensors": len(mapped), "heads_present": _heads_present(set(mapped)),
+        "parameters": int(sum(int(np.prod(s, dtype=np.int64)) for s in counted.values())),
+        "tensors": len(counted), "heads_present": _heads_present(set(mapped)),
     }
 
 
