@@ -78,6 +78,16 @@ def test_tf_fixture_tensors_equal_expected(tf_fixture: Path) -> None:
     assert torch.equal(mapped["cls.seq_relationship.weight"], torch.from_numpy(nsp))
 
 
+def test_any_file_of_a_tf_checkpoint_names_it(tf_fixture: Path) -> None:
+    """The prefix, the .index and the .data-00000-of-00001 file all mean the same checkpoint (the data
+    file was read as a PyTorch pickle: 'UnpicklingError: Unsupported operand 70')."""
+    from bertkit.modeling.checkpoints import find_weights
+
+    prefix = tf_fixture / "bert_model.ckpt"
+    for given in (prefix, tf_fixture / "bert_model.ckpt.index", tf_fixture / "bert_model.ckpt.data-00000-of-00001"):
+        assert find_weights(given) == ("tf", prefix), given
+
+
 def test_tf_convert_matches_transformers(tf_fixture: Path, tmp_path: Path) -> None:
     dst = convert(tf_fixture, tmp_path / "hf")
     assert (dst / "vocab.txt").read_bytes() == (tf_fixture / "vocab.txt").read_bytes()

@@ -81,6 +81,9 @@ def find_tf_prefix(path: Path) -> Path | None:
 
 def find_weights(path: Path) -> tuple[str, Path]:
     """(format, file) of the weights at path: "safetensors", "bin", "sharded" or "tf"."""
+    shard = re.fullmatch(r"(.+)\.data-\d{5}-of-\d{5}", path.name)
+    if path.is_file() and shard and path.with_name(shard.group(1) + ".index").is_file():
+        return "tf", path.with_name(shard.group(1))  # a TF data file: its checkpoint prefix
     if path.is_file() and not path.name.endswith(".index"):
         if path.name.endswith(".index.json"):
             return "sharded", path
