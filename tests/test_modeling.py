@@ -119,7 +119,9 @@ def test_inputs_of_the_wrong_shape_are_clear_errors() -> None:
              ({"input_ids": ids[:, :0]}, r"at least one token"),
              ({"input_ids": torch.ones(1, 65, dtype=torch.long), "position_ids": torch.zeros(1, 65, dtype=torch.long)},
               r"65 tokens per row but the model has only max_position_embeddings=64"),
-             ({"input_ids": ids, "output_positions": torch.tensor([1, 2])}, r"output_positions must be \[batch, P\]")]
+             ({"input_ids": ids, "output_positions": torch.tensor([1, 2])}, r"output_positions must be \[batch, P\]"),
+             ({"input_ids": ids, "output_positions": torch.tensor([[1, 4]])}, r"column 4, outside the 4 columns"),
+             ({"input_ids": ids, "output_positions": torch.tensor([[-1, 2]])}, r"column -1, outside")]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             model(**kwargs)

@@ -249,6 +249,14 @@ def check_input_shapes(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
                                          or output_positions.shape[0] != input_ids.shape[0]):
         raise ValueError(f"output_positions must be [batch, P] with batch {input_ids.shape[0]}, got shape "
                          f"{list(output_positions.shape)}")
+    # Values too, where reading them costs no device sync: an out-of-range column would gather
+    # another row's token on the unpadded path. (CUDA batches come from the collate, in range.)
+    if (output_positions is not None and output_positions.numel() and output_positions.device.type == "cpu"
+            and not torch.compiler.is_compiling()):
+        low, high = int(output_positions.min()), int(output_positions.max())
+        if low < 0 or high >= T:
+            raise ValueError(f"output_positions holds column {low if low < 0 else high}, outside the "
+                             f"{T} columns of input_ids")
 
 
 class BertModel(nn.Module):
