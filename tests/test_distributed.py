@@ -486,3 +486,19 @@ def _worker(root: Path) -> None:
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+
+
+def test_ranks_after_the_first_keep_checkpoint_notes_to_themselves(shared_dir, monkeypatch, capsys) -> None:
+    """Every rank loads the checkpoint; its 'newly initialised' note is printed by rank 0 only."""
+    import logging
+
+    logger = logging.getLogger("bertkit")
+    level = logger.level
+    try:
+        for rank, expected in (("1", logging.ERROR), ("0", level)):
+            logger.setLevel(level)
+            monkeypatch.setenv("RANK", rank)
+            assert main(["info", str(shared_dir / "models" / "all-MiniLM-L6-v2")]) == 0
+            assert logger.level == expected
+    finally:
+        logger.setLevel(level)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if int(os.environ.get("RANK", "0")) > 0:
+        # Under torchrun every rank loads the same checkpoint: its notes once (rank 0), not once per rank.
+        logging.getLogger("bertkit").setLevel(logging.ERROR)
     module = importlib.import_module(f"bertkit.commands.{args._module}")
     try:
         return int(module.run(args) or 0)
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        if getattr(args, "traceback", False) or __import__("os").environ.get("BERTKIT_TRACEBACK"):
+        if getattr(args, "traceback", False) or os.environ.get("BERTKIT_TRACEBACK"):
             raise
         print(f"bertkit {args.command}: error: {err}", file=sys.stderr)
         return 1
