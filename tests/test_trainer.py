@@ -135,6 +135,18 @@ def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, sst2_small, tmp_p
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 41))
 
 
+def test_resume_on_a_finished_run_without_checkpoints_keeps_it(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "3", "--eval-every", "none")) == 0
+    finished = weights(out)
+    capsys.readouterr()
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "6", "--eval-every", "none",
+                              "--resume")) == 1
+    assert "holds a finished run (bertkit.json) and no checkpoint" in capsys.readouterr().err
+    assert_identical(finished, weights(out))
+    assert (out / "bertkit.json").is_file()
+
+
 def test_steps_redone_after_resume_are_logged_once(tiny_model_dir, sst2_small, tmp_path) -> None:
     out = tmp_path / "run"
     task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))

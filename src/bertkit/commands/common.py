@@ -156,7 +156,12 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig(**fields)
     from bertkit.training.trainer import check_output_dir
 
-    check_output_dir(config)  # before data is read or anything of an earlier run is touched
+    found = check_output_dir(config)  # before data is read or anything of an earlier run is touched
+    if config.resume and not found and (Path(config.output_dir) / BERTKIT_JSON).is_file():
+        # Starting afresh here would overwrite the finished run that --resume was meant to keep.
+        raise ValueError(f"--resume: {config.output_dir} holds a finished run ({BERTKIT_JSON}) and no checkpoint "
+                         f"to continue from; train longer into a new --output-dir, or drop --resume to train "
+                         f"this one again")
     return config
 
 
