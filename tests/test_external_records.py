@@ -460,3 +460,14 @@ def test_convert_records_rejects_ids_outside_the_vocab(tmp_path):
     code, _, err = _cli(["convert-records", str(TFRECORD), str(tmp_path / "out"), "--tokenizer", str(small)])
     assert code == 1
     assert "record 0" in err and "vocab" in err
+
+
+def test_inspect_with_a_smaller_vocabulary_names_the_record(capsys):
+    from bertkit.cli import main
+
+    fixture = TFRECORD.parents[2] / "models" / "tf-bert-fixture"  # a 1,024-token vocabulary
+    if not fixture.is_dir():
+        pytest.skip(f"{fixture} is missing")
+    assert main(["inspect", str(TFRECORD), "--tokenizer", str(fixture), "--n", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{TFRECORD}: record 0: token id" in err and "outside the vocabulary (0..1023)" in err

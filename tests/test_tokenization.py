@@ -389,3 +389,8 @@ def test_default_length_is_what_the_model_allows():
     assert tok.model_max_length == 512 and batch["input_ids"].shape == (2, 512)
     tf_fixture = Tokenizer.from_pretrained(need(MODELS / "tf-bert-fixture"))  # bert_config.json: 128 positions
     assert tf_fixture.model_max_length == 128 and tf_fixture(["word " * 300])["input_ids"].shape == (1, 128)
+
+
+def test_a_config_json_given_as_tokenizer_is_named_for_what_it_is():
+    with pytest.raises(ValueError, match=r"config.json: not a tokenizer.json .*pass the model directory"):
+        Tokenizer.from_pretrained(need(MODELS / "all-MiniLM-L6-v2" / "config.json"))

@@ -244,6 +244,9 @@ class Tokenizer:
                              strip_accents: bool | None, chinese: bool, max_len: int) -> "Tokenizer":
         spec = _read_json(file)
         model = spec.get("model") or {}
+        if not model:
+            raise ValueError(f"{file}: not a tokenizer.json (no \"model\" entry; a model's config.json?); "
+                             f"pass the model directory, its tokenizer.json or its vocab.txt")
         if model.get("type") != "WordPiece":
             raise ValueError(f"{file}: model type is {model.get('type')!r}; bertkit reads BERT "
                              f"WordPiece tokenizers only (expected \"WordPiece\")")

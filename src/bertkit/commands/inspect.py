@@ -110,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
     end = min(len(dataset), args.start + args.n)
     for i in range(args.start, end):
         print(f"record {i}:")
-        print(format_record(dataset[i], tok))
+        try:
+            print(format_record(dataset[i], tok))
+        except ValueError as err:  # e.g. an id outside the vocabulary: say which record holds it
+            where = dataset.where(i) if hasattr(dataset, "where") else f"{args.records}, record {i}"
+            raise ValueError(f"{where}: {err}; were these records made with another vocabulary than "
+                             f"--tokenizer?") from None
     if args.stats:
         print(record_stats(dataset, tok, args.max_stats_records))
     return 0
