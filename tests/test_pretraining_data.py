@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertkit.data.masking import DynamicMasking, MaskingConfig, TargetWords, VocabInfo, mask_row, word_spans
+from bertkit.data.masking import MaskingConfig, TargetWords, VocabInfo, mask_row, word_spans
 from bertkit.data.pretraining import PretrainDataConfig, create_pretraining_data, dynamic_masking_for
 from bertkit.data.records import collate_pretraining, open_pretraining_data
 from bertkit.tasks.base import DataError

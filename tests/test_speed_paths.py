@@ -74,7 +74,6 @@ def test_packed_rows_unpadded_gradients_equal_padded() -> None:
     torch.manual_seed(1)
     model = BertForPreTraining(tiny_config())
     batch = packed_pretraining_batch()
-    mask = batch["attention_mask"]
     results = {}
     for name in ("padded", "sdpa_unpadded"):
         model.zero_grad(set_to_none=True)

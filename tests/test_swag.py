@@ -99,7 +99,7 @@ def test_swag_bad_rows(tmp_path, mutate, message):
 
 
 def test_swag_bad_header_and_missing_file(tmp_path):
-    path = write_swag(tmp_path / "train.csv", [r[:5] for r in ROWS], HEADER[:5])
+    write_swag(tmp_path / "train.csv", [r[:5] for r in ROWS], HEADER[:5])
     with pytest.raises(DataError, match=r"train.csv:1: header lacks column\(s\) sent2, ending0"):
         make_task("swag", data_dir=str(tmp_path)).read("train")
     with pytest.raises(FileNotFoundError, match="val.csv"):

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from bertkit.cli import main
-from bertkit.config import TrainConfig, preset
+from bertkit.config import TrainConfig
 from bertkit.modeling.heads import BertForSequenceClassification
 from bertkit.tasks import TaskOptions, get_task_class
 from bertkit.tokenization import Tokenizer
