@@ -121,7 +121,10 @@ def test_inputs_of_the_wrong_shape_are_clear_errors() -> None:
               r"65 tokens per row but the model has only max_position_embeddings=64"),
              ({"input_ids": ids, "output_positions": torch.tensor([1, 2])}, r"output_positions must be \[batch, P\]"),
              ({"input_ids": ids, "output_positions": torch.tensor([[1, 4]])}, r"column 4, outside the 4 columns"),
-             ({"input_ids": ids, "output_positions": torch.tensor([[-1, 2]])}, r"column -1, outside")]
+             ({"input_ids": ids, "output_positions": torch.tensor([[-1, 2]])}, r"column -1, outside"),
+             ({"input_ids": torch.tensor([[2, 99, 3]])}, r"input_ids holds 99, outside the model's 99 embeddings"),
+             ({"input_ids": torch.tensor([[2, -5, 3]])}, r"input_ids holds -5"),
+             ({"input_ids": ids, "token_type_ids": torch.tensor([[0, 0, 2, 2]])}, r"token_type_ids holds 2")]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             model(**kwargs)

@@ -291,6 +291,8 @@ class BertModel(nn.Module):
         if unused:
             raise TypeError(f"BertModel.forward got unexpected arguments: {', '.join(sorted(unused))}")
         check_input_shapes(input_ids, attention_mask, token_type_ids, position_ids, output_positions)
+        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            self._check_id_ranges(input_ids, token_type_ids)
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
             raise ValueError(f"input_ids has {T} tokens per row but the model has only "
@@ -323,6 +325,20 @@ class BertModel(nn.Module):
         if self.pooler is None:
             return BertOutput(last_hidden_state=x, pooler_output=None)
         return BertOutput(last_hidden_state=x[:, 1:], pooler_output=self.pooler(x))
+
+    def _check_id_ranges(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> None:
+        """Ids outside the embedding tables would fail as a bare IndexError (a device-side assert on
+        CUDA, where reading the values would cost a sync per step; there batches come checked
+        from the records or the tokenizer)."""
+        for name, ids, size, fix in (("input_ids", input_ids, self.config.vocab_size,
+                                      "was the text tokenized with another vocabulary?"),
+                                     ("token_type_ids", token_type_ids, self.config.type_vocab_size,
+                                      "segment ids are 0 (first) and 1 (second)")):
+            if ids is not None and ids.numel():
+                low, high = int(ids.min()), int(ids.max())
+                if low < 0 or high >= size:
+                    raise ValueError(f"{name} holds {low if low < 0 else high}, outside the model's "
+                                     f"{size} embeddings (0..{size - 1}); {fix}")
 
     def _padded_if_full(self) -> bool:
         """attention.keep_full_batches_padded for this call (the compute dtype is autocast's, if
