@@ -194,6 +194,11 @@ def test_metrics_accuracy_and_macro_f1(absa):
     m = task.metrics(toy, pred)
     assert m["accuracy"] == pytest.approx(2 / 3) and m["macro_f1"] == pytest.approx(5 / 9)
     assert m["f1_negative"] == 0.0 and m["f1_neutral"] == 1.0
+    # A class absent from gold and predictions (conflict, with --keep-conflict on .xml.seg data) is
+    # left out of the mean, as sklearn does: perfect predictions score 1.0, not 0.75.
+    conflict = atsc(keep_conflict=True)
+    perfect = conflict.metrics(toy, [conflict.label_names().index(e.polarity) for e in toy])
+    assert len(conflict.label_names()) == 4 and perfect["macro_f1"] == 1.0
 
 
 def test_write_predictions_tsv_and_jsonl(absa, tmp_path):
