@@ -216,6 +216,9 @@ def test_evaluate_and_predict_pick_the_tasks_head(multitask_run: Path, glue_slic
     assert {line.split("\t")[1] for line in lines[1:]} <= {"entailment", "not_entailment"}
     assert main(["evaluate", "--task", "cola", "--model", str(multitask_run), "--data-dir", str(glue_slices),
                  "--device", "cpu"]) == 1  # no cola head: an error, not a fresh random head
+    for command in ("evaluate", "predict"):  # without --task: an error, not the first task's result alone
+        assert main([command, "--model", str(multitask_run), "--data-dir", str(glue_slices), "--device", "cpu",
+                     "--output", str(tmp_path / "all")]) == 1
 
 
 def test_single_task_finetune_continues_from_the_shared_model(multitask_run: Path, glue_slices: Path,

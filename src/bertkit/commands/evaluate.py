@@ -32,6 +32,10 @@ def load_for_inference(args: argparse.Namespace):
     from bertkit.training import distributed
 
     saved = common.read_run_info(args.model)
+    if not args.task and len(saved.get("tasks") or []) > 1:
+        # Scoring only the first task of a multi-task run would look like the whole result.
+        raise ValueError(f"{args.model} is a multi-task run ({', '.join(saved['tasks'])}): name the task to "
+                         f"evaluate or predict with --task, once per command")
     names = args.task or [saved.get("task")] if (args.task or saved.get("task")) else None
     if not names or names[0] is None:
         raise ValueError(f"--task is required: {args.model} has no {common.BERTKIT_JSON} naming its task")
