@@ -300,7 +300,7 @@ def test_converter_round_trip_is_byte_identical(tmp_path):
 # ---- predictions and metrics ---------------------------------------------------------------------
 
 @needs_data
-def test_metrics_per_char_and_prediction_files(task, splits, tmp_path):
+def test_metrics_per_char_and_prediction_files(task, splits, tmp_path, capsys):
     examples = splits["g2pL/test"]
     labels = task.label_names()
     majority = majority_readings(splits["g2pL/train"])
@@ -320,6 +320,16 @@ def test_metrics_per_char_and_prediction_files(task, splits, tmp_path):
                                        majority[examples[0].char]]
     per_char_rows = (tmp_path / "pred.per_char.tsv").read_text(encoding="utf-8").splitlines()
     assert len(per_char_rows) == 115
+
+    # A character never seen in training has no candidate list: the written file warns about it.
+    import dataclasses
+
+    third = examples[2]
+    text = third.text[:third.position] + "龘" + third.text[third.position + 1:]
+    unseen = [*examples[:2], dataclasses.replace(third, text=text)]
+    assert not task.candidates("龘")
+    task.write_predictions(unseen, predictions[:3], tmp_path / "unseen.lb")
+    assert "1 of 3 examples ask for characters never seen in training" in capsys.readouterr().err
 
 
 # ---- training ------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -499,6 +500,13 @@ class PolyphoneTask(Task):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         labels = self.label_names()
+        unseen = sorted({ex.char for ex in examples if not self.candidates(ex.char)})
+        if unseen:
+            # No candidate list to mask with: those readings come from all of the model's labels.
+            n = sum(1 for ex in examples if not self.candidates(ex.char))
+            print(f"warning: {n} of {len(examples)} examples ask for characters never seen in training or the "
+                  f"dictionary ({''.join(unseen[:20])}{' ...' if len(unseen) > 20 else ''}); their readings are "
+                  f"not restricted to the character's own and are often wrong", file=sys.stderr)
         path.write_text("".join(labels[p] + "\n" for p in predictions), encoding="utf-8")
         stem = path.with_suffix("") if path.suffix != ".tsv" else path.with_suffix(".details")
         with open(f"{stem}.tsv", "w", encoding="utf-8") as f:
