@@ -96,16 +96,18 @@ def test_xml_example_fields_and_spans(absa):
     assert all(ex.sentence[ex.span[0]:ex.span[1]] == ex.aspect for ex in seg)
 
 
-def test_dev_split_holds_out_whole_sentences(absa):
+def test_dev_split_holds_out_whole_sentences(absa, capsys):
     full = atsc().read("train")
     task = atsc(dev_fraction=0.1, dev_seed=3)
     train, dev = task.read("train"), task.read("dev")
+    assert "dev is the test set" not in capsys.readouterr().err
     assert len(train) + len(dev) == len(full) == 3602
     assert not {ex.sentence_key for ex in train} & {ex.sentence_key for ex in dev}
     n_sentences = len({ex.sentence_key for ex in full})
     assert len({ex.sentence_key for ex in dev}) == round(0.1 * n_sentences)
     assert [e.guid for e in atsc(dev_fraction=0.1, dev_seed=3).read("dev")] == [e.guid for e in dev]  # seeded
     assert [e.guid for e in atsc().read("dev")] == [e.guid for e in atsc().read("test")]  # default: dev = test
+    assert "dev is the test set here (checkpoints are chosen on it)" in capsys.readouterr().err  # ... and says so
     with pytest.raises(ValueError, match="--dev-fraction must be in"):
         atsc(dev_fraction=1.5).read("dev")
 
