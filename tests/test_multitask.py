@@ -273,3 +273,11 @@ def test_bad_multitask_requests_fail_up_front(tiny_model_dir: Path, glue_slices:
     with pytest.raises(ValueError, match="`task`"):
         MultiTaskModel(preset("tiny", vocab_size=100), [HeadSpec("a", "regression", 1, None, "regression")])(
             torch.ones(1, 3, dtype=torch.long))
+
+
+def test_multi_task_options_that_would_do_nothing_are_refused(tmp_path, capsys) -> None:
+    base = ["finetune", "--model", str(tmp_path / "m"), "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "o")]
+    assert main([*base, "--task", "rte", "--task-sampling", "temperature", "--temperature", "3"]) == 1
+    assert "--task-sampling, --temperature: multi-task options; this run has one --task" in capsys.readouterr().err
+    assert main([*base, "--task", "rte", "--task", "sst2", "--temperature", "5"]) == 1
+    assert "--temperature applies to --task-sampling temperature, not proportional" in capsys.readouterr().err

@@ -21,13 +21,25 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     common.add_train_arguments(parser)
     parser.add_argument("--eval-split", default="dev", help="split evaluated during training")
     parser.add_argument("--task-sampling", choices=("proportional", "uniform", "temperature"),
-                        default="proportional", help="multi-task: how tasks are sampled")
-    parser.add_argument("--temperature", type=float, default=2.0, help="multi-task: T for temperature sampling")
+                        default=None, help="multi-task: how tasks are sampled (default proportional)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="multi-task: T for --task-sampling temperature (default 2)")
     parser.add_argument("--task-batch-size", dest="task_batch_size", action="append", default=None,
                         metavar="TASK=N", help="multi-task: per-task batch size (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
+    # Options that would otherwise do nothing without a word.
+    if len(args.task) == 1:
+        given = [flag for flag, value in (("--task-sampling", args.task_sampling), ("--temperature", args.temperature),
+                                          ("--task-batch-size", args.task_batch_size)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: multi-task options; this run has one --task")
+    elif args.temperature is not None and args.task_sampling != "temperature":
+        raise ValueError(f"--temperature applies to --task-sampling temperature, not "
+                         f"{args.task_sampling or 'proportional'} (the default)")
+    args.task_sampling = args.task_sampling or "proportional"
+    args.temperature = 2.0 if args.temperature is None else args.temperature
     if len(args.task) > 1:
         from bertkit.tasks import multitask
 
