@@ -225,8 +225,10 @@ class AspectSentimentTask(Task):
         features = []
         for i, (ex, s, a) in enumerate(zip(examples, sentences, aspects)):
             if ex.polarity is not None and ex.polarity not in label_to_id:
+                hint = ("this model was trained without the conflict class; evaluate without --keep-conflict"
+                        if self._keep_conflict else "--keep-conflict adds 'conflict'")
                 raise DataError(f"{ex.source}: polarity {ex.polarity!r} is not in the label set "
-                                f"{self.label_names()} (--keep-conflict adds 'conflict')")
+                                f"{self.label_names()} ({hint})")
             input_ids, token_type_ids, _ = encode_pair(list(s.ids), list(a.ids), max_seq_length, cls_id, sep_id)
             features.append({"input_ids": input_ids, "token_type_ids": token_type_ids,
                              "labels": -100 if ex.polarity is None else label_to_id[ex.polarity],
