@@ -175,6 +175,8 @@ def test_custom_classification_csv_tsv_jsonl(tmp_path: Path) -> None:
                                   probabilities=[np.array([0.1, 0.2, 0.7])] * 3)
     first = json.loads(path.read_text().splitlines()[0])
     assert first == {"id": "a1", "prediction": "pos", "probabilities": {"neg": 0.1, "neu": 0.2, "pos": 0.7}}
+    tsv = task.write_predictions(train, [2, 0, 1], tmp_path / "pred.tsv", probabilities=[np.array([0.1, 0.2, 0.7])] * 3)
+    assert tsv.read_text().splitlines()[:2] == ["id\tprediction\tp_neg\tp_neu\tp_pos", "a1\tpos\t0.1\t0.2\t0.7"]
     write(tmp_path / "bad.tsv", ["text\tlabel", "only one column"])
     bad = get_task_class("classification")(TaskOptions(train_file=str(tmp_path / "bad.tsv")))
     with pytest.raises(DataError, match=r"bad.tsv:2: expected 2 columns"):

@@ -182,19 +182,29 @@ class CustomTask(SentencePairTask):
         return examples
 
     def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
-        """JSONL: id, prediction and (for classification) the probability of each label."""
+        """JSONL: id, prediction and (for classification) the probability of each label; a path
+        ending in .tsv gets the same as tab-separated columns (id, prediction, p_<label>...)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         names = self.label_names()
-        with path.open("w", encoding="utf-8") as f:
-            for i, (example, prediction) in enumerate(zip(examples, predictions)):
-                record: dict[str, Any] = {"id": example.guid, "prediction": self.prediction_label(prediction)
-                                          if names or self.head == "regression" else prediction}
-                if self.head == "regression":
-                    record["prediction"] = float(prediction)
-                if probabilities is not None and names:
-                    record["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probabilities[i])}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        records = []
+        for i, (example, prediction) in enumerate(zip(examples, predictions)):
+            record: dict[str, Any] = {"id": example.guid, "prediction": self.prediction_label(prediction)
+                                      if names or self.head == "regression" else prediction}
+            if self.head == "regression":
+                record["prediction"] = float(prediction)
+            if probabilities is not None and names:
+                record["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probabilities[i])}
+            records.append(record)
+        with path.open("w", encoding="utf-8", newline="") as f:
+            if path.suffix.lower() == ".tsv":
+                with_probabilities = probabilities is not None and bool(names)
+                f.write("\t".join(["id", "prediction", *(f"p_{n}" for n in names if with_probabilities)]) + "\n")
+                for r in records:
+                    f.write("\t".join([str(r["id"]), str(r["prediction"]),
+                                       *(str(v) for v in r.get("probabilities", {}).values())]) + "\n")
+            else:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         return path
 
 
