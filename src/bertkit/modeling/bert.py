@@ -249,14 +249,6 @@ def check_input_shapes(input_ids: torch.Tensor, attention_mask: torch.Tensor | N
                                          or output_positions.shape[0] != input_ids.shape[0]):
         raise ValueError(f"output_positions must be [batch, P] with batch {input_ids.shape[0]}, got shape "
                          f"{list(output_positions.shape)}")
-    # Values too, where reading them costs no device sync: an out-of-range column would gather
-    # another row's token on the unpadded path. (CUDA batches come from the collate, in range.)
-    if (output_positions is not None and output_positions.numel() and output_positions.device.type == "cpu"
-            and not torch.compiler.is_compiling()):
-        low, high = int(output_positions.min()), int(output_positions.max())
-        if low < 0 or high >= T:
-            raise ValueError(f"output_positions holds column {low if low < 0 else high}, outside the "
-                             f"{T} columns of input_ids")
 
 
 class BertModel(nn.Module):
@@ -292,7 +284,7 @@ class BertModel(nn.Module):
             raise TypeError(f"BertModel.forward got unexpected arguments: {', '.join(sorted(unused))}")
         check_input_shapes(input_ids, attention_mask, token_type_ids, position_ids, output_positions)
         if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
-            self._check_id_ranges(input_ids, token_type_ids)
+            self._check_value_ranges(input_ids, token_type_ids, output_positions)
         B, T = input_ids.shape
         if T > self.config.max_position_embeddings:
             raise ValueError(f"input_ids has {T} tokens per row but the model has only "
@@ -326,19 +318,23 @@ class BertModel(nn.Module):
             return BertOutput(last_hidden_state=x, pooler_output=None)
         return BertOutput(last_hidden_state=x[:, 1:], pooler_output=self.pooler(x))
 
-    def _check_id_ranges(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> None:
-        """Ids outside the embedding tables would fail as a bare IndexError (a device-side assert on
-        CUDA, where reading the values would cost a sync per step; there batches come checked
-        from the records or the tokenizer)."""
-        for name, ids, size, fix in (("input_ids", input_ids, self.config.vocab_size,
-                                      "was the text tokenized with another vocabulary?"),
-                                     ("token_type_ids", token_type_ids, self.config.type_vocab_size,
-                                      "segment ids are 0 (first) and 1 (second)")):
-            if ids is not None and ids.numel():
-                low, high = int(ids.min()), int(ids.max())
+    def _check_value_ranges(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                            output_positions: torch.Tensor | None) -> None:
+        """Values outside what they index would fail as a bare IndexError (ids outside the embedding
+        tables) or, for output_positions on the unpadded path, gather another row's token. Checked
+        on the CPU only: on CUDA reading the values costs a sync per step, and there batches come
+        checked from the records, the tokenizer and the collate."""
+        vocab, types, T = self.config.vocab_size, self.config.type_vocab_size, input_ids.shape[1]
+        for values, size, message in (
+                (input_ids, vocab, f"input_ids holds {{}}, outside the model's {vocab} embeddings (0..{vocab - 1}); "
+                                   f"was the text tokenized with another vocabulary?"),
+                (token_type_ids, types, f"token_type_ids holds {{}}, outside the model's {types} embeddings "
+                                        f"(0..{types - 1}); segment ids are 0 (first) and 1 (second)"),
+                (output_positions, T, f"output_positions holds column {{}}, outside the {T} columns of input_ids")):
+            if values is not None and values.numel():
+                low, high = int(values.min()), int(values.max())
                 if low < 0 or high >= size:
-                    raise ValueError(f"{name} holds {low if low < 0 else high}, outside the model's "
-                                     f"{size} embeddings (0..{size - 1}); {fix}")
+                    raise ValueError(message.format(low if low < 0 else high))
 
     def _padded_if_full(self) -> bool:
         """attention.keep_full_batches_padded for this call (the compute dtype is autocast's, if

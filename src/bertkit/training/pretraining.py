@@ -44,7 +44,7 @@ class IndexView:
         self.data = data
         self.indices = np.asarray(indices, dtype=np.int64)
         self.manifest = data.manifest
-        self.drawn_by = drawn_by  # a held-out part: "documents" or "rows" (split_held_out)
+        self.drawn_by = drawn_by  # a held-out part: "documents", or "rows" and why (split_held_out)
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -103,7 +103,9 @@ def split_held_out(data: Any, fraction: float, seed: int) -> tuple[IndexView, In
         return IndexView(data, keep), IndexView(data, held, drawn_by="documents")
     held = np.sort(rng.choice(n, size=k, replace=False))
     keep = np.setdiff1d(np.arange(n), held, assume_unique=True)
-    return IndexView(data, keep), IndexView(data, held, drawn_by="rows")
+    why = ("these records do not name their documents" if documents is None
+           else "they hold too few documents to hold out whole ones")
+    return IndexView(data, keep), IndexView(data, held, drawn_by=f"rows: {why}")
 
 
 def _held_out_documents(documents: tuple[np.ndarray, np.ndarray], n: int, k: int, rng: np.random.Generator
@@ -112,7 +114,8 @@ def _held_out_documents(documents: tuple[np.ndarray, np.ndarray], n: int, k: int
     documents for that (a corpus without blank lines is one document)."""
     offsets, values = documents
     starts = offsets[:-1]
-    ordered = np.unique(values)[rng.permutation(np.unique(values).size)]
+    unique = np.unique(values)
+    ordered = unique[rng.permutation(unique.size)]
 
     def rows_within(m: int) -> np.ndarray:
         """Rows whose every document is among the first m of `ordered` (grows with m)."""
@@ -140,8 +143,7 @@ def held_out_warning(data: Any, held: IndexView) -> str | None:
     epochs = settings.get("dupe_factor") if isinstance(settings, dict) else None
     if epochs == 1:
         return None
-    why = ("they hold too few documents to hold out whole ones" if hasattr(data, "document_ids")
-           and data.document_ids() is not None else "these records do not name their documents")
+    why = held.drawn_by.removeprefix("rows: ")
     made = (f"with --dupe-factor {epochs}" if epochs else
             "perhaps with several epochs of the same text (Google's create_pretraining_data.py defaults to 10)")
     return (f"warning: the held-out records are drawn by row ({why}); the records were made {made}, so "

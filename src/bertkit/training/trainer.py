@@ -511,12 +511,12 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         distributed.barrier()
     if config.resume:
         if found:
-            saved_fingerprint = json.loads((found[-1] / STATE_FILE).read_text())["fingerprint"]
+            saved = json.loads((found[-1] / STATE_FILE).read_text())
+            saved_fingerprint, saved_step = saved["fingerprint"], saved["global_step"]
             if saved_fingerprint != state.fingerprint:
                 raise ValueError(
                     f"--resume: {found[-1]} was written for other training data (fingerprint "
                     f"{saved_fingerprint}, now {state.fingerprint}); use the same data or a new --output-dir")
-            saved_step = json.loads((found[-1] / STATE_FILE).read_text())["global_step"]
             if saved_step > total_steps:
                 raise ValueError(
                     f"--resume: {found[-1]} is at step {saved_step}, past the {total_steps} steps this run "
