@@ -394,3 +394,51 @@ def test_default_length_is_what_the_model_allows():
 def test_a_config_json_given_as_tokenizer_is_named_for_what_it_is():
     with pytest.raises(ValueError, match=r"config.json: not a tokenizer.json .*pass the model directory"):
         Tokenizer.from_pretrained(need(MODELS / "all-MiniLM-L6-v2" / "config.json"))
+
+
+@pytest.mark.parametrize("command", ["finetune", "evaluate", "predict", "pretrain", "pretrain-data"])
+def test_casing_flags_force_either_way_or_defer_to_the_files(command):
+    import argparse
+
+    from bertkit.cli import build_parser
+    from bertkit.commands.common import add_casing_arguments
+
+    _, chosen = build_parser([command])
+    options = {s for a in chosen._actions if a.dest == "do_lower_case" for s in a.option_strings}
+    assert {"--do_lower_case", "--do-lower-case", "--cased"} <= options
+
+    parser = argparse.ArgumentParser()
+    add_casing_arguments(parser, "the files")
+
+    def parsed(*flags):
+        return parser.parse_args(list(flags)).do_lower_case
+
+    assert parsed() is None
+    assert parsed("--do_lower_case") is True and parsed("--do-lower-case") is True
+    assert parsed("--do_lower_case=False") is False and parsed("--do_lower_case", "true") is True
+    assert parsed("--cased") is False
+    with pytest.raises(SystemExit):
+        parsed("--cased", "--do_lower_case")
+    with pytest.raises(SystemExit):
+        parsed("--do_lower_case=maybe")
+
+
+def test_feature_cache_key_covers_every_tokenizer_setting(tmp_path, monkeypatch):
+    """Two tokenizers with one vocab but different accent handling must not share cached features."""
+    from bertkit.commands.common import encode_cached
+    from bertkit.tasks.base import TaskOptions, get_task_class
+
+    monkeypatch.setenv("BERTKIT_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "accents.csv"
+    data.write_text("text,label\ncafé résumé naïve,a\nplain words,b\n", encoding="utf-8")
+    task = get_task_class("classification")(TaskOptions(train_file=str(data), dev_file=str(data)))
+    examples = task.read("train")
+    vocab = need(MODELS / "bert-base-uncased" / "vocab.txt")
+    stripping = Tokenizer.from_vocab(vocab, do_lower_case=True)
+    keeping = Tokenizer.from_vocab(vocab, do_lower_case=True, strip_accents=False)
+    assert stripping.vocab_hash == keeping.vocab_hash
+    for tokenizer in (stripping, keeping, stripping):
+        cached = encode_cached(task, "train", examples, tokenizer, 32)
+        assert cached[0]["input_ids"] == task.encode(examples, tokenizer, 32)[0]["input_ids"]
+    assert stripping.tokenize("café") == ["cafe"] and keeping.tokenize("café") == ["[UNK]"]
+    assert len(list((tmp_path / "cache" / "features").glob("*.pkl"))) == 2

@@ -56,6 +56,26 @@ def normalize_task_name(name: str) -> str:
     return name.strip().lower()
 
 
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_casing_arguments(parser: argparse.ArgumentParser, source: str) -> None:
+    """--do_lower_case [BOOL] and --cased, one or neither: without them the tokenizer's own files
+    decide. `--do_lower_case=False` is the spelling of Google's BERT README for cased models."""
+    casing = parser.add_mutually_exclusive_group()
+    casing.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", nargs="?", const=True,
+                        default=None, type=parse_bool, metavar="BOOL",
+                        help=f"lower-case the input (default: as {source} says)")
+    casing.add_argument("--cased", dest="do_lower_case", action="store_const", const=False,
+                        help="keep case and accents, whatever the tokenizer's files say (a cased vocab)")
+
+
 def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], required: bool = True,
                        implied_tasks: list[str] | None = None) -> None:
     parser.add_argument("--task", "--task_name", dest="task", action="append", required=required,
@@ -66,8 +86,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], require
     parser.add_argument("--test-file", help="test file")
     parser.add_argument("--max-seq-length", "--max_seq_length", dest="max_seq_length", type=int, default=None,
                         help="tokens per sequence incl. [CLS]/[SEP] (default: the task's, usually 128)")
-    parser.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", action="store_true",
-                        default=None, help="lower-case input (default: as the checkpoint's tokenizer says)")
+    add_casing_arguments(parser, "the checkpoint's tokenizer")
     seen: set[type[Task]] = set()
     for name in task_names_in(argv) + (implied_tasks or []):
         try:
@@ -192,6 +211,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BERTKIT_CACHE", Path.home() / ".cache" / "bertkit")) / "features"
 
 
+def _encoder_sources(task: Task) -> list[Path]:
+    """The files whose code decides a task's features: the task's module (and its bases') and the
+    tokenizer's."""
+    import inspect
+
+    import bertkit.tokenization
+
+    files = {Path(bertkit.tokenization.__file__)}
+    for cls in type(task).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is not None and module.__name__.startswith("bertkit.") and getattr(module, "__file__", None):
+            files.add(Path(inspect.getsourcefile(module) or module.__file__))
+    return sorted(files)
+
+
 def encode_cached(task: Task, split: str, examples: list, tokenizer, max_len: int, info=None) -> list[dict]:
     """task.encode, cached on disk keyed by the split's files, the tokenizer, the length and the
     task options: the second run (and every other rank) reads the cache instead of tokenizing."""
@@ -200,11 +234,16 @@ def encode_cached(task: Task, split: str, examples: list, tokenizer, max_len: in
     # Keyed on the examples themselves (not file names or times): any change to the data, the
     # tokenizer, the length or a task option gives a new key. Hashing repr() of 67k SST-2
     # examples takes ~50 ms, far less than tokenizing them again.
+    # The tokenizer enters with every setting that changes its output, and the encoding code by
+    # the bytes of its source files, so that a changed encoder never reads stale features.
     key = hashlib.sha256()
-    for part in (task.name, split, str(max_len), getattr(tokenizer, "vocab_hash", ""),
-                 str(getattr(tokenizer, "do_lower_case", "")), json.dumps(task.options.extra, sort_keys=True, default=str),
-                 json.dumps(task.label_names())):
+    tokenizer_settings = {name: getattr(tokenizer, name, None) for name in
+                          ("vocab_hash", "do_lower_case", "strip_accents", "tokenize_chinese_chars")}
+    for part in (task.name, split, str(max_len), json.dumps(tokenizer_settings, sort_keys=True),
+                 json.dumps(task.options.extra, sort_keys=True, default=str), json.dumps(task.label_names())):
         key.update(part.encode() + b"\0")
+    for source in _encoder_sources(task):
+        key.update(source.read_bytes())
     for example in examples:
         key.update(repr(example).encode())
     path = cache_dir() / f"{task.name}-{split}-{key.hexdigest()[:24]}.pkl"

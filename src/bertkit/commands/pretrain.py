@@ -33,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", "--vocab_file", dest="tokenizer", default=None,
                         help="with --config: vocab.txt or tokenizer directory (default: the one saved "
                              "with bertkit records)")
-    parser.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", action="store_true",
-                        default=None, help="lower-case (default: as the tokenizer says)")
+    common.add_casing_arguments(parser, "the tokenizer")
     held = parser.add_mutually_exclusive_group()
     held.add_argument("--eval-data", default=None, help="held-out records (same formats as --data)")
     held.add_argument("--eval-fraction", type=float, default=0.01,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bertkit.commands import common
 from bertkit.data.masking import MaskingConfig
 from bertkit.data.pretraining import PretrainDataConfig, create_pretraining_data
 from bertkit.tasks.base import DataError
@@ -14,8 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", "--input_file", nargs="+", required=True, metavar="FILE",
                    help="text files or globs (one sentence per line, blank line between documents; .gz/.bz2 ok)")
     p.add_argument("--tokenizer", "--vocab_file", required=True, help="vocab.txt, model directory or hub id")
-    p.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", action="store_true", default=None,
-                   help="lower-case the text (default: as the tokenizer's files say)")
+    common.add_casing_arguments(p, "the tokenizer's files")
     p.add_argument("--output-dir", "--output_dir", required=True, help="record directory to write")
     p.add_argument("--text-field", default=None, help="read JSONL documents, taking the text from this field")
     p.add_argument("--split-sentences", action="store_true",
