@@ -126,6 +126,16 @@ def test_label_column_and_custom_tags(tmp_path):
     assert task.label_names() == ["O", "B-DRUG", "I-DRUG"]
 
 
+def test_tokens_may_hold_line_separators_and_nbsp(tmp_path):
+    """Only a newline ends a line and only spaces/tabs separate columns: U+2028, U+0085, form feeds
+    and NBSP inside a token are text (str.splitlines/str.split broke the token across lines or
+    columns and reported a column count the line does not have)."""
+    tokens = ["foo\u2028bar", "a\x85b", "x\x0cy", "10\u00a0000"]
+    write(tmp_path / "train.txt", "-DOCSTART- O\n\n" + "".join(f"{t} O\n" for t in tokens) + "Paris\tB-LOC\r\n\n")
+    [example] = conll_task("ner", data_dir=str(tmp_path)).read("train")
+    assert (example.words, example.tags) == (tokens + ["Paris"], ["O"] * 4 + ["B-LOC"])
+
+
 # ---- windows -----------------------------------------------------------------------------------------
 def test_plan_windows_scores_every_word_once():
     rng = random.Random(0)

@@ -153,6 +153,12 @@ def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
         glue_task("stsb", tmp_path).read("train")
 
 
+def test_only_newlines_end_a_tsv_row(tmp_path: Path) -> None:
+    write(tmp_path / "SST-2" / "train.tsv", ["sentence\tlabel", "one\u2028line\x85still\t1", "next\t0"])
+    rows = glue_task("sst2", tmp_path).read("train")
+    assert [(r.text_a, r.label) for r in rows] == [("one\u2028line\x85still", "1"), ("next", "0")]
+
+
 def test_bad_data_fails_before_a_run_directory_exists(shared_dir: Path, tmp_path: Path) -> None:
     write(tmp_path / "SST-2" / "train.tsv", ["sentence\tlabel", "good film\t1", "bad film\t7"])
     write(tmp_path / "SST-2" / "dev.tsv", ["sentence\tlabel", "fine\t1"])

@@ -71,6 +71,16 @@ class TaskOptions:
         return self.extra.get(key, default)
 
 
+def file_lines(text: str) -> list[str]:
+    """Lines of a data file's text as read by `read_text` (which already turned \\r\\n into \\n),
+    trailing blank lines dropped. Not `str.splitlines()`: that also breaks at U+2028, U+0085, form
+    feeds and other characters that can sit inside a token of real text."""
+    lines = text.split("\n")
+    while lines and not lines[-1].strip(" \t\r"):
+        lines.pop()
+    return lines
+
+
 def pad_sequences(rows: Sequence[Sequence[int]], pad_value: int = 0, length: int | None = None,
                   dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Right-pad lists of ints to one length -> tensor [len(rows), length or max len]."""

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from bertkit.metrics.ner import ner_scores
-from bertkit.tasks.base import DataError, Task, TaskOptions, pad_sequences, padded_inputs, register
+from bertkit.tasks.base import DataError, Task, TaskOptions, file_lines, pad_sequences, padded_inputs, register
 from bertkit.tasks.swag import plain_backend, special_ids
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ CONLL2003_TYPES = ("PER", "ORG", "LOC", "MISC")
 CONLL2003_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 TAG_RE = re.compile(r"^(?:O|[BI]-\S+)$")
 IGNORE = -100  # label of positions the loss and the metric skip
+COLUMN_SEPARATOR = re.compile(r"[ \t]+")  # CoNLL files separate columns by spaces (or tabs)
 
 
 @dataclass
@@ -172,11 +173,12 @@ class NerTask(Task):
             words, tags = [], []
 
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = file_lines(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:
             raise DataError(f"{path}: not UTF-8 text (byte {err.start}); re-encode the file as UTF-8") from None
         for line_no, line in enumerate(lines, 1):
-            columns = line.split()
+            columns = COLUMN_SEPARATOR.split(line.strip(" \t"))  # not str.split(): NBSP is text
+            columns = [] if columns == [""] else columns
             if not columns:
                 flush()
                 continue

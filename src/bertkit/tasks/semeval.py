@@ -23,6 +23,9 @@ Metrics: accuracy and macro-F1 over the classes (both reported; papers quote bot
 The main metric (best checkpoint) is accuracy: it is what ABSA work selects models by, and on a
 dev slice of a few hundred aspects macro-F1 is dominated by the small neutral class and noisier.
 
+The .seg text is Penn-Treebank tokenized; its escapes (-LRB-, ``, "do n't") are undone on reading,
+since WordPiece would otherwise see other pieces than in the XML's text.
+
 Why the two formats differ on the training files (test files agree exactly, 1,120 and 638):
 the .seg training files were made from an earlier release of the training XML than the v2 files
 here. Restaurants: XML v2 has 3,693 terms, 3,602 after dropping 91 conflict; .seg has 3,608.
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -50,6 +54,19 @@ from bertkit.tasks.swag import encode_pair, plain_backend, special_ids
 
 POLARITIES = ["negative", "neutral", "positive"]
 SEG_POLARITY = {"-1": "negative", "0": "neutral", "1": "positive"}
+# The .seg text is Penn-Treebank tokenized. WordPiece splits punctuation itself, so most of it
+# (", ." or "it 's") gives the same pieces as the raw text, but these do not: "-LRB-" becomes
+# "- l ##rb -" and "do n't" becomes "do n ' t" where "don't" is "don ' t".
+PTB_ESCAPES = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}",
+               "``": '"', "''": '"'}
+PTB_ESCAPE = re.compile("|".join(re.escape(k) for k in PTB_ESCAPES))
+SPLIT_NEGATION = re.compile(r"(?<=\w) (n't)\b", re.IGNORECASE)
+
+
+def undo_ptb_escapes(text: str) -> str:
+    """PTB tokens back to the characters of the raw text (brackets, quotes, "n't" joined to its
+    verb), so that a .seg sentence gives the same WordPiece ids as the XML's."""
+    return SPLIT_NEGATION.sub(r"\1", PTB_ESCAPE.sub(lambda m: PTB_ESCAPES[m.group(0)], text))
 XML_FILES = {"restaurants": {"train": ("Restaurants_Train_v2.xml", "Restaurants_Train.xml"),
                              "test": ("Restaurants_Test_Gold.xml",)},
              "laptops": {"train": ("Laptop_Train_v2.xml", "Laptops_Train_v2.xml", "Laptops_Train.xml"),
@@ -206,7 +223,8 @@ class AspectSentimentTask(Task):
                 raise DataError(f"{path}:{line + 1}: empty aspect line")
             if polarity not in SEG_POLARITY:
                 raise DataError(f"{path}:{line + 2}: polarity {polarity!r} is not 1, 0 or -1")
-            left, right = template.split("$T$")
+            left, right = (undo_ptb_escapes(part) for part in template.split("$T$"))
+            aspect = undo_ptb_escapes(aspect)
             sentence = left + aspect + right
             examples.append(AspectExample(f"{path.stem}:{line}", sentence, aspect, SEG_POLARITY[polarity],
                                           (len(left), len(left) + len(aspect)), f"{path.name}/{sentence}",
