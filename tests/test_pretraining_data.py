@@ -582,7 +582,7 @@ def test_wikitext_records_have_articles_as_documents_and_balanced_nsp(tmp_path, 
 
 
 @pytest.mark.parametrize("nsp", [True, False], ids=["nsp", "packed"])
-def test_held_out_documents_share_no_text_with_training_over_several_epochs(tmp_path, nsp):
+def test_held_out_documents_share_no_text_with_training_over_several_epochs(tmp_path, nsp, uncased):
     """Three epochs of WikiText-2 valid's 60 articles: a held-out draw by row repeats most of its
     text in training; by document, the two parts share no 8-gram of text."""
     need(WIKITEXT_VALID, UNCASED)
@@ -597,10 +597,12 @@ def test_held_out_documents_share_no_text_with_training_over_several_epochs(tmp_
         else:  # one per packed piece
             assert len(documents) == int(row["sequence_ids"].max())
 
-    def grams(view) -> set[bytes]:
+    def grams(view, a_only=None) -> set[bytes]:
         found = set()
         for i in range(len(view)):
             ids = view[i]["input_ids"]
+            if a_only is not None and a_only[i]:  # B is training text, evaluated for NSP only
+                ids = ids[view[i]["token_type_ids"] == 0]
             for j in range(ids.size - 8):
                 window = ids[j:j + 8]
                 if not np.isin(window, [101, 102]).any():  # text only, not [CLS]/[SEP] framing
@@ -609,7 +611,19 @@ def test_held_out_documents_share_no_text_with_training_over_several_epochs(tmp_
 
     train, held = split_held_out(ds, 0.05, seed=1)
     assert len(held) >= round(0.05 * len(ds)) and len(train) + len(held) > 0.75 * len(ds)
-    held_grams = grams(held)
+    held_grams = grams(held, held.training_segment_b)
+    if nsp:  # NotNext pairs are held out too (their A is held-out text), not only IsNext ones
+        not_next = np.mean([int(held[i]["nsp_label"]) for i in range(len(held))])
+        assert 0.3 < not_next < 0.7 and held.training_segment_b.sum() > 0.5 * not_next * len(held)
+        from bertkit.training.pretraining import PretrainingTask
+
+        task = PretrainingTask(ds, uncased)
+        items, _ = task.eval_set(held)
+        for inst, b_is_training_text in zip(items, held.training_segment_b):
+            in_b = inst["token_type_ids"][inst["masked_positions"]] == 1
+            assert not (b_is_training_text and in_b.any())
+            assert (inst["input_ids"][inst["token_type_ids"] == 1] != 103).all() or not b_is_training_text
+        assert sum(inst["masked_positions"].size for inst in items) > 0.1 * sum(inst["input_ids"].size for inst in items)
     shared = len(held_grams & grams(train)) / len(held_grams)
     print(f"held-out 8-grams also in training: by document {shared:.4f}", end="")
     assert shared < 0.01  # phrases that different articles happen to share

@@ -40,11 +40,15 @@ EVAL_MASK_SEED = 20_240_601  # held-out masks are drawn once with this seed: eve
 class IndexView:
     """Records `data[indices[i]]` as a map-style dataset (a train or held-out part, no copy)."""
 
-    def __init__(self, data: Any, indices: np.ndarray, drawn_by: str | None = None):
+    def __init__(self, data: Any, indices: np.ndarray, drawn_by: str | None = None,
+                 training_segment_b: np.ndarray | None = None):
         self.data = data
         self.indices = np.asarray(indices, dtype=np.int64)
         self.manifest = data.manifest
         self.drawn_by = drawn_by  # a held-out part: "documents", or "rows" and why (split_held_out)
+        # Held-out NSP rows whose random B segment is training text: evaluation predicts no masks
+        # there (PretrainingTask.eval_set), the NSP label still counts.
+        self.training_segment_b = training_segment_b
 
     def __len__(self) -> int:
         return int(self.indices.size)
@@ -76,6 +80,18 @@ class Unmasked:
         return inst
 
 
+def without_segment_b_masks(inst: Instance) -> Instance:
+    """The row with segment B's masked tokens put back and not predicted (its text is training
+    text; segment A's masks and the NSP label stay)."""
+    pos = inst["masked_positions"]
+    in_b = inst["token_type_ids"][pos] == 1
+    if not in_b.any():
+        return inst
+    ids = inst["input_ids"].copy()
+    ids[pos[in_b]] = inst["masked_ids"][in_b]
+    return {**inst, "input_ids": ids, "masked_positions": pos[~in_b], "masked_ids": inst["masked_ids"][~in_b]}
+
+
 def split_held_out(data: Any, fraction: float, seed: int) -> tuple[IndexView, IndexView | None]:
     """(training part, held-out part) of `data`, about `fraction` of the records held out (at
     least one when fraction > 0), seeded.
@@ -83,8 +99,9 @@ def split_held_out(data: Any, fraction: float, seed: int) -> tuple[IndexView, In
     Records that name their documents (`document_ids`, bertkit records) are held out by whole
     documents: with several epochs generated the same text sits in several rows, and a draw by
     row put 81% of the held-out 8-grams into training too (18% with one epoch). The held-out
-    records are those made only of held-out documents; records that mix them with others (a
-    random B, packed pieces) are in neither part. Other records (TFRecord,
+    records are those made only of held-out documents, and NSP pairs whose A is held out (their
+    B's masks are not predicted when B is training text); other mixed records are in neither
+    part. Other records (TFRecord,
     HDF5, older shards) are drawn by row; `held_out_warning` says when that can leak."""
     n = len(data)
     if not 0.0 <= fraction < 1.0:
@@ -97,10 +114,11 @@ def split_held_out(data: Any, fraction: float, seed: int) -> tuple[IndexView, In
                          f"lower it or give --eval-data")
     rng = np.random.default_rng([seed, 7])
     documents = data.document_ids() if hasattr(data, "document_ids") else None
-    by_documents = _held_out_documents(documents, n, k, rng) if documents is not None else None
+    by_documents = (_held_out_documents(documents, k, rng, first_document_decides=data_has_nsp(data))
+                    if documents is not None else None)
     if by_documents is not None:
-        keep, held = by_documents
-        return IndexView(data, keep), IndexView(data, held, drawn_by="documents")
+        keep, held, training_b = by_documents
+        return IndexView(data, keep), IndexView(data, held, drawn_by="documents", training_segment_b=training_b)
     held = np.sort(rng.choice(n, size=k, replace=False))
     keep = np.setdiff1d(np.arange(n), held, assume_unique=True)
     why = ("these records do not name their documents" if documents is None
@@ -108,30 +126,40 @@ def split_held_out(data: Any, fraction: float, seed: int) -> tuple[IndexView, In
     return IndexView(data, keep), IndexView(data, held, drawn_by=f"rows: {why}")
 
 
-def _held_out_documents(documents: tuple[np.ndarray, np.ndarray], n: int, k: int, rng: np.random.Generator
-                        ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(training rows, held-out rows) drawn by whole documents, or None when there are too few
-    documents for that (a corpus without blank lines is one document)."""
+def _held_out_documents(documents: tuple[np.ndarray, np.ndarray], k: int, rng: np.random.Generator,
+                        first_document_decides: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(training rows, held-out rows, held-out rows whose later documents are training text) drawn
+    by whole documents, or None when there are too few documents for that (a corpus without blank
+    lines is one document).
+
+    A row is held out when all its documents are, or with `first_document_decides` (NSP records,
+    [A's document, B's document]) when its A is: a random B comes from a held-out document only as
+    often as the held-out fraction, so requiring both would leave almost only IsNext pairs (203 of
+    203 held-out rows of one WikiText set) and make NSP accuracy meaningless. Training rows touch
+    no held-out document."""
     offsets, values = documents
     starts = offsets[:-1]
     unique = np.unique(values)
     ordered = unique[rng.permutation(unique.size)]
 
     def rows_within(m: int) -> np.ndarray:
-        """Rows whose every document is among the first m of `ordered` (grows with m)."""
+        """Rows held out when the first m of `ordered` are (grows with m)."""
         inside = np.isin(values, ordered[:m])
-        return np.logical_and.reduceat(inside, starts)
+        return inside[starts] if first_document_decides else np.logical_and.reduceat(inside, starts)
 
     lo, hi = 1, ordered.size  # fewest documents whose rows make k held-out records
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if rows_within(mid).sum() < k else (lo, mid)
+    inside = np.isin(values, ordered[:lo])
     held = np.flatnonzero(rows_within(lo))
-    touched = np.logical_or.reduceat(np.isin(values, ordered[:lo]), starts)
+    touched = np.logical_or.reduceat(inside, starts)
     keep = np.flatnonzero(~touched)
     if keep.size == 0 or held.size == 0:
         return None
-    return keep, held
+    training_b = ~np.logical_and.reduceat(inside, starts)[held]
+    return keep, held, training_b
 
 
 def held_out_warning(data: Any, held: IndexView) -> str | None:
@@ -262,6 +290,9 @@ class PretrainingTask(Task):
             for inst in (Unmasked(data)[i] for i in range(len(data))):
                 ids, pos, orig = self.dynamic(inst["input_ids"], rng)
                 items.append({**inst, "input_ids": ids, "masked_positions": pos, "masked_ids": orig})
+        training_b = getattr(data, "training_segment_b", None)
+        if training_b is not None:
+            items = [without_segment_b_masks(inst) if seen else inst for inst, seen in zip(items, training_b)]
         return items, items
 
     def collate(self, features: Sequence[Instance], rng: np.random.Generator | None = None
