@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pickle
 import re
 import shutil
@@ -449,6 +450,14 @@ def test_convert_records_round_trip(path, tmp_path, vocab):
                          "--records-per-shard", "10"])
     assert code == 0, err
     assert [p.stat().st_mtime_ns for p in sorted(out.glob("shard-*.arrow"))] == mtimes
+    # The converted directory pre-trains, static masks and re-drawn ones (a KeyError before).
+    for masking in ("static", "dynamic"):
+        run = tmp_path / f"run-{masking}"
+        code, _, err = _cli(["pretrain", "--data", str(out), "--config", "tiny", "--output-dir", str(run),
+                             "--max-steps", "2", "--batch-size", "4", "--eval-fraction", "0.25", "--masking",
+                             masking, "--device", "cpu", "--no-progress"])
+        assert code == 0, err
+        assert json.loads((run / "metrics.json").read_text())["eval"]["masked_tokens"] > 0
 
 
 def test_convert_records_rejects_ids_outside_the_vocab(tmp_path):

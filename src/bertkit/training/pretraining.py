@@ -233,9 +233,17 @@ def check_vocabulary(data: Any, tokenizer: Any, source: str, model_vocab_size: i
 def max_predictions_of(data: Any) -> int:
     """Predictions per row the collated batch must hold (the builder's cap)."""
     settings = data.manifest.get("settings")
-    if isinstance(settings, dict):
+    if builder_settings(data) is not None:
         return int(settings["mask"]["max_predictions_per_seq"])
-    return int(data.manifest.get("max_predictions") or 0) or 20
+    converted = settings.get("max_predictions") if isinstance(settings, dict) else None  # convert-records
+    return int(converted or data.manifest.get("max_predictions") or 0) or 20
+
+
+def builder_settings(data: Any) -> dict[str, Any] | None:
+    """The settings `bertkit pretrain-data` wrote, or None for other records (converted ones have
+    settings too, but only the source format and its prediction cap)."""
+    settings = data.manifest.get("settings")
+    return settings if isinstance(settings, dict) and isinstance(settings.get("mask"), dict) else None
 
 
 class PretrainingTask(Task):
@@ -266,7 +274,7 @@ class PretrainingTask(Task):
         from bertkit.data.masking import DynamicMasking, MaskingConfig, VocabInfo
         from bertkit.data.pretraining import dynamic_masking_for
 
-        if isinstance(data.manifest.get("settings"), dict):  # the builder's settings, target words included
+        if builder_settings(data) is not None:  # the builder's settings, target words included
             return dynamic_masking_for(data.manifest, tokenizer)
         return DynamicMasking(MaskingConfig(max_predictions_per_seq=self.max_predictions),
                               VocabInfo.from_vocab(tokenizer.vocab))
