@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,18 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def stopped_after_four_steps(model_dir: Path, data: Path, out: Path):
+    """(task, features, config) of a 12-step run with finetune_args' lr and seed, stopped (as if
+    killed) after its step-4 checkpoint."""
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(data)))
+    features = task.encode(task.read("train"), Tokenizer.from_pretrained(model_dir), 128)
+    config = TrainConfig(output_dir=str(out), max_steps=12, batch_size=16, lr=1e-3, seed=7, device="cpu",
+                         eval_every="none", save_every=4, progress=False)
+    train(task, BertForSequenceClassification.from_pretrained(model_dir), features, None, config,
+          stop_after_steps=4)
+    return task, features, config
 
 
 def test_epoch_order_is_a_seeded_permutation_and_groups_lengths() -> None:
@@ -138,6 +151,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny_model_dir, sst2_small, tmp_p
 def test_resume_on_a_finished_run_without_checkpoints_keeps_it(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "3", "--eval-every", "none")) == 0
+    shutil.rmtree(out / "checkpoints")  # as a run from before checkpoints were kept by default
     finished = weights(out)
     capsys.readouterr()
     assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "6", "--eval-every", "none",
@@ -151,8 +165,8 @@ def test_steps_redone_after_resume_are_logged_once(tiny_model_dir, sst2_small, t
     out = tmp_path / "run"
     task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
     features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)
-    config = TrainConfig(output_dir=str(out), max_steps=12, batch_size=16, device="cpu", eval_every="none",
-                         save_every=4, progress=False, log_every=1)
+    config = TrainConfig(output_dir=str(out), max_steps=12, batch_size=16, lr=1e-3, seed=7, device="cpu",
+                         eval_every="none", save_every=4, progress=False, log_every=1)  # finetune_args' values
     # Killed at step 10: checkpoints at 4 and 8, steps 9 and 10 logged but lost.
     train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None, config,
           stop_after_steps=10)
@@ -232,6 +246,32 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dir, sst2_small
         torch.testing.assert_close(results[0][key], results[1][key], atol=2e-5, rtol=1e-4)
 
 
+def test_gradient_accumulation_matches_a_larger_batch_over_an_epoch_with_a_short_tail(
+        tiny_model_dir, sst2_small, tmp_path) -> None:
+    """203 examples: 12 full steps of 16 and a last one of 11. Split into micro-batches of 8 or 4,
+    the last step must still be the mean over its 11 examples (it weighted a short micro-batch like
+    a full one, a gradient norm 30% off), and no example may be dropped (with 4 x 4 the tail of 11
+    was cut, 12 steps instead of 13)."""
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
+    features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)[:203]
+    results, steps = [], []
+    for batch, accum in ((16, 1), (8, 2), (4, 4)):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification.from_pretrained(
+            tiny_model_dir, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        config = TrainConfig(output_dir=str(tmp_path / f"b{batch}"), epochs=1, batch_size=batch, grad_accum=accum,
+                             lr=1e-3, device="cpu", eval_every="none", progress=False, max_grad_norm=0, log_every=1)
+        result = train(task, model, features, None, config)
+        results.append(result.model.state_dict())
+        log = [json.loads(line) for line in (tmp_path / f"b{batch}" / "log.jsonl").read_text().splitlines()]
+        steps.append([(r["step"], round(r["grad_norm"], 4)) for r in log if "loss" in r])
+    assert [len(s) for s in steps] == [13, 13, 13]
+    assert steps[0] == steps[1] == steps[2]
+    for other in results[1:]:
+        for key in results[0]:
+            torch.testing.assert_close(results[0][key], other[key], atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_trains_on_cpu(tiny_model_dir, sst2_small, tmp_path, precision) -> None:
     out = tmp_path / precision
@@ -287,12 +327,7 @@ def test_resume_with_a_global_batch_that_does_not_divide_the_position_is_refused
     would skip examples silently, so it is refused with the numbers and the fix."""
     out = tmp_path / "run"
     args = ["--eval-every", "none", "--save-every", "4", "--keep-checkpoints", "1"]
-    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
-    features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)
-    config = TrainConfig(output_dir=str(out), max_steps=12, batch_size=16, device="cpu", eval_every="none",
-                         save_every=4, progress=False)
-    train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None, config,
-          stop_after_steps=4)
+    task, features, config = stopped_after_four_steps(tiny_model_dir, sst2_small, out)
     code = main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", *args, "--resume",
                               "--batch-size", "24"))
     assert code == 1
@@ -334,3 +369,88 @@ def test_attention_flags_reach_the_model_and_its_saved_config(tiny_model_dir, ss
     assert result.model.config.attention_probs_dropout_prob == 0.0
     with pytest.raises(ValueError, match="--attn-backend 'fast'"):
         TrainConfig(attn_backend="fast")
+
+
+def test_finished_run_resumed_again_keeps_its_best_model(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    """A requeued job that reruns a finished command with --resume changes nothing: the run
+    directory keeps the best model (it got the last step's, with metrics.json naming the best step
+    but showing the last one's score), and log.jsonl ends once."""
+    out = tmp_path / "run"
+    args = ("--max-steps", "12", "--eval-every", "4", "--keep-checkpoints", "5")
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, *args)) == 0
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-4", "step-8", "step-12"]  # at evals and the end
+    best, metrics = weights(out), json.loads((out / "metrics.json").read_text())
+    assert metrics["best_step"] != 12, "the last step is the best: the test proves nothing"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, *args, "--resume")) == 0
+    assert_identical(best, weights(out))
+    again = json.loads((out / "metrics.json").read_text())
+    assert (again["best_step"], again["dev"]) == (metrics["best_step"], metrics["dev"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("event") for r in log].count("end") == 1
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-4", "step-8", "step-12"]  # not rewritten
+
+
+def test_training_longer_takes_the_new_schedule_from_the_next_step(tiny_model_dir, sst2_small, tmp_path) -> None:
+    """--resume with a higher --max-steps trains on from the final checkpoint; the next step's rate
+    is the new schedule's (the restored optimizer held the old one's last rate, 0)."""
+    out = tmp_path / "run"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "6", "--eval-every", "none")) == 0
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", "--eval-every", "none",
+                              "--resume")) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["lr"] for r in log if "loss" in r}
+    assert sorted(rates) == list(range(1, 13))
+    assert rates[1] == pytest.approx(1e-3) and rates[6] == pytest.approx(1e-3 / 6)  # the first run: 6 steps
+    assert rates[7] == pytest.approx(1e-3 * 6 / 12) and rates[12] == pytest.approx(1e-3 / 12)
+
+
+def test_resume_refuses_a_changed_seed_or_learning_rate(tiny_model_dir, sst2_small, tmp_path) -> None:
+    """They were silently ignored (the lr lives in the restored optimizer) or re-visited examples
+    (another seed orders the rest of the epoch differently), while bertkit.json recorded them."""
+    out = tmp_path / "run"
+    task, features, config = stopped_after_four_steps(tiny_model_dir, sst2_small, out)
+    for change, message in (({"lr": 2e-3}, r"lr 0.001 \(now 0.002\)"), ({"seed": 8}, r"seed 7 \(now 8\)")):
+        with pytest.raises(ValueError, match=r"--resume: .*step-4 was trained with " + message):
+            train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None,
+                  TrainConfig(**{**config.to_dict(), **change, "resume": True}))
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", "--eval-every", "none",
+                              "--save-every", "4", "--resume", "--lr", "5e-4")) == 1
+
+
+def test_logged_rate_is_the_one_each_step_used(tiny_model_dir, sst2_small, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "4", "--eval-every", "none",
+                              "--warmup-steps", "2")) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # It logged the rate after each step's scheduler move: [1e-3, 1e-3, 5e-4, 0.0].
+    assert [r["lr"] for r in log if "loss" in r] == pytest.approx([5e-4, 1e-3, 1e-3, 5e-4])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("log_every", 0, "--log-every must be >= 1"), ("save_every", -1, "--save-every must be >= 0"),
+    ("warmup_steps", -5, "--warmup-steps must be >= 0"), ("weight_decay", -1.0, "--weight-decay must be >= 0"),
+    ("max_grad_norm", float("nan"), "--max-grad-norm must be >= 0"), ("adam_beta2", 1.0, r"--adam-beta2 must be in")])
+def test_bad_numeric_flags_are_refused(field, value, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(
+        tiny_model_dir, sst2_small, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
+    features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)
+    config = TrainConfig(output_dir=str(out), max_steps=8, batch_size=16, lr=1e-3, device="cpu",
+                         eval_every="none", save_every=4, progress=False)
+    real_save, calls = torch.save, []
+
+    def save_until_the_disk_fills(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:  # the second checkpoint's model.pt
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    with pytest.raises(OSError, match=r"could not write the checkpoint .*step-8 .*GiB free on that disk.*--resume"):
+        train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None, config)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"]  # no step-8.tmp left behind

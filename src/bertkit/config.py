@@ -231,6 +231,17 @@ class TrainConfig:
         self.eval_every = ev
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.log_every < 1:
+            raise ValueError(f"--log-every must be >= 1 (optimizer steps between log lines), got {self.log_every}")
+        for name in ("save_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm", "adam_eps"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -74,8 +74,8 @@ def global_batches_of_epoch(task, lengths, n: int, config: TrainConfig, epoch: i
         return [np.asarray(b) for b in plan(epoch, config.seed, global_batch)]
     order = epoch_order(lengths, n, config.seed, epoch, config.batch_size, config.group_by_length)
     batches = [order[i:i + global_batch] for i in range(0, n, global_batch)]
-    if info.enabled and batches and len(batches[-1]) < global_batch:
-        batches.pop()  # every rank gets an equal share of every batch
+    if info.enabled and batches and len(batches[-1]) < info.world_size:
+        batches.pop()  # a rank without an example would have no backward to join
     return batches
 
 
@@ -267,6 +267,28 @@ class TrainerState:
     fingerprint: str = ""
     world_size: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)  # eval results so far
+    # Flags that decide the data order or the optimizer's state: a resume must keep them
+    # (`resume_conflicts`). Empty in checkpoints written before they were recorded.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def resume_settings(config: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The flags a checkpoint was trained with that matter to a resume (see RESUME_FIXED)."""
+    return {"seed": config.seed, "global_batch": config.batch_size * world_size, "grad_accum": config.grad_accum,
+            "group_by_length": config.group_by_length, "lr": config.lr, "weight_decay": config.weight_decay,
+            "optimizer": config.optimizer}
+
+
+# A resume cannot change these: the seed and length grouping decide which examples the rest of the
+# epoch holds (another seed re-visits some and skips others), and the learning rate and AdamW
+# settings live in the restored optimizer state. The batch may change where it divides the
+# position reached (fewer processes, say).
+RESUME_FIXED = ("seed", "group_by_length", "lr", "weight_decay", "optimizer")
+
+
+def resume_conflicts(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return [f"{name} {saved[name]!r} (now {now[name]!r})" for name in RESUME_FIXED
+            if name in saved and saved[name] != now[name]]
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------
@@ -279,6 +301,16 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
              and not p.name.endswith(".tmp") and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def ended_with_best(output_dir: Path) -> set[int]:
+    """Best steps named by the "end" records of log.jsonl: a run that ended promoted that step's
+    model to the run directory."""
+    path = output_dir / "log.jsonl"
+    if not path.is_file():
+        return set()
+    records = (json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip())
+    return {r.get("best_step") for r in records if r.get("event") == "end"}
 
 
 def check_output_dir(config: TrainConfig) -> list[Path]:
@@ -306,12 +338,19 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state
     final = root / f"step-{state.global_step}"
     tmp = root / f"step-{state.global_step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(unwrap(model).state_dict(), tmp / "model.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_states}, tmp / "training.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
+    try:
+        tmp.mkdir(parents=True)
+        torch.save(unwrap(model).state_dict(), tmp / "model.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_states}, tmp / "training.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError of its zip writer
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free if root.is_dir() else 0
+        raise OSError(f"could not write the checkpoint {final} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                      f"{free / 2**30:.2f} GiB free on that disk. The earlier checkpoints are intact: free space "
+                      f"(or lower --keep-checkpoints) and rerun with --resume") from err
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -325,6 +364,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, info: DistI
     blob = torch.load(path / "training.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
+    # The restored rates are the saved schedule's; a run resumed to train longer (a higher
+    # --max-steps) takes the next step's rate from this run's schedule instead.
+    for group, base, rate in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * rate(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if scaler is not None and blob["scaler"] is not None:
         scaler.load_state_dict(blob["scaler"])
     rngs = blob["rng"]
@@ -393,8 +437,9 @@ class RunLog:
         self.bar = None
         if enabled and start_step > 0 and self.path.is_file():
             # A resumed run redoes the steps after its checkpoint: their old records would appear twice.
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line and json.loads(line).get("step", 0) <= start_step]
+            # A finished run's "end" record is written again when it ends again.
+            records = [json.loads(line) for line in self.path.read_text(encoding="utf-8").split("\n") if line]
+            kept = [json.dumps(r) for r in records if r.get("step", 0) <= start_step and r.get("event") != "end"]
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             os.replace(tmp, self.path)
@@ -483,11 +528,12 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         raise ValueError("the training set is empty")
     global_batch = config.batch_size * info.world_size
     lengths = ([task.feature_length(f) for f in train_features] if config.group_by_length else None)
-    steps_per_epoch = len(global_batches_of_epoch(task, lengths, n, config, 0, global_batch, info)) // config.grad_accum
+    steps_per_epoch = math.ceil(len(global_batches_of_epoch(task, lengths, n, config, 0, global_batch, info))
+                                / config.grad_accum)
     if steps_per_epoch == 0:
         raise ValueError(
             f"{n} training examples make no optimizer step with --batch-size {config.batch_size} x "
-            f"{info.world_size} processes x --grad-accum {config.grad_accum}; lower --batch-size or --grad-accum")
+            f"{info.world_size} processes: every process needs at least one example; run on fewer processes")
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
 
     apply_model_settings(model, config)
@@ -501,7 +547,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     scheduler = build_scheduler(optimizer, config, total_steps)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
 
-    state = TrainerState(fingerprint=data_fingerprint(train_features), world_size=info.world_size)
+    state = TrainerState(fingerprint=data_fingerprint(train_features), world_size=info.world_size,
+                         settings=resume_settings(config, info.world_size))
+    saved_settings: dict[str, Any] | None = None  # those of the checkpoint a resume continues
     found = check_output_dir(config)
     distributed.barrier()  # every rank has looked before the main one may delete
     if found and not config.resume:
@@ -521,11 +569,20 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 raise ValueError(
                     f"--resume: {found[-1]} is at step {saved_step}, past the {total_steps} steps this run "
                     f"trains for (--max-steps / --epochs); it belongs to a longer run")
+            changed = resume_conflicts(saved.get("settings") or {}, state.settings)
+            if changed:
+                raise ValueError(f"--resume: {found[-1]} was trained with {', '.join(changed)}; a resumed run must "
+                                 f"keep these flags (they decide the data order and the optimizer state). Give the "
+                                 f"saved values, or start a new run in another --output-dir")
+            now = state.settings
             state = load_checkpoint(found[-1], model, optimizer, scheduler, scaler, info)
-            state.world_size = info.world_size
-        elif info.is_main:
-            print(f"--resume: no complete checkpoint in {output_dir / 'checkpoints'}; starting fresh",
-                  file=sys.stderr)
+            saved_settings = state.settings
+            state.world_size, state.settings = info.world_size, now
+        else:
+            if info.is_main:
+                print(f"--resume: no complete checkpoint in {output_dir / 'checkpoints'}; starting fresh",
+                      file=sys.stderr)
+                (output_dir / "log.jsonl").unlink(missing_ok=True)  # the old records would appear twice
     elif info.is_main and (output_dir / "log.jsonl").exists():
         (output_dir / "log.jsonl").unlink()  # a fresh run: do not append to an old run's log
 
@@ -543,6 +600,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     if config.compile:
         train_model = torch.compile(train_model, dynamic=True, mode=config.compile_mode)
 
+    promoted_before = state.best_step is not None and state.best_step in ended_with_best(output_dir)
     log = RunLog(output_dir, total_steps, state.global_step, info.is_main, config.progress)
     if info.is_main and state.global_step == 0:
         log.write({"event": "start", "examples": n, "total_steps": total_steps, "world_size": info.world_size,
@@ -552,12 +610,12 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     needs_rng = getattr(task, "collate_needs_rng", False)
     best_dir = output_dir / "best"
 
-    def run_eval() -> dict[str, float] | None:
+    def run_eval(epoch: int) -> dict[str, float] | None:
         if eval_set is None:
             return None
         metrics, _ = evaluate(task, unwrap(model), eval_set[0], eval_set[1], config.eval_batch_size,
                               device, config.precision, info)
-        record = {"step": state.global_step, "epoch": state.epoch, "eval": metrics}
+        record = {"step": state.global_step, "epoch": epoch, "eval": metrics}
         state.history.append(record)
         log.write(record)
         value = metrics.get(task.main_metric)
@@ -565,12 +623,27 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             state.best_metric, state.best_step = float(value), state.global_step
             plain = distributed.full_model(model, info) if config.fsdp else unwrap(model)
             if info.is_main and save_model is not None:
-                tmp = output_dir / "best.tmp"
+                tmp, old = output_dir / "best.tmp", output_dir / "best.old"
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_model(plain, tmp)
-                shutil.rmtree(best_dir, ignore_errors=True)
+                if best_dir.is_dir():  # renamed, not deleted, so that a kill here leaves a best model
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(best_dir, old)
                 os.replace(tmp, best_dir)
+                shutil.rmtree(old, ignore_errors=True)
         return metrics
+
+    # save_every 0: a checkpoint at every evaluation and at the end (FSDP runs have none yet).
+    checkpoints_on = not config.fsdp
+
+    def checkpoint() -> None:
+        settle_skipped()
+        save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info, config.keep_checkpoints)
+        saved_steps.add(state.global_step)
+
+    saved_steps: set[int] = set()
+    if info.is_main and not best_dir.is_dir() and (output_dir / "best.old").is_dir():
+        os.replace(output_dir / "best.old", best_dir)  # killed between the two renames in run_eval
 
     train_model.train()
     # Listed once: walking the module tree for clipping costs host time in every step of a
@@ -586,7 +659,6 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     stopped_early = False
     while state.global_step < total_steps:
         epoch_batches = global_batches_of_epoch(task, lengths, n, config, state.epoch, global_batch, info)
-        epoch_batches = epoch_batches[:len(epoch_batches) // config.grad_accum * config.grad_accum]
         epoch_examples = sum(len(g) for g in epoch_batches)
         # Seek to the saved data position: skip the batches already consumed (nothing is loaded).
         start, first, consumed = state.examples_in_epoch, 0, 0
@@ -594,21 +666,29 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             consumed += len(epoch_batches[first])
             first += 1
         if consumed != start:
+            saved_batch = (saved_settings or {}).get("global_batch")
             raise ValueError(
                 f"--resume: the checkpoint stopped {start} examples into epoch {state.epoch}, which is not a "
                 f"whole number of global batches of {global_batch} (--batch-size {config.batch_size} x "
-                f"{info.world_size} processes); resume with a global batch that divides {start}, e.g. the "
-                f"one the run was saved with ({start // max(1, state.global_step * config.grad_accum) or '?'} "
-                f"examples per micro-step)")
+                f"{info.world_size} processes); resume with a global batch that divides {start}"
+                + (f", such as the run's own {saved_batch} (--batch-size x processes)" if saved_batch else ""))
         global_batches = epoch_batches[first:]
+        # Examples in each optimizer step: the epoch's last step may hold fewer micro-batches, or a
+        # short last batch, and every micro-batch's loss is weighted by its share of its step.
+        step_sizes = [sum(len(g) for g in global_batches[k:k + config.grad_accum])
+                      for k in range(0, len(global_batches), config.grad_accum)]
         my_batches = [np.array_split(g, info.world_size)[info.rank] for g in global_batches]
         seeds = ([hash((config.seed, state.epoch, first + k, info.rank)) % 2**63
                   for k in range(len(my_batches))] if needs_rng else None)
         loader = make_loader(train_features, my_batches, task, config, device, seeds, state.epoch)
-        micro = first % config.grad_accum
-        for batch, g in zip(loader, global_batches):
+        micro = 0  # `first` is a step boundary: a checkpoint is only written after an optimizer step
+        for k, (batch, g) in enumerate(zip(loader, global_batches)):
             batch = move_to(batch, device)
-            boundary = (micro + 1) % config.grad_accum == 0
+            boundary = micro + 1 == config.grad_accum or k == len(global_batches) - 1
+            # Each rank's mean loss x (its examples x ranks / the step's examples): DDP's average over
+            # ranks and the sum over micro-batches then give the mean over the step's examples.
+            local = len(np.array_split(g, info.world_size)[info.rank])
+            weight = local * info.world_size / step_sizes[k // config.grad_accum]
             sync = (contextlib.nullcontext() if boundary or not info.enabled
                     else distributed.no_sync(ddp_model if ddp_model is not None else model))
             if graphs:  # outputs of the last replay (loss, logits) are not read after this point
@@ -616,10 +696,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             with sync:
                 with autocast_context(config.precision, device):
                     out = train_model(**batch)
-                loss = out.loss / config.grad_accum
+                loss = out.loss * weight
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-            loss_sum += out.loss.detach()
-            loss_count += 1
+            loss_sum += out.loss.detach() * weight
             samples_since += len(g)
             state.examples_in_epoch += len(g)
             micro += 1
@@ -632,8 +711,10 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             grad_norm = distributed.to_local_scalar(torch.nn.utils.clip_grad_norm_(clipped_parameters, max_norm))
             skipped_pending += optimizer_step(optimizer, scaler, grad_norm, sharded=config.fsdp)
             optimizer.zero_grad(set_to_none=True)
+            step_lr = scheduler.get_last_lr()[0]  # the rate this step used; step() moves to the next one
             scheduler.step()
             state.global_step += 1
+            loss_count += 1
             log.advance()
             if skips_before is not None:  # after the first step, forward and backward are compiled
                 message = cudagraph_skip_warning(skips_before, config.compile_mode)
@@ -647,17 +728,16 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 mean_loss = distributed.all_reduce_mean(loss_sum / max(loss_count, 1), info).item()
                 now = time.perf_counter()
                 log.write({"step": state.global_step, "epoch": state.epoch, "loss": mean_loss,
-                           "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                           "lr": step_lr, "grad_norm": float(grad_norm),
                            "samples_per_s": samples_since / max(now - t_last, 1e-9),
                            "skipped_steps": state.skipped_steps})
                 loss_sum.zero_()
                 loss_count, t_last, samples_since = 0, now, 0
-            if eval_steps and state.global_step % eval_steps == 0:
-                run_eval()
-            if config.save_every and state.global_step % config.save_every == 0:
-                settle_skipped()
-                save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info,
-                                config.keep_checkpoints)
+            evaluated = bool(eval_steps and state.global_step % eval_steps == 0 and eval_set is not None)
+            if evaluated:
+                run_eval(state.epoch)
+            if checkpoints_on and (state.global_step % config.save_every == 0 if config.save_every else evaluated):
+                checkpoint()
             if stop_after_steps is not None and state.global_step >= stop_after_steps:
                 stopped_early = True
                 break
@@ -668,8 +748,10 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         if state.examples_in_epoch >= epoch_examples:  # epoch finished
             state.epoch += 1
             state.examples_in_epoch = 0
-            if config.eval_every == "epoch":
-                run_eval()
+            if config.eval_every == "epoch" and eval_set is not None:
+                run_eval(state.epoch - 1)
+                if checkpoints_on and not config.save_every and state.global_step < total_steps:
+                    checkpoint()  # at the end of the run, the final checkpoint below
 
     log.close()
     settle_skipped()
@@ -677,10 +759,10 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         return TrainResult(state, None, unwrap(model))
     if config.eval_every != "none" and eval_set is not None and (
             not state.history or state.history[-1]["step"] != state.global_step):
-        run_eval()
-    if config.save_every:
-        save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info,
-                        config.keep_checkpoints)
+        run_eval(state.epoch if state.examples_in_epoch else state.epoch - 1)
+    if checkpoints_on and state.global_step not in saved_steps and not (
+            found and config.resume and int(found[-1].name.split("-")[1]) == state.global_step):
+        checkpoint()  # the last one, unless this step was just saved (or resumed from)
     final_metrics = None
     # Collective on every rank; decided from state all ranks share (not from rank 0's disk).
     plain = distributed.full_model(model, info) if config.fsdp and state.best_step is None else unwrap(model)
@@ -694,7 +776,18 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 shutil.copy2(item, target) if item.is_file() else shutil.copytree(item, target)
             shutil.rmtree(best_dir)  # promoted to the run directory; no second copy of the weights
             final_metrics = next(r["eval"] for r in state.history if r["step"] == state.best_step)
+        elif state.best_step is not None and promoted_before and (output_dir / "config.json").is_file():
+            # Promoted at the end of an earlier invocation (a finished run resumed, or trained on with
+            # no better evaluation since): the run directory already holds the best model.
+            print(f"the run directory keeps the best model (step {state.best_step}), promoted earlier",
+                  file=sys.stderr)
+            final_metrics = next(r["eval"] for r in state.history if r["step"] == state.best_step)
         else:
+            if state.best_step is not None:  # best/ is gone (a copied checkpoint, a deleted folder)
+                last = state.history[-1]
+                print(f"warning: the best model (step {state.best_step}) is not in {best_dir}; the run directory "
+                      f"gets the last evaluated one (step {last['step']})", file=sys.stderr)
+                state.best_step, state.best_metric = last["step"], last["eval"].get(task.main_metric)
             if save_model is not None:
                 save_model(plain, output_dir)
             final_metrics = state.history[-1]["eval"] if state.history else None
