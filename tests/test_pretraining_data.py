@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -688,3 +689,163 @@ def test_vectorised_word_picking_equals_the_greedy_scan() -> None:
         assert picked == greedy(spans, order, budget, taken)
         expected = [p for w in picked for p in range(spans[w, 0], spans[w, 1])]
         assert _positions_of(spans, picked).tolist() == expected
+
+
+# ---- warnings about records that would train badly ---------------------------------------------
+def build_logged(tmp_path: Path, inputs, name: str = "r", **kwargs) -> tuple[Path, str]:
+    """Like build(), returning the run's log (warnings and summary) instead of the dataset."""
+    messages: list[str] = []
+    out = tmp_path / name
+    create_pretraining_data([str(p) for p in inputs], str(UNCASED), out, PretrainDataConfig(**kwargs),
+                            log=messages.append)
+    return out, "\n".join(messages)
+
+
+def masking_rate(directory: Path, tok) -> float:
+    """Masked share of the records' tokens other than [CLS]/[SEP] (what pretrain-data reports)."""
+    ds = open_pretraining_data(directory)
+    predictions = sum(ds[i]["masked_positions"].size for i in range(len(ds)))
+    tokens = sum(int((~np.isin(ds[i]["input_ids"], [tok.cls_id, tok.sep_id])).sum()) for i in range(len(ds)))
+    return predictions / tokens
+
+
+def test_max_predictions_scale_with_the_row_length_and_a_binding_cap_warns(tmp_path, capsys, uncased):
+    """At --max-seq-length 512 the old fixed default of 20 predictions masked 4.9% of the tokens
+    instead of 15% (measured on the prepare-wiki output: 4.88%, 74.76% of rows at the cap), silently."""
+    need(WIKITEXT_VALID, UNCASED)
+    from bertkit.cli import main
+
+    corpus = tmp_path / "valid.txt"
+    corpus.write_text("\n".join(WIKITEXT_VALID.read_text(encoding="utf-8").splitlines()[:400]) + "\n", encoding="utf-8")
+    out, log = build_logged(tmp_path, [corpus], "capped", max_seq_length=512, nsp=False,
+                            mask=MaskingConfig(max_predictions_per_seq=20))
+    rate = masking_rate(out, uncased)
+    assert rate < 0.06
+    assert "rows hit --max-predictions-per-seq 20" in log and f"{rate:.1%} of tokens are masked" in log
+    assert "raise --max-predictions-per-seq (e.g. to 77)" in log
+
+    assert main(["pretrain-data", "--input", str(corpus), "--tokenizer", str(UNCASED), "--output-dir",
+                 str(tmp_path / "scaled"), "--max-seq-length", "512", "--no-nsp"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err
+    manifest = json.loads((tmp_path / "scaled" / "manifest.json").read_text())
+    assert manifest["settings"]["mask"]["max_predictions_per_seq"] == 77  # round(512 x 0.15)
+    rate = masking_rate(tmp_path / "scaled", uncased)
+    assert 0.145 < rate < 0.155 and f"{rate:.2%} of tokens masked" in err  # the summary line says it  # the summary line says it
+
+
+def test_a_one_document_corpus_warns_that_random_next_sentences_are_its_own(tmp_path):
+    """One article of 300 lines: every 'random' B came from that same document, with no warning."""
+    need(WIKITEXT_VALID, UNCASED)
+    lines = [l for l in WIKITEXT_VALID.read_text(encoding="utf-8").splitlines()
+             if l.strip() and not l.strip().startswith("=")][:300]
+    corpus = tmp_path / "onedoc.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out, log = build_logged(tmp_path, [corpus], masking="dynamic")
+    ds = open_pretraining_data(out)
+    random_rows = sum(int(ds[i]["nsp_label"]) == 1 for i in range(len(ds)))
+    assert random_rows > 10
+    assert (f"{random_rows:,} of {random_rows:,} (100.00%) NSP rows labelled 'random next sentence' take segment B "
+            f"from their own document (the corpus is a single document)") in log
+    assert "--no-nsp" in log
+    _, log = build_logged(tmp_path, [WIKITEXT_VALID], "articles", wikitext=True, masking="dynamic")
+    assert "warning" not in log
+
+
+def test_a_huge_line_warns_how_much_text_truncation_drops(tmp_path):
+    """A 2.5 MB line gave 1 record of 128 tokens (99.97% of the text dropped) and exit code 0."""
+    need(UNCASED)
+    corpus = tmp_path / "huge.txt"
+    corpus.write_text(" ".join(f"word{i % 50}" for i in range(20000)) + "\n\nA short document follows here.\n"
+                      "It has two lines.\n", encoding="utf-8")
+    _, log = build_logged(tmp_path, [corpus], masking="dynamic")
+    match = re.search(r"warning: 1 line is \(sentences\) longer than --max-seq-length 128 \(the longest has "
+                      r"([\d,]+) tokens\): ([\d,]+) of ([\d,]+) \(([\d.]+)%\) tokens of the corpus are cut off", log)
+    assert match, log
+    longest, cut, total = (int(match.group(i).replace(",", "")) for i in (1, 2, 3))
+    assert cut == longest - 125 and total > longest and float(match.group(4)) > 99
+    assert "--split-sentences" in log
+
+
+def test_records_with_almost_no_masked_tokens_warn(tmp_path):
+    """--target-words with a rare word and --masked-lm-prob 0: 99% of the rows had no masked token,
+    written silently; pretrain then learned NSP only and failed at its first evaluation."""
+    need(SAMPLE, UNCASED)
+    _, log = build_logged(tmp_path, [SAMPLE], target_words=["sword"], mask=MaskingConfig(masked_lm_prob=0.0,
+                                                                                       target_mask_prob=0.8))
+    match = re.search(r"warning: ([\d,]+) of ([\d,]+) \(([\d.]+)%\) rows have no masked token", log)
+    assert match and float(match.group(3)) > 50, log
+    assert "raise --masked-lm-prob (now 0) or list more --target-words" in log
+    _, log = build_logged(tmp_path, [SAMPLE], "normal")
+    assert "warning" not in log
+
+
+def test_an_unfinished_record_directory_says_to_rerun_pretrain_data(tmp_path, capsys):
+    """An interrupted run (complete shards, no manifest.json yet) was 'unsupported format'."""
+    need(SAMPLE, UNCASED)
+    from bertkit.cli import main
+
+    args = ["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED), "--output-dir", str(tmp_path / "r"),
+            "--chunk-docs", "2"]
+    assert main(args) == 0
+    complete = sorted(p.name for p in (tmp_path / "r").glob("shard-*.arrow"))
+    (tmp_path / "r" / "manifest.json").unlink()  # what SIGKILL before the last step leaves
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert (f"an unfinished `bertkit pretrain-data` (or `convert-records`) run: {len(complete)} complete shard(s) "
+            f"and no manifest.json") in err and "rerun the same command" in err
+    with pytest.raises(DataError, match=r"--data .*: an unfinished `bertkit pretrain-data`"):
+        open_pretraining_data(tmp_path / "r", flag="--data")
+    assert main(args) == 0  # ... which resumes and finishes it
+    assert "0 built, 1 already complete" in capsys.readouterr().err
+    assert len(open_pretraining_data(tmp_path / "r")) > 0
+
+
+FORMATS = SHARED / "data/pretraining_formats"
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("nvidia_hdf5_format.hdf5", r"HDF5 pre-training data\); .*bertkit convert-records"),
+    ("google_create_pretraining_data_format.tfrecord", r"TFRecord pre-training data\); .*bertkit convert-records"),
+    ("expected.npz", r"a zip archive, e.g. NumPy \.npz\)"),
+])
+def test_binary_input_is_named_as_not_text(tmp_path, name, kind):
+    """An HDF5/TFRecord/NPZ file got "re-encode the file as UTF-8 (e.g. iconv -f latin1 ...)"."""
+    need(FORMATS / name, UNCASED)
+    with pytest.raises(DataError, match=rf"{re.escape(name)}:1: not a text file \({kind}") as err:
+        build(tmp_path, [FORMATS / name])
+    assert "iconv" not in str(err.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_nul_bytes_and_arrow_shards_are_not_text(tmp_path):
+    need(SAMPLE, UNCASED)
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"A fine first line.\nx\x00y\x00z\n")  # valid UTF-8: it used to be accepted silently
+    with pytest.raises(DataError, match=r"nul\.txt:2: not a text file \(binary data \(NUL bytes\)\)"):
+        build(tmp_path, [nul])
+    out, _ = build(tmp_path, [SAMPLE], "records")
+    shard = out / "shard-00000.arrow"
+    with pytest.raises(DataError, match=r"not a text file \(Arrow data, e.g. a bertkit record shard\).*pretrain --data"):
+        build(tmp_path, [shard], "again")
+
+
+def test_span_lengths_are_documented_as_measured(wiki_rows, vocab):
+    """The docs promised Geometric(0.2) span lengths clipped at 10 words (mean 4.46); the spans
+    produced are shortened to the budget. The module doc gives the measured numbers; check them."""
+    import bertkit.data.masking as masking
+    from bertkit.data.masking import _span_positions
+
+    rng = np.random.default_rng(0)
+    words = []
+    for ids in wiki_rows:
+        pos, groups = _span_positions(ids, rng, MaskingConfig(strategy="span"), vocab)
+        starts = word_spans(ids, vocab)[:, 0]
+        for g in range(int(groups.max()) + 1 if groups.size else 0):
+            p = pos[groups == g]
+            words.append(int(((starts >= p.min()) & (starts <= p.max())).sum()))
+    words = np.array(words)
+    # 600 WikiText-2 valid rows of 128 tokens; the doc's 3.60 / 27% / 6% are from 2,000 train rows.
+    assert 3.4 < words.mean() < 3.8 and 0.23 < (words == 1).mean() < 0.31 and (words == 10).mean() < 0.09
+    assert "mean 3.60 words, P(1) 27%, P(10) 6%" in " ".join(masking.__doc__.split())

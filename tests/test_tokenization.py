@@ -349,6 +349,30 @@ def test_train_tokenizer_on_wikitext(tmp_path, capsys):
     assert auto(test_lines[:200])["input_ids"] == [e.ids for e in tok.encode_batch(test_lines[:200])]
 
 
+def test_train_tokenizer_wikitext_matches_pretrain_data(tmp_path, capsys):
+    """Learned as plain text, WikiText gave the vocab "unk" (from 14,334 "<unk>" lines of train) and
+    "@" (from " @-@ "), which `pretrain-data --wikitext` never produces: it reads <unk> as [UNK]."""
+    valid = need(DATA / "wikitext-2/valid.txt")
+    args = ["train-tokenizer", "--input", str(valid), "--vocab-size", "2000"]
+    assert cli_main([*args, "--output-dir", str(tmp_path / "plain")]) == 0
+    err = capsys.readouterr().err
+    assert "lines hold WikiText markers (<unk>, ' @-@ ')" in err and "rerun with --wikitext" in err
+    plain = (tmp_path / "plain" / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    assert "unk" in plain and "@" in plain
+    assert cli_main([*args, "--output-dir", str(tmp_path / "wt"), "--wikitext"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    vocab = (tmp_path / "wt" / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    assert "unk" not in vocab and "@" not in vocab and "[UNK]" in vocab
+    # The vocab covers what pretrain-data --wikitext makes of the text, [UNK] aside.
+    from bertkit.data.pretraining import iter_wikitext_documents
+
+    tok = Tokenizer.from_pretrained(tmp_path / "wt")
+    sentences = [s for doc in iter_wikitext_documents([valid]) for s in doc]
+    ids = [i for e in tok.encode_batch(sentences[:500], add_special_tokens=False) for i in e.ids]
+    texts_unk = sum(s.count("[UNK]") for s in sentences[:500])
+    assert ids.count(tok.unk_id) <= texts_unk + 5
+
+
 def test_train_tokenizer_chinese_and_cased(tmp_path):
     train = polyphone_sentences("train.sent")
     (tmp_path / "zh.txt.gz").write_bytes(gzip.compress("\n".join(train).encode("utf-8")))

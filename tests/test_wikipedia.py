@@ -32,11 +32,14 @@ def test_real_dump_counts_and_layout(extracted):
     # README: 206 <page> elements, 205 in ns 0, of which 100 carry <redirect (99 are redirect pages
     # of ns 0). One article (a stub whose text is only templates) has no prose left.
     assert stats.pages == 206 and stats.other_namespaces == 1
-    assert stats.redirects + stats.articles + stats.empty == 205
-    assert len(articles) == stats.articles == 105
+    assert stats.redirects + stats.disambiguation + stats.articles + stats.empty == 205
+    # 8 disambiguation pages (Ada, Alien, 5 "X (disambiguation)" with {{disambiguation}}, and
+    # Aa River with {{geodis}}) are skipped; they were written as 8 "articles" of link lists.
+    assert stats.disambiguation == 8
+    assert len(articles) == stats.articles == 97
     assert text.startswith("Anarchism is a political philosophy")
     lines = [l for l in text.splitlines() if l]
-    assert len(lines) == stats.sentences > 18000
+    assert len(lines) == stats.sentences > 17900
     assert sum(len(l.split()) for l in lines) > 400000
     assert not any(l != l.strip() for l in lines)
 
@@ -83,12 +86,17 @@ def test_cli_skips_redirects_and_other_namespaces(tmp_path, capsys):
 <page><title>Talk:New</title><ns>1</ns><revision><text>Talk text is here. It is long enough.</text></revision></page>
 <page><title>New</title><ns>0</ns><revision><text>The new article is here. It has two sentences.</text></revision></page>
 <page><title>Second</title><ns>0</ns><revision><text>Another article with words.</text></revision></page>
+<page><title>Ada</title><ns>0</ns><revision><text>Ada may refer to:
+* [[Ada Lovelace]], a mathematician</text></revision></page>
+<page><title>Mercury</title><ns>0</ns><revision><text>Mercury is a planet or an element.
+{{{{Disambiguation|geo}}}}</text></revision></page>
 </mediawiki>""".encode()))
     out = tmp_path / "mini.txt"
     assert main(["prepare-wiki", str(dump), "--output", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == ("The new article is here.\nIt has two sentences.\n\n"
                                                "Another article with words.\n")
-    assert "2 articles, 3 sentences from 4 pages (skipped 1 redirects, 1 non-article" in capsys.readouterr().out
+    assert ("2 articles, 3 sentences from 6 pages (skipped 1 redirects, 2 disambiguation pages, 1 non-article"
+            in capsys.readouterr().out)
     assert [t for t, _ in iter_articles(dump)] == ["New", "Second"]
 
 
@@ -144,7 +152,80 @@ def test_wikitext_rules_beyond_plain_text():
         assert gone not in joined, gone
 
 
+def test_real_dump_renders_convert_and_val_templates(extracted):
+    """{{convert}} (436 in the dump) and {{val}} (10) were dropped: "the United States with of total area"."""
+    lines = extracted[0].read_text(encoding="utf-8").splitlines()
+    assert any(l.startswith("Alabama is the thirtieth-largest state in the United States with 52,419 sq mi of "
+                            "total area: 3.2% of the area is water") for l in lines)
+    assert ("The ampere is equivalent to one coulomb (roughly 6.241×10^18 times the elementary charge) per second."
+            in lines)
+    assert not any(" with of total area" in l for l in lines)
+
+
+@pytest.mark.parametrize("wikitext, expected", [
+    ("{{convert|9,833,520|km2|sqmi}}", "9,833,520 km2"),
+    ("{{convert|52419|sqmi|km2|abbr=out|sp=us}}", "52,419 sq mi"),
+    ("{{convert|6|ft|4|in|cm|0}}", "6 ft 4 in"),
+    ("{{convert|400|to|670|mm|1|abbr=on}}", "400 to 670 mm"),
+    ("{{convert|1|-|2|km}}", "1–2 km"),
+    ("{{convert|22|e6acre|km2}}", "22 million acres"),
+    ("{{convert|160|Tcuft}}", "160 trillion cu ft"),
+    ("{{convert|50.6|C|F}}", "50.6 °C"),
+    ("{{cvt|8|koilbbl/d}}", "8 thousand bbl/d"),
+    ("{{val|6.241|e=18}}", "6.241×10^18"),
+    ("{{val|1.00794|(7)}}", "1.00794(7)"),
+    ("{{val|1.00794|0.00007}}", "1.00794 ± 0.00007"),
+    ("{{val|30000|u=C}}", "30000 C"),
+])
+def test_quantity_templates_give_value_and_unit(wikitext, expected):
+    assert wikitext_to_paragraphs(f"The value is {wikitext} here.") == [f"The value is {expected} here."]
+
+
+def test_real_dump_has_no_separator_debris_or_one_word_sentences(extracted):
+    """Removed pronunciation/{{lang}} templates and <math> left "Achilles (;, Akhilleus, )" and "Thus,."
+    (58 lines before, and 6 one-word lines)."""
+    lines = [l for l in extracted[0].read_text(encoding="utf-8").splitlines() if l]
+    debris = [l for l in lines if re.search(r"\(\s*[,;:]|[,;:]\s*\)|,\s*[,;:]|,\s*\.(?!\.)|\(\s*\)", l)]
+    assert debris == []
+    assert [l for l in lines if len(l.split()) < 2] == []
+    assert ("In Greek mythology, Achilles (Akhilleus) was a Greek hero of the Trojan War and the central "
+            "character and greatest warrior of Homer's Iliad.") in lines
+    assert any(l.startswith("Abraham Lincoln (February 12, 1809 – April 15, 1865) was the 16th President") for l in lines)
+    assert any(l.startswith("Andorra, officially the Principality of Andorra,") for l in lines)
+    joined = " ".join(wikitext_to_paragraphs('Its name (, "human") and Asphalt (,, occasionally ) go. '
+                                             "Such as,,, and more. Thus, <math>x</math>. End of it."))
+    assert joined == 'Its name ("human") and Asphalt (occasionally) go. Such as, and more. Thus. End of it.'
+
+
+def test_real_dump_skips_disambiguation_pages(extracted):
+    text = extracted[0].read_text(encoding="utf-8")
+    assert not re.search(r"may (also )?refer to:$", text, re.M)
+    assert "Ada may refer to" not in text and "Aberdeen may also refer to" not in text
+
+
+def test_real_dump_sentences_do_not_break_after_initials_or_list_numbers(extracted):
+    """14 lines of the dump's output ended inside a name ("R.S. | Owens & Company", "J.B. | Rosser's")
+    and "rated as 1. | Lincoln; 2. | George Washington; and 3. | Franklin D. Roosevelt" was 3 lines;
+    the 12 lines still ending in dotted initials end a sentence ("Washington, D.C." + "He kept ...")."""
+    lines = [l for l in extracted[0].read_text(encoding="utf-8").splitlines() if l]
+    ending = [(l, nxt) for l, nxt in zip(lines, lines[1:]) if re.search(r"(^| )([A-Z]\.){2,}$", l)]
+    assert len(ending) == 12
+    openers = ("He ", "In ", "It ", "The ", "About ", "Historically")
+    assert [(l[-30:], nxt[:30]) for l, nxt in ending if not nxt.startswith(openers)] == []
+    assert any("R.S. Owens & Company." in l for l in lines) and any("J.B. Rosser's" in l for l in lines)
+    assert any(l.startswith("Generally, the top three presidents are rated as 1. Lincoln; 2. George Washington; "
+                            "and 3. Franklin D. Roosevelt, although") for l in lines)
+
+
 @pytest.mark.parametrize("text, expected", [
+    ("It was built by R.S. Owens and Company.", ["It was built by R.S. Owens and Company."]),
+    ("J.R.R. Tolkien wrote it.", ["J.R.R. Tolkien wrote it."]),
+    ("The ranks were 1. Lincoln; 2. Washington.", ["The ranks were 1. Lincoln; 2. Washington."]),
+    ("He worked at Apple Inc. In 2001 he left.", ["He worked at Apple Inc.", "In 2001 he left."]),
+    ("He lived in Washington, D.C. He was old.", ["He lived in Washington, D.C.", "He was old."]),
+    ("The U.S. Army came. He was born in 1809. He died.", ["The U.S. Army came.", "He was born in 1809.", "He died."]),
+    ("Pears, apples, etc. Merguez is a sausage.", ["Pears, apples, etc.", "Merguez is a sausage."]),
+    ("See i.e. The Times. Fine.", ["See i.e. The Times.", "Fine."]),
     ("Mr. Smith met Dr. Jones. They talked.", ["Mr. Smith met Dr. Jones.", "They talked."]),
     ("It cost $5.50 in the U.S. today. Really?", ["It cost $5.50 in the U.S. today.", "Really?"]),
     ('He said "Stop!" Then he left.', ['He said "Stop!"', "Then he left."]),
@@ -170,3 +251,44 @@ def test_malformed_and_non_wikipedia_xml(tmp_path):
         prepare_wiki(other, tmp_path / "out.txt")
     assert not (tmp_path / "out.txt").exists()  # nothing half-written under the final name ...
     assert not (tmp_path / "out.txt.tmp").exists()  # ... nor beside it
+
+
+def test_sigterm_removes_the_temporary_output(tmp_path):
+    """`kill PID` during prepare-wiki left OUTPUT.tmp (2.2 MB) behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not DUMP.is_file():
+        pytest.skip(f"shared asset {DUMP} is missing")
+    out = tmp_path / "wiki.txt"
+    tmp = tmp_path / "wiki.txt.tmp"
+    proc = subprocess.Popen([sys.executable, "-m", "bertkit", "prepare-wiki", str(DUMP), "--output", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp.exists() and tmp.stat().st_size > 0) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "prepare-wiki finished before it could be interrupted"
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not tmp.exists() and not out.exists()
+
+
+def test_a_stale_temporary_output_from_a_killed_run_is_overwritten(tmp_path):
+    """SIGKILL cannot be caught: the OUTPUT.tmp it leaves is replaced by the next run."""
+    dump = tmp_path / "mini.xml"
+    dump.write_text("<mediawiki><page><title>A</title><ns>0</ns><revision><text>The only article is here. "
+                    "It has two sentences.</text></revision></page></mediawiki>", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    (tmp_path / "out.txt.tmp").write_text("half-written text of a killed run\n" * 1000, encoding="utf-8")
+    prepare_wiki(dump, out)
+    assert out.read_text(encoding="utf-8") == "The only article is here.\nIt has two sentences.\n"
+    assert not (tmp_path / "out.txt.tmp").exists()

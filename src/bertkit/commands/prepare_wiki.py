@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"DUMP {args.dump}: no such file")
     stats = prepare_wiki(args.dump, args.output)
     print(f"{args.output}: {stats.articles} articles, {stats.sentences} sentences from {stats.pages} pages "
-          f"(skipped {stats.redirects} redirects, {stats.other_namespaces} non-article pages, "
+          f"(skipped {stats.redirects} redirects, {stats.disambiguation} disambiguation pages, "
+          f"{stats.other_namespaces} non-article pages, "
           f"{stats.empty} without prose)")
     return 0

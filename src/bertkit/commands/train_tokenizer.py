@@ -4,7 +4,8 @@
     bertkit train-tokenizer --input zh.txt --vocab-size 21128 --chinese --output-dir zh-vocab
 
 Input files are plain text, one sentence or paragraph per line (blank lines are skipped); globs
-are expanded and `.gz`/`.bz2` files are read decompressed. The output directory gets vocab.txt,
+are expanded and `.gz`/`.bz2` files are read decompressed. `--wikitext` reads WikiText-2/103
+files as `pretrain-data --wikitext` does. The output directory gets vocab.txt,
 tokenizer.json, tokenizer_config.json and special_tokens_map.json, loadable by
 `Tokenizer.from_pretrained`, `bertkit pretrain-data --tokenizer` and transformers' AutoTokenizer.
 """
@@ -15,6 +16,7 @@ import argparse
 import bz2
 import glob
 import gzip
+import re
 import sys
 from pathlib import Path
 from typing import IO, Iterator
@@ -42,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chinese", action="store_true",
                         help="keep every character of the corpus in the vocab (no 1,000-character "
                              "alphabet limit); CJK characters are always split one per token")
+    parser.add_argument("--wikitext", action="store_true",
+                        help="WikiText-2/103 files: read them as `pretrain-data --wikitext` does (headings dropped, "
+                             "' @-@ ' joins undone, <unk> left out), so that the vocab is learned from the text "
+                             "it will tokenize")
     parser.add_argument("--unused", type=int, default=0, metavar="N",
                         help="reserve [unused0..N-1] right after [PAD] (99 reproduces BERT's ids: [UNK]=100)")
 
@@ -84,10 +90,36 @@ def iter_line_batches(files: list[Path], stats: dict[str, int]) -> Iterator[list
                     continue
                 stats["lines"] += 1
                 stats["chars"] += len(line)
+                if _WIKITEXT_MARKERS.search(line):
+                    stats["wikitext_lines"] = stats.get("wikitext_lines", 0) + 1
                 batch.append(line)
                 if len(batch) == BATCH_LINES:
                     yield batch
                     batch = []
+    if batch:
+        yield batch
+
+
+# WikiText's tokenized files mark out-of-vocabulary words as "<unk>" and split "1,000" as
+# "1 @,@ 000": learned as text, they give vocab entries ("unk", "@") that `pretrain-data
+# --wikitext` never produces (it reads <unk> as [UNK] and undoes the splits).
+_WIKITEXT_MARKERS = re.compile(r"<unk>| @[-.,]@ ")
+
+
+def iter_wikitext_batches(files: list[Path], stats: dict[str, int]) -> Iterator[list[str]]:
+    """Sentences of WikiText files as `pretrain-data --wikitext` reads them, in batches; "<unk>"
+    is left out (an unknown word has no pieces to learn)."""
+    from bertkit.data.pretraining import iter_wikitext_documents
+
+    batch: list[str] = []
+    for document in iter_wikitext_documents(files, unk_token=""):
+        for sentence in document:
+            stats["lines"] += 1
+            stats["chars"] += len(sentence)
+            batch.append(sentence)
+            if len(batch) == BATCH_LINES:
+                yield batch
+                batch = []
     if batch:
         yield batch
 
@@ -97,11 +129,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--unused must be >= 0, got {args.unused}")
     files = expand_inputs(args.input)
     stats = {"lines": 0, "chars": 0}
-    tokenizer = train_wordpiece(iter_line_batches(files, stats), args.vocab_size,
+    batches = iter_wikitext_batches(files, stats) if args.wikitext else iter_line_batches(files, stats)
+    tokenizer = train_wordpiece(batches, args.vocab_size,
                                 do_lower_case=args.lowercase, min_frequency=args.min_frequency,
                                 limit_alphabet=None if args.chinese else 1000, num_unused=args.unused)
     if stats["lines"] == 0:
         raise DataError(f"--input {' '.join(args.input)}: no non-blank lines to learn a vocabulary from")
+    if not args.wikitext and stats.get("wikitext_lines", 0) > 0.001 * stats["lines"]:
+        print(f"warning: {stats['wikitext_lines']:,} of {stats['lines']:,} lines hold WikiText markers (<unk>, "
+              f"' @-@ '): learned as text they put entries such as 'unk' into the vocab that `pretrain-data "
+              f"--wikitext` never produces; rerun with --wikitext", file=sys.stderr)
     out = tokenizer.save_pretrained(args.output_dir)
     note = ""
     if tokenizer.vocab_size < args.vocab_size:

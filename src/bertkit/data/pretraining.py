@@ -127,13 +127,54 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
+# Leading bytes of binary formats people hand to pretrain-data by mistake: pre-training data in
+# another format, or bertkit's own shards. (HDF5 and TFRecord are recognised by external.sniff.)
+_BINARY_MAGIC = ((b"PK\x03\x04", "a zip archive, e.g. NumPy .npz"), (b"\xff\xff\xff\xff", "Arrow data, e.g. a bertkit "
+                 "record shard"), (b"ARROW1", "an Arrow file"), (b"\x93NUMPY", "a NumPy .npy array"))
+
+
+def binary_kind(path: Path) -> str | None:
+    """What a binary file is, from its first bytes ("HDF5 pre-training data", ...); None for text."""
+    from bertkit.data.external import sniff
+
+    if path.suffix not in (".gz", ".bz2"):
+        kind = sniff(path)
+        if kind:
+            return f"{'HDF5' if kind == 'hdf5' else 'TFRecord'} pre-training data"
+    with _open_binary(path) as f:
+        try:
+            head = f.read(4096)
+        except (OSError, EOFError):
+            return None
+    for magic, kind in _BINARY_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "binary data (NUL bytes)" if b"\x00" in head else None
+
+
+def _not_text_error(path: Path, lineno: int, kind: str) -> DataError:
+    if "pre-training data" in kind:
+        fix = f"convert it with `bertkit convert-records {path} OUT_DIR`, then pass OUT_DIR to `bertkit pretrain`"
+    elif "record shard" in kind:
+        fix = "a bertkit record directory goes to `bertkit pretrain --data DIR` as it is"
+    else:
+        fix = "give the text files the data was made from"
+    return DataError(f"{path}:{lineno}: not a text file ({kind}); --input takes text, one sentence per line: {fix}")
+
+
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number from 1, text without the newline); invalid UTF-8 -> DataError naming file:line."""
+    """(line number from 1, text without the newline); invalid UTF-8 or binary content (a NUL
+    byte, or a known binary format's leading bytes) -> DataError naming file:line."""
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
+            if b"\x00" in raw:  # valid UTF-8, but no text file holds NUL bytes
+                raise _not_text_error(path, lineno, binary_kind(path) or "binary data (NUL bytes)")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
+                kind = binary_kind(path)
+                if kind:
+                    raise _not_text_error(path, lineno, kind) from None
                 raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {err.start} of the line "
                                 f"({raw[max(0, err.start - 10):err.start + 10]!r}); re-encode the file as "
                                 f"UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
@@ -477,22 +518,108 @@ def chunk_instances(chunk_index: int, tokenized: list[list[np.ndarray]], ctx: _C
     return [instances[i] for i in order]
 
 
+def _count_instance(stats: dict[str, int], inst: dict[str, Any], ctx: _Context) -> None:
+    """Add one instance to the shard's counts (see `shard_stats` for what they are)."""
+    cfg = ctx.config
+    ids = inst["input_ids"]
+    stats["rows"] += 1
+    if cfg.nsp and int(inst["nsp_label"]) == 1:
+        stats["random_rows"] += 1
+        docs = inst["document_ids"]
+        stats["random_same_document"] += int(docs.size == 2 and docs[0] == docs[1])
+    if cfg.masking == "dynamic":
+        return
+    n_pred = int(inst["masked_positions"].size)
+    stats["predictions"] += n_pred
+    stats["maskable_tokens"] += int(ids.size - np.count_nonzero((ids == ctx.cls_id) | (ids == ctx.sep_id)))
+    stats["rows_without_predictions"] += n_pred == 0
+    cap = cfg.mask.max_predictions_per_seq
+    # At the cap and wanting more: the row's 15% (plus target words) is above the cap.
+    wanted_more = ctx.targets is not None or round(ids.size * cfg.mask.masked_lm_prob) > cap
+    stats["rows_at_cap"] += n_pred >= cap and wanted_more
+
+
+def shard_stats(tokenized: list[list[np.ndarray]], config: PretrainDataConfig) -> dict[str, int]:
+    """Counts behind pretrain-data's warnings, kept in the shard's sidecar: corpus tokens, and
+    sentences (lines) too long for one row, whose excess NSP mode cuts off; the per-row counts
+    (`_count_instance`) are added while the rows are generated."""
+    max_tokens = config.max_seq_length - 3
+    sizes = np.array([x.size for doc in tokenized for x in doc], dtype=np.int64)
+    long = sizes[sizes > max_tokens] if config.nsp else sizes[:0]  # packed rows split long documents
+    return {"tokens": int(sizes.sum()), "long_sentences": int(long.size), "longest_sentence": int(sizes.max(initial=0)),
+            "tokens_cut": int((long - max_tokens).sum()), "rows": 0, "random_rows": 0, "random_same_document": 0,
+            "predictions": 0, "maskable_tokens": 0, "rows_without_predictions": 0, "rows_at_cap": 0}
+
+
 def build_shard(chunk_index: int, documents: list[list[str]], ctx: _Context, out_dir: Path,
                 fingerprint: str) -> dict[str, Any]:
     """Tokenize one chunk once, generate `dupe_factor` epochs from it, write its shard."""
     tokenized = tokenize_documents(documents, ctx.backend)
     epoch_rows: list[int] = []
+    stats = shard_stats(tokenized, ctx.config)
 
     def generate() -> Iterator[dict[str, Any]]:
         for epoch in range(ctx.config.dupe_factor):
             instances = chunk_instances(chunk_index, tokenized, ctx, epoch)
             epoch_rows.append(len(instances))
+            for inst in instances:
+                _count_instance(stats, inst, ctx)
             yield from instances
 
     info = records.write_shard(out_dir / records.shard_name(chunk_index), generate(),
                                {"fingerprint": fingerprint, "chunk": chunk_index, "documents": len(tokenized),
-                                "epoch_rows": epoch_rows})
-    return info  # the sidecar dict is built after generation, so epoch_rows is filled in
+                                "epoch_rows": epoch_rows, "stats": stats})
+    return info  # the sidecar dict is built after generation, so epoch_rows and stats are filled in
+
+
+def default_max_predictions(max_seq_length: int, masked_lm_prob: float) -> int:
+    """--max-predictions-per-seq when not given: room for `masked_lm_prob` of a full row, and never
+    below the reference's 20 (20 at length 128, 77 at 512; Google's README gives 76 for 512). A
+    fixed 20 at length 512 masked 4.9% of the tokens instead of 15%."""
+    return max(20, round(max_seq_length * masked_lm_prob))
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part:,} of {whole:,} ({part / max(1, whole):.2%})"
+
+
+def corpus_warnings(config: PretrainDataConfig, stats: dict[str, int], documents: int) -> list[str]:
+    """Warnings about records that would train badly, from the summed shard counts."""
+    out: list[str] = []
+    mask = config.mask
+    cap = mask.max_predictions_per_seq
+    if config.nsp and stats.get("random_rows") and stats["random_same_document"] > 0.01 * stats["random_rows"]:
+        why = "the corpus is a single document" if documents == 1 else "some chunks hold a single document"
+        out.append(f"warning: {_share(stats['random_same_document'], stats['random_rows'])} NSP rows labelled "
+                   f"'random next sentence' take segment B from their own document ({why}), so their label "
+                   f"is wrong; separate documents with blank lines, or use --no-nsp")
+    if stats.get("tokens") and stats["tokens_cut"] > 0.01 * stats["tokens"]:
+        lines = f"{stats['long_sentences']:,} line{' is' if stats['long_sentences'] == 1 else 's are'}"
+        out.append(f"warning: {lines} (sentences) longer than --max-seq-length "
+                   f"{config.max_seq_length} (the longest has {stats['longest_sentence']:,} tokens): "
+                   f"{_share(stats['tokens_cut'], stats['tokens'])} tokens of the corpus are cut off by "
+                   f"truncation and never used; put one sentence per line (--split-sentences for paragraphs), "
+                   f"or use --no-nsp, which splits long documents over rows")
+    rows = stats.get("rows", 0)
+    if config.masking == "static" and rows:
+        rate = stats["predictions"] / max(1, stats["maskable_tokens"])
+        if stats["rows_at_cap"] > 0.05 * rows:
+            suggest = max(default_max_predictions(config.max_seq_length, mask.masked_lm_prob), 2 * cap)
+            out.append(f"warning: {_share(stats['rows_at_cap'], rows)} rows hit --max-predictions-per-seq {cap} "
+                       f"and got fewer masks than they should: {rate:.1%} of tokens are masked, "
+                       f"--masked-lm-prob is {mask.masked_lm_prob:g}{' plus --target-words' if config.target_words else ''}; "
+                       f"raise --max-predictions-per-seq (e.g. to {suggest})")
+        if stats["rows_without_predictions"] > 0.01 * rows:
+            out.append(f"warning: {_share(stats['rows_without_predictions'], rows)} rows have no masked token "
+                       f"(masking rate {rate:.2%} of tokens): pretrain learns only NSP from them, and a held-out "
+                       f"set without masks has no MLM loss to measure; raise --masked-lm-prob "
+                       f"(now {mask.masked_lm_prob:g}) or list more --target-words")
+    elif config.masking == "dynamic" and cap < round(config.max_seq_length * mask.masked_lm_prob):
+        out.append(f"warning: --max-predictions-per-seq {cap} is below --masked-lm-prob {mask.masked_lm_prob:g} x "
+                   f"--max-seq-length {config.max_seq_length} = {round(config.max_seq_length * mask.masked_lm_prob)}: "
+                   f"full rows will be masked at {cap / config.max_seq_length:.1%}, not {mask.masked_lm_prob:.0%}; "
+                   f"raise --max-predictions-per-seq")
+    return out
 
 
 # ---- worker processes ---------------------------------------------------------------------------
@@ -633,6 +760,14 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
         warning = shape.nsp_warning(config)
         if warning:
             log(warning)
+        stats: dict[str, int] = {}
+        for shard in manifest["shards"]:
+            for key, value in ((records.read_sidecar(out_dir / shard["name"]) or {}).get("stats") or {}).items():
+                stats[key] = max(stats.get(key, 0), value) if key == "longest_sentence" else stats.get(key, 0) + value
+        for warning in corpus_warnings(config, stats, shape.documents or len(manifest["shards"])):
+            log(warning)
+        rate = (f"; {stats['predictions'] / max(1, stats['maskable_tokens']):.2%} of tokens masked"
+                if config.masking == "static" and stats.get("rows") else "")
         log(f"{out_dir}: {manifest['num_records']} records in {len(manifest['shards'])}/{n_chunks} shards "
-            f"({built} built, {skipped} already complete); peak RSS {peak_rss_mib():.0f} MiB")
+            f"({built} built, {skipped} already complete){rate}; peak RSS {peak_rss_mib():.0f} MiB")
         return manifest

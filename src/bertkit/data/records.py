@@ -311,9 +311,25 @@ class PretrainingRecords:
         verify(self.directory)
 
 
+def _unfinished_run(directory: Path, where: str) -> DataError | None:
+    """The error for a record directory whose writer was interrupted: shards (some complete) but
+    no manifest.json yet, which the writer writes last; None when it does not look like one."""
+    shards = sorted(directory.glob("shard-*.arrow")) + sorted(directory.glob("shard-*.arrow.tmp"))
+    if not shards and not (directory / "tokenizer").is_dir():
+        return None
+    complete = sum(read_sidecar(p) is not None for p in shards)
+    return DataError(f"{where}: an unfinished `bertkit pretrain-data` (or `convert-records`) run: {complete} "
+                     f"complete shard(s) and no manifest.json, which is written last; rerun the same command "
+                     f"with this --output-dir: it keeps the complete shards and builds the rest")
+
+
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / "manifest.json"
+    if not path.is_file() and directory.is_dir():
+        unfinished = _unfinished_run(directory, str(directory))
+        if unfinished is not None:
+            raise unfinished
     if not path.is_file():
         raise DataError(f"{directory}: no manifest.json; not a bertkit record directory "
                         f"(make one with `bertkit pretrain-data`)")
@@ -363,6 +379,10 @@ def open_pretraining_data(path: str | Path, flag: str = "--data") -> Any:
     where = f"{flag} {path}".strip()
     if p.is_dir() and (p / "manifest.json").is_file():
         return PretrainingRecords(p, read_manifest(p))
+    if p.is_dir():
+        unfinished = _unfinished_run(p, where)
+        if unfinished is not None:
+            raise unfinished
     if not p.exists() and not glob.glob(str(path)):
         raise FileNotFoundError(f"{where}: no such file, directory or glob match")
     try:

@@ -18,10 +18,10 @@
   holding {{ }} [[ ]] | '' <ref or &nbsp; are the same 3 (two quote "|" as prose, one "|" is in the
   source). The dump takes 3.6-4.2 s against 1.8-2.2 s before. (mwparserfromhell's strip_code,
   tried first, gave 17,952 sentences: text after malformed tables was lost.)
-- Sentences are split by a rule-based splitter (`split_sentences`): a boundary is [.!?] (plus closing
-  quotes/brackets) followed by whitespace and an upper-case letter, digit or opening quote, unless
-  the word before is a known abbreviation or a single initial; CJK 。！？ always end a sentence.
-  It is a heuristic, not a trained segmenter (pysbd would be the library to add for that).
+- {{convert}} and {{val}} give their value and input unit ("9,833,520 km2"); disambiguation pages
+  are skipped and counted like redirects; separators left by removed templates ("Achilles (;,
+  Akhilleus, )") are cleaned, and sentences of fewer than 2 words ("Thus.") dropped.
+- Sentences are split by the rule-based splitter of `bertkit.data.sentences` (see its module doc).
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from __future__ import annotations
 import bz2
 import gzip
 import re
+import signal
+import threading
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -51,12 +54,20 @@ _INTERWIKI = frozenset(["wikipedia", "wp", "template", "help", "portal", "specia
 # Inline templates that display their last argument as running text ({{lang|grc|ἀναρχία}},
 # {{nowrap|29° N}}); plain_text() drops every template, which left holes in sentences.
 _TEXT_TEMPLATES = frozenset(["lang", "transl", "transliteration", "nowrap", "nobr", "small", "smaller"])
+# Quantities: {{convert|9,833,520|km2|sqmi}} in "the United States with {{convert...}} of total area"
+# (436 in the shared dump) and {{val|6.241|e=18}} (10); dropping them left "with of total area".
+_VALUE_TEMPLATES = frozenset(["convert", "cvt", "val"])
 _LEFTOVER_QUOTES = re.compile(r"'{2,}")  # an unbalanced bold/italic run, which plain_text() keeps
 _MAGIC = re.compile(r"__[A-Z]+__")
 _HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
 _END_SECTIONS = frozenset(["see also", "references", "external links", "further reading", "notes",
                            "bibliography", "sources", "footnotes", "notes and references", "citations"])
 _EMPTY_PARENS = re.compile(r"\(\s*[,;:]?\s*\)")
+# What a removed pronunciation/{{lang}}/<math> leaves of its separators: "Achilles (;, Akhilleus, )",
+# "Rosenbaum,; – March", "such as,,, and", "Thus,." (53 lines of the shared dump's output).
+_SEPARATORS_AFTER_OPEN = re.compile(r"\((?:\s*[,;:])*\s*")
+_SEPARATORS_BEFORE_CLOSE = re.compile(r"(?:\s*[,;:])*\s*\)")
+_COMMA_RUN = re.compile(r",(?:\s*,)*\s*([,;:]|\.(?!\.))")  # ",." -> "." but ",..." (an elision) stays
 
 
 def _is_non_prose_link(link: wtp.WikiLink) -> bool:
@@ -70,9 +81,96 @@ def _is_non_prose_link(link: wtp.WikiLink) -> bool:
     return link.text is None and (prefix in _INTERWIKI or (len(prefix) <= 3 and prefix.isalpha()))
 
 
+# {{convert}} input-unit codes written out as Wikipedia abbreviates them (abbr=on), in plain
+# characters; a code not listed here is written as it stands ("km", "mm", "ft/s").
+_UNIT_TEXT = {
+    "sqmi": "sq mi", "sqft": "sq ft", "sqin": "sq in", "sqyd": "sq yd", "acre": "acres", "cuft": "cu ft",
+    "ft3": "cu ft", "cuin": "cu in", "cuyd": "cu yd", "USgal": "US gal", "impgal": "imp gal", "l": "L",
+    "C": "°C", "F": "°F", "C-change": "°C", "F-change": "°F", "K-change": "K", "oilbbl": "bbl",
+    "LT": "long tons", "ST": "short tons", "MT": "tonnes", "carat": "carats", "PD/sqmi": "per sq mi",
+    "PD/km2": "per km2", "PD/ha": "per ha", "PD/acre": "per acre", "nmi": "nmi", "kn": "knots",
+}
+_UNIT_MULTIPLIERS = {"e3": "thousand", "e6": "million", "e9": "billion", "e12": "trillion",
+                     "k": "thousand", "M": "million", "G": "billion", "T": "trillion"}
+# Only these codes take a one-letter multiplier (Moilbbl, Tcuft): "km" or "Gm" are units of their own.
+_MULTIPLIED = re.compile(r"^(e3|e6|e9|e12|[kMGT](?=oilbbl|cuft|USgal|impgal|bbl|cum))(.+)$")
+# {{convert|1|-|2|km}} is a range "1–2 km"; {{convert|6|ft|4|in}} is one length in two units.
+_RANGE_WORDS = {"-": "–", "–": "–", "to": " to ", "to(-)": " to ", "and": " and ", "and(-)": " and ",
+                "or": " or ", "by": " by ", "x": " × ", "+/-": " ± "}
+_MIXED_UNITS = {"ft": "in", "lb": "oz", "st": "lb", "mi": "yd", "yd": "ft", "ch": "ft", "m": "cm"}
+_NUMBER = re.compile(r"^[-+−]?[\d,]*\.?\d+(?:e[-+]?\d+)?$")
+
+
+def _unit_text(code: str) -> str:
+    if code in _UNIT_TEXT:
+        return _UNIT_TEXT[code]
+    multiplied = _MULTIPLIED.match(code)
+    if multiplied:
+        return f"{_UNIT_MULTIPLIERS[multiplied.group(1)]} {_unit_text(multiplied.group(2))}"
+    if "/" in code:
+        base, per = code.split("/", 1)
+        return f"{_unit_text(base)}/{per}"
+    return code
+
+
+def _with_thousands(number: str) -> str:
+    """As {{convert}} shows its input: "52419" -> "52,419" (digits grouped unless already)."""
+    whole, dot, fraction = number.partition(".")
+    sign = whole[:1] if whole[:1] in "-+−" else ""
+    digits = whole[len(sign):]
+    if "," in digits or not digits.isdigit():
+        return number
+    return f"{sign}{int(digits):,}{dot}{fraction}"
+
+
+def _convert_text(values: list[str]) -> str | None:
+    """{{convert|VALUE|UNIT|...}} as its value and input unit ({{convert|9,833,520|km2|sqmi}} ->
+    "9,833,520 km2"): the converted figure only restates it. None when the arguments have no
+    number first (the template is then dropped, as before)."""
+    if len(values) < 2 or not _NUMBER.match(values[0]):
+        return None
+    text, i = _with_thousands(values[0]), 1
+    while i + 1 < len(values) and values[i] in _RANGE_WORDS and _NUMBER.match(values[i + 1]):
+        text += _RANGE_WORDS[values[i]] + _with_thousands(values[i + 1])
+        i += 2
+    if i >= len(values) or _NUMBER.match(values[i]):
+        return None
+    unit = values[i]
+    text += f" {_unit_text(unit)}"
+    if (i + 2 < len(values) and _MIXED_UNITS.get(unit) == values[i + 2] and _NUMBER.match(values[i + 1])):
+        text += f" {values[i + 1]} {_unit_text(values[i + 2])}"
+    return text
+
+
+def _val_text(values: list[str], named: dict[str, str]) -> str | None:
+    """{{val|6.241|e=18|u=C}} -> "6.241×10^18 C"; {{val|1.00794|0.00007}} -> "1.00794 ± 0.00007";
+    {{val|1.00794|(7)}} -> "1.00794(7)"."""
+    if not values:
+        return None
+    text = named.get("p", "") + values[0]
+    if len(values) >= 3:
+        text += f" +{values[1].lstrip('+')} −{values[2].lstrip('-−')}"
+    elif len(values) == 2:
+        text += values[1] if values[1].startswith("(") else f" ± {values[1]}"
+    if named.get("e"):
+        text += f"×10^{named['e']}"
+    unit = named.get("u") or named.get("ul")
+    if unit:
+        text += f" {unit}"
+    per = named.get("up") or named.get("upl")
+    if per:
+        text += f"/{per}"
+    return text + named.get("s", "")
+
+
 def _template_text(template: wtp.Template) -> str | None:
     """Replacement of a template in plain_text(): None (dropped) unless it displays running text."""
-    if template.normal_name().lower() not in _TEXT_TEMPLATES:
+    name = template.normal_name().lower()
+    if name in _VALUE_TEMPLATES:
+        values = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
+        named = {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional}
+        return _convert_text(values) if name in ("convert", "cvt") else _val_text(values, named)
+    if name not in _TEXT_TEMPLATES:
         return None
     positional = [a for a in template.arguments if a.positional]
     return _plain_text(positional[-1].value) if positional else None
@@ -110,7 +208,8 @@ def wikitext_to_paragraphs(wikitext: str) -> list[str]:
         paragraphs.append(" ".join(current))
     cleaned = []
     for p in paragraphs:
-        p = _EMPTY_PARENS.sub("", p)
+        p = _SEPARATORS_BEFORE_CLOSE.sub(")", _SEPARATORS_AFTER_OPEN.sub("(", p))
+        p = _EMPTY_PARENS.sub("", _COMMA_RUN.sub(r"\1", p))
         p = re.sub(r"\s+([,.;:])", r"\1", " ".join(p.split()))
         if len(p.split()) >= 3:  # stray fragments ("thumb", leftover labels) are not prose
             cleaned.append(p)
@@ -118,11 +217,32 @@ def wikitext_to_paragraphs(wikitext: str) -> list[str]:
 
 
 # ---- the dump -----------------------------------------------------------------------------------
+# Disambiguation pages are lists of links ("Ada may refer to:" + one line per meaning), not prose;
+# WikiExtractor-style pipelines skip them. The shared dump has 8 ({{disambiguation}} x7, {{geodis}}).
+_DISAMBIGUATION_TEMPLATE = re.compile(
+    r"\{\{\s*(?:disambig(?:uation)?|disamb|dab|dis|hndis|geodis|numberdis|letter-number combination "
+    r"disambiguation|[\w -]+ disambiguation|set index(?: article)?|sia)\s*(?:\||\}\})", re.I)
+_MAY_REFER_TO = re.compile(r"\bmay (?:also )?refer to:\s*$", re.M)
+_MIN_SENTENCE_WORDS = 2  # "Thus." (a removed <math> formula) or "Symbolically:" are no sentences
+
+
+def is_disambiguation(title: str, wikitext: str) -> bool:
+    """A disambiguation (or set index) page: by its template, its "(disambiguation)" title, or a
+    line ending in "may refer to:"."""
+    return (title.rstrip().endswith("(disambiguation)") or bool(_DISAMBIGUATION_TEMPLATE.search(wikitext))
+            or bool(_MAY_REFER_TO.search(wikitext)))
+
+
+def _is_sentence(text: str) -> bool:
+    return sum(any(c.isalnum() for c in word) for word in text.split()) >= _MIN_SENTENCE_WORDS
+
+
 @dataclass
 class WikiStats:
     pages: int = 0
     articles: int = 0  # written
     redirects: int = 0
+    disambiguation: int = 0
     other_namespaces: int = 0
     empty: int = 0  # articles with no prose left after cleaning
     sentences: int = 0
@@ -165,8 +285,11 @@ def iter_articles(path: str | Path, stats: WikiStats | None = None) -> Iterator[
                     stats.other_namespaces += 1
                 elif "redirect" in fields or wikitext.lstrip()[:9].upper() == "#REDIRECT":
                     stats.redirects += 1
+                elif is_disambiguation(title, wikitext):
+                    stats.disambiguation += 1
                 else:
-                    sentences = [s for p in wikitext_to_paragraphs(wikitext) for s in split_sentences(p)]
+                    sentences = [s for p in wikitext_to_paragraphs(wikitext) for s in split_sentences(p)
+                                 if _is_sentence(s)]
                     if sentences:
                         stats.articles += 1
                         stats.sentences += len(sentences)
@@ -181,14 +304,36 @@ def iter_articles(path: str | Path, stats: WikiStats | None = None) -> Iterator[
             raise DataError(f"{path}: cannot read the dump ({err}); is it a complete .xml/.bz2 file?") from None
 
 
+@contextmanager
+def _sigterm_raises_systemexit() -> Iterator[None]:
+    """`kill PID` (SIGTERM) ends the process without unwinding, which left OUTPUT.tmp behind;
+    raising SystemExit instead runs the cleanup below. Signal handlers can only be set from the
+    main thread; elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def prepare_wiki(dump: str | Path, output: str | Path) -> WikiStats:
-    """Write the dump's articles as one sentence per line with a blank line between articles."""
+    """Write the dump's articles as one sentence per line with a blank line between articles.
+
+    The text goes to OUTPUT.tmp, renamed to OUTPUT when complete; an error, Ctrl-C or SIGTERM
+    removes it. SIGKILL cannot be caught: the next run truncates a stale OUTPUT.tmp it finds."""
     stats = WikiStats()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as out:
+        with _sigterm_raises_systemexit(), open(tmp, "w", encoding="utf-8") as out:
             first = True
             for _, sentences in iter_articles(dump, stats):
                 if not first:
