@@ -780,6 +780,20 @@ def test_records_with_almost_no_masked_tokens_warn(tmp_path):
     assert "warning" not in log
 
 
+def test_pretrain_refuses_held_out_records_without_masks_before_training(tmp_path, capsys):
+    """It trained and then failed at the first evaluation ("no masked positions")."""
+    need(SAMPLE, UNCASED)
+    from bertkit.cli import main
+
+    out, _ = build_logged(tmp_path, [SAMPLE], target_words=["nonesuchword"],
+                          mask=MaskingConfig(masked_lm_prob=0.0, target_mask_prob=0.8))
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(out), "--eval-data", str(out), "--config", "tiny", "--output-dir",
+                 str(run), "--max-steps", "2", "--device", "cpu", "--no-progress"]) == 1
+    assert "records hold no masked token, so there is no MLM loss to measure" in capsys.readouterr().err
+    assert not (run / "log.jsonl").exists()
+
+
 def test_an_unfinished_record_directory_says_to_rerun_pretrain_data(tmp_path, capsys):
     """An interrupted run (complete shards, no manifest.json yet) was 'unsupported format'."""
     need(SAMPLE, UNCASED)
