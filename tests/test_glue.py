@@ -13,6 +13,7 @@ import pytest
 from bertkit.cli import main
 from bertkit.metrics.glue import f1_binary, glue_metrics, macro_f1, matthews_corrcoef
 from bertkit.tasks import DataError, TaskOptions, get_task_class
+from bertkit.tasks.classification import PairExample
 
 COUNTS = {  # (task, folder): train, dev, test — the published GLUE sizes (shared/data/README.md)
     ("cola", "CoLA"): (8551, 1043, 1063), ("sst2", "SST-2"): (67349, 872, 1821),
@@ -60,9 +61,10 @@ MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence
                "sentence1_parse\tsentence2_parse\tsentence1\tsentence2")
 
 
-def test_mnli_qqp_qnli_readers_on_files_in_the_glue_layout(tmp_path: Path) -> None:
-    """MNLI/QQP/QNLI train files are not available offline: these follow the GLUE layout exactly."""
-    mnli = tmp_path / "MNLI"
+def write_mnli(root: Path) -> None:
+    """MNLI/ in the GLUE layout: train 1 row, dev_matched 2, dev_mismatched 1, test_matched 1,
+    test_mismatched 2."""
+    mnli = root / "MNLI"
     write(mnli / "train.tsv", [MNLI_HEADER + "\tlabel1\tgold_label",
                                "0\t31193\t31193n\tgovernment\t( ( x ) )\t( y )\t(ROOT x)\t(ROOT y)\t"
                                "Conceptually cream skimming has two basic dimensions.\t"
@@ -78,6 +80,11 @@ def test_mnli_qqp_qnli_readers_on_files_in_the_glue_layout(tmp_path: Path) -> No
     write(mnli / "test_matched.tsv", [MNLI_HEADER, "0\t1\t1\tfiction\tp\tp\tp\tp\tA.\tB."])
     write(mnli / "test_mismatched.tsv", [MNLI_HEADER, "0\t2\t2\tletters\tp\tp\tp\tp\tC.\tD.",
                                          "1\t3\t3\tletters\tp\tp\tp\tp\tE.\tF."])
+
+
+def test_mnli_qqp_qnli_readers_on_files_in_the_glue_layout(tmp_path: Path) -> None:
+    """MNLI/QQP/QNLI train files are not available offline: these follow the GLUE layout exactly."""
+    write_mnli(tmp_path)
     task = glue_task("mnli", tmp_path)
     assert [e.label for e in task.read("train")] == ["neutral"]
     dev = task.read("dev")
@@ -88,7 +95,7 @@ def test_mnli_qqp_qnli_readers_on_files_in_the_glue_layout(tmp_path: Path) -> No
     assert metrics == {"accuracy": 0.5, "accuracy_mm": 1.0}
     test = task.read("test")
     written = task.write_predictions(test, [0, 1, 2], tmp_path / "out" / "MNLI-m.tsv")
-    assert written.name == "MNLI-m.tsv"
+    assert [p.name for p in written] == ["MNLI-m.tsv", "MNLI-mm.tsv"]
     assert (tmp_path / "out" / "MNLI-m.tsv").read_text() == "index\tprediction\n0\tcontradiction\n"
     assert (tmp_path / "out" / "MNLI-mm.tsv").read_text() == "index\tprediction\n0\tentailment\n1\tneutral\n"
 
@@ -234,6 +241,110 @@ def test_dev_predictions_never_take_the_test_submission_name(shared_dir: Path) -
     assert prediction_file_name(PolyphoneTask(TaskOptions()), "test") == "polyphone_test_predictions.lb"
 
 
+@pytest.fixture
+def tiny_mnli_model(tmp_path: Path, shared_dir: Path) -> Path:
+    """A tiny random 3-way classifier (MNLI's labels) with the real uncased vocab: the predict and
+    evaluate commands run end to end on it in about a second."""
+    import torch
+
+    from bertkit.config import preset
+    from bertkit.modeling.heads import BertForSequenceClassification
+    from bertkit.tokenization import Tokenizer
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(preset("tiny", vocab_size=30522, num_labels=3))
+    model.init_weights()
+    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / "bert-base-uncased" / "vocab.txt",
+                                          do_lower_case=True)
+    model.save_pretrained(tmp_path / "mnli-model", tokenizer=tokenizer)
+    return tmp_path / "mnli-model"
+
+
+def test_mnli_halves_and_dev_predictions_never_overwrite_the_test_submission(tiny_mnli_model: Path,
+                                                                            tmp_path: Path) -> None:
+    """test_mismatched went to MNLI-m.tsv (replacing the 1 matched row by the 2 mismatched ones), and
+    --split dev replaced both test files by dev predictions (2 and 1 rows)."""
+    from bertkit.commands.predict import prediction_file_name
+
+    write_mnli(tmp_path / "glue")
+    sub = tmp_path / "sub"
+    base = ["predict", "--task", "mnli", "--model", str(tiny_mnli_model), "--data-dir", str(tmp_path / "glue"),
+            "--device", "cpu", "--output", f"{sub}/"]
+    assert main([*base, "--split", "test"]) == 0
+    test_files = {name: (sub / name).read_text() for name in ("MNLI-m.tsv", "MNLI-mm.tsv")}
+    assert [len(text.splitlines()) for text in test_files.values()] == [1 + 1, 1 + 2]
+    assert main([*base, "--split", "test_mismatched"]) == 0  # the same model: the same 2 rows
+    assert {name: (sub / name).read_text() for name in test_files} == test_files
+    assert main([*base, "--split", "dev"]) == 0
+    assert {name: (sub / name).read_text() for name in test_files} == test_files
+    assert [len((sub / name).read_text().splitlines()) for name in ("MNLI-m.dev.tsv", "MNLI-mm.dev.tsv")] == [3, 2]
+    assert sorted(p.name for p in sub.iterdir()) == ["MNLI-m.dev.tsv", "MNLI-m.tsv", "MNLI-mm.dev.tsv", "MNLI-mm.tsv"]
+    task = glue_task("mnli", tmp_path / "glue")
+    assert [prediction_file_name(task, split) for split in ("test", "test_matched", "test_mismatched")] == \
+        ["MNLI-m.tsv", "MNLI-m.tsv", "MNLI-mm.tsv"]
+    assert [prediction_file_name(task, split) for split in ("dev", "dev_matched", "dev_mismatched")] == \
+        ["MNLI-m.dev.tsv", "MNLI-m.dev.tsv", "MNLI-mm.dev.tsv"]
+
+    # A one-half dev split reports under its own key: the 1 mismatched row, never as `accuracy`.
+    labels = task.label_names()
+    dev_mm = task.read("dev_mismatched")
+    assert task.metrics(dev_mm, [labels.index("contradiction")]) == {"accuracy_mm": 1.0}
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--task", "mnli", "--model", str(tiny_mnli_model), "--data-dir", str(tmp_path / "glue"),
+                 "--device", "cpu", "--split", "dev_mismatched", "--output", str(out)]) == 0
+    assert list(json.loads(out.read_text())["dev_mismatched"]) == ["accuracy_mm"]
+
+
+def test_output_without_suffix_is_a_directory_for_every_task(tiny_mnli_model: Path, tmp_path: Path) -> None:
+    """`--output newsub` (no /, not existing) was a file named newsub for GLUE, a folder for SQuAD."""
+    write_mnli(tmp_path / "glue")
+    base = ["predict", "--task", "mnli", "--model", str(tiny_mnli_model), "--data-dir", str(tmp_path / "glue"),
+            "--device", "cpu", "--split", "test"]
+    assert main([*base, "--output", str(tmp_path / "newsub")]) == 0
+    assert sorted(p.name for p in (tmp_path / "newsub").iterdir()) == ["MNLI-m.tsv", "MNLI-mm.tsv"]
+    assert main([*base, "--split", "test_matched", "--output", str(tmp_path / "mine.tsv")]) == 0  # a suffix: the file
+    assert (tmp_path / "mine.tsv").read_text().splitlines()[0] == "index\tprediction"
+
+
+def test_stsb_predictions_are_clipped_to_the_score_range(tmp_path: Path) -> None:
+    """An MSE head predicts a little outside [0, 5]: the file held 5.371 and -0.205."""
+    stsb = glue_task("stsb", tmp_path)
+    raw = [5.371, -0.205, 2.5, 4.999]
+    examples = [PairExample(str(i), "a", "b", None) for i in range(len(raw))]
+    clipped = stsb.postprocess(examples, [], [np.array([v], dtype=np.float32) for v in raw])
+    assert clipped == pytest.approx([5.0, 0.0, 2.5, 4.999])
+    path = stsb.write_predictions(examples, raw, tmp_path / "STS-B.tsv")
+    assert path.read_text().splitlines() == ["index\tprediction", "0\t5.000", "1\t0.000", "2\t2.500", "3\t4.999"]
+    # Custom regression has no known range: its values stay as predicted.
+    custom = get_task_class("regression")(TaskOptions())
+    assert custom.postprocess(examples, [], [np.array([v], dtype=np.float32) for v in raw])[0] == pytest.approx(5.371)
+
+
+def test_correlation_of_a_constant_series_is_zero_not_nan(tmp_path: Path) -> None:
+    """scipy returns NaN for a constant series; a NaN first eval was kept as best forever
+    (is_better(0.8, nan) is False) and metrics.json held a bare NaN."""
+    from bertkit.metrics.glue import pearson, spearman
+    from bertkit.training.trainer import is_better
+
+    gold = [1.0, 2.0, 3.0, 4.0]
+    assert is_better(0.8, glue_metrics("corr", [2.5] * 4, gold)["pearson"], True)
+    assert (pearson([2.5] * 4, gold), spearman([2.5] * 4, gold), pearson(gold, [3.0] * 4)) == (0.0, 0.0, 0.0)
+    assert glue_metrics("corr", [2.5] * 4, gold) == {"pearson": 0.0, "spearman": 0.0, "corr": 0.0}
+    nan = float("nan")  # a diverged model's value: worse than any number, in either direction
+    assert is_better(0.8, nan, True) and is_better(3.0, nan, False) and is_better(0.1, None, True)
+    assert not is_better(nan, 0.1, True) and not is_better(nan, 3.0, False)
+
+    from bertkit.commands.common import write_metrics_atomic
+
+    def strict(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    write_metrics_atomic(tmp_path / "metrics.json", {"dev": {"pearson": float("nan"), "loss": float("inf")},
+                                                     "history": [{"eval": {"average": float("nan")}}]})
+    assert json.loads((tmp_path / "metrics.json").read_text(), parse_constant=strict) == \
+        {"dev": {"pearson": None, "loss": None}, "history": [{"eval": {"average": None}}]}
+
+
 def minilm_finetune(shared_dir: Path, tmp_path: Path, task: str, folder: str, train_rows: int, *extra: str) -> dict:
     """Fine-tune the real all-MiniLM-L6-v2 on the first `train_rows` rows of a real GLUE train file."""
     data = tmp_path / folder
@@ -293,3 +404,12 @@ def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path) -> Non
     assert (info["task"], train["batch_size"], train["lr"], train["grad_accum"], train["warmup_ratio"],
             train["device"], info["max_seq_length"]) == ("rte", 16, 2e-5, 2, 0.1, "cpu", 64)
     assert "accuracy" in json.loads((out / "metrics.json").read_text())["dev"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluation_batch_flag_takes_the_finetune_spelling(command) -> None:
+    from bertkit.cli import build_parser
+
+    argv = [command, "--model", "run", "--output", "out/", "--eval-batch-size", "7"]
+    parser, _ = build_parser(argv)
+    assert parser.parse_args(argv).batch_size == 7

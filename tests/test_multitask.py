@@ -207,7 +207,7 @@ def test_evaluate_and_predict_pick_the_tasks_head(multitask_run: Path, glue_slic
                      "--device", "cpu", "--output", str(out)]) == 0
         # The single-task model built from the shared weights reproduces the multi-task eval. Batches
         # are composed (and padded) differently, so STS-B scores agree to fp32 noise (~6e-6 measured).
-        assert json.loads(out.read_text())["dev"][key] == pytest.approx(saved[f"{task}/{key}"], abs=1e-4)
+        assert json.loads(out.read_text())[f"{task}/dev"][key] == pytest.approx(saved[f"{task}/{key}"], abs=1e-4)
     pred = tmp_path / "preds" / "RTE.tsv"
     assert main(["predict", "--task", "rte", "--model", str(multitask_run), "--data-dir", str(glue_slices),
                  "--split", "dev", "--device", "cpu", "--output", str(pred)]) == 0
@@ -219,6 +219,31 @@ def test_evaluate_and_predict_pick_the_tasks_head(multitask_run: Path, glue_slic
     for command in ("evaluate", "predict"):  # without --task: an error, not the first task's result alone
         assert main([command, "--model", str(multitask_run), "--data-dir", str(glue_slices), "--device", "cpu",
                      "--output", str(tmp_path / "all")]) == 1
+
+
+def test_evaluate_merges_into_metrics_json_by_task(multitask_run: Path, glue_slices: Path, tmp_path: Path) -> None:
+    """`evaluate` wrote metrics.json["dev"] = the last task's metrics: after --task rte then --task
+    stsb the training's dev entry (sst2/, rte/, stsb/ and average: 7 keys) was {"pearson", "spearman",
+    "corr"}, with no word of the task."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(multitask_run, run)
+    before = json.loads((run / "metrics.json").read_text())
+    for task in ("rte", "stsb"):
+        assert main(["evaluate", "--task", task, "--model", str(run), "--data-dir", str(glue_slices),
+                     "--device", "cpu"]) == 0
+    after = json.loads((run / "metrics.json").read_text())
+    assert {k: after[k] for k in before} == before  # the training's entries, untouched
+    assert after["rte/dev"]["accuracy"] == pytest.approx(before["dev"]["rte/accuracy"], abs=1e-9)
+    assert after["stsb/dev"]["pearson"] == pytest.approx(before["dev"]["stsb/pearson"], abs=1e-4)
+    assert after["evaluated"]["rte/dev"] == {"task": "rte", "split": "dev", "data_dir": str(glue_slices)}
+    # Single-task files keep the layout finetune writes; another task's numbers never replace them.
+    from bertkit.commands.evaluate import metrics_key
+
+    assert metrics_key({"task": "rte", "dev": {}}, "rte", "dev", multi_task_run=False) == "dev"
+    assert metrics_key({}, "rte", "dev", multi_task_run=False) == "dev"
+    assert metrics_key({"task": "rte", "dev": {}}, "mrpc", "dev", multi_task_run=False) == "mrpc/dev"
 
 
 def test_single_task_finetune_continues_from_the_shared_model(multitask_run: Path, glue_slices: Path,

@@ -341,6 +341,30 @@ def test_write_predictions_files(v2_dev, tokenizer, tmp_path):
     assert squad_v2_evaluate(golds, preds, odds) == pytest.approx(task.metrics(examples, predictions))
 
 
+def test_dev_predictions_keep_the_test_runs_companion_files(v2_dev, tokenizer, tmp_path):
+    """A dev run into the test run's folder replaced its null_odds.json and nbest_predictions.json
+    (40 test ids -> the 20 dev ids, none of the test ids left), so the official script failed."""
+    from bertkit.commands.predict import prediction_file_name
+
+    task = make_task()
+    out = tmp_path / "out"
+    by_split = {"test": v2_dev[:40], "dev": v2_dev[40:60]}
+    for split, examples in by_split.items():
+        features = task.encode(examples, tokenizer, 384)
+        predictions = task.postprocess(examples, features, oracle_outputs(features))
+        task.write_predictions(examples, predictions, out / prediction_file_name(task, split))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "nbest_predictions.dev.json", "nbest_predictions.json", "null_odds.dev.json", "null_odds.json",
+        "predictions.dev.json", "predictions.json"]
+    for split, suffix in (("test", ".json"), ("dev", ".dev.json")):
+        ids = [e.qid for e in by_split[split]]
+        for name in ("predictions", "null_odds", "nbest_predictions"):
+            assert list(json.loads((out / f"{name}{suffix}").read_text())) == ids, name + suffix
+    # A name of the user's own keeps its companions beside it under its own stem.
+    assert task.write_predictions(by_split["dev"], predictions, out / "mine.json") == out / "mine.json"
+    assert (out / "mine.null_odds.json").is_file() and (out / "mine.nbest_predictions.json").is_file()
+
+
 def test_encode_leaves_a_truncating_tokenizer_alone(v1_dev):
     from tokenizers import Tokenizer as RustTokenizer
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import pickle
 import sys
@@ -78,8 +79,13 @@ def add_casing_arguments(parser: argparse.ArgumentParser, source: str) -> None:
 
 def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], required: bool = True,
                        implied_tasks: list[str] | None = None) -> None:
+    from bertkit.tasks import TASKS  # imports every task file, so that all are listed
+
     parser.add_argument("--task", "--task_name", dest="task", action="append", required=required,
-                        type=normalize_task_name, help="task name (repeat for multi-task training)")
+                        type=normalize_task_name,
+                        help=f"task name (repeat for multi-task training): {', '.join(sorted(TASKS))}. `ax` is "
+                             f"GLUE's diagnostic set, predicted with an MNLI run: `bertkit predict --task ax "
+                             f"--model MNLI_RUN --data-dir glue_data --split test --output DIR/` writes AX.tsv")
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="the benchmark's data directory")
     parser.add_argument("--train-file", help="training file (overrides --data-dir layout)")
     parser.add_argument("--dev-file", help="dev/validation file")
@@ -285,6 +291,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_metrics_atomic(path: Path, metrics: Any) -> None:
+    """metrics.json as strict JSON: a NaN or infinite value (a metric undefined on a degenerate
+    model) is written as null, since Python's bare NaN/Infinity is rejected by jq, JavaScript and
+    other standard parsers."""
+    write_json_atomic(path, finite_or_null(metrics))
+
+
+def finite_or_null(data: Any) -> Any:
+    """`data` (nested dicts/lists) with every NaN or +-inf float replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_null(value) for value in data]
+    return data
 
 
 def eprint(*args: Any) -> None:

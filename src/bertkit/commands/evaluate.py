@@ -12,13 +12,15 @@ from bertkit.commands import common
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     add_model_and_data_arguments(parser, argv)
     parser.add_argument("--split", default="dev", help="which split to evaluate")
-    parser.add_argument("--output", default=None, help="metrics file (default: MODEL/metrics.json)")
+    parser.add_argument("--output", default=None,
+                        help="metrics file the results are merged into (default: MODEL/metrics.json)")
 
 
 def add_model_and_data_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("--model", "--bert_model", dest="model", required=True, help="fine-tuned run directory")
     common.add_task_arguments(parser, argv, required=False, implied_tasks=common.saved_task_names(argv))
-    parser.add_argument("--batch-size", "--eval_batch_size", dest="batch_size", type=int, default=128)
+    parser.add_argument("--batch-size", "--eval-batch-size", "--eval_batch_size", dest="batch_size", type=int,
+                        default=128, help="examples per forward pass (finetune calls it --eval-batch-size)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no_cuda", action="store_true", help="alias of --device cpu")
@@ -78,8 +80,25 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         path = Path(args.output) if args.output else Path(args.model) / "metrics.json"
         existing = json.loads(path.read_text()) if path.is_file() else {}
-        existing[args.split] = metrics
-        common.write_json_atomic(path, existing)
+        multi_task_run = len(common.read_run_info(args.model).get("tasks") or []) > 1
+        key = metrics_key(existing, task.name, args.split, multi_task_run)
+        existing[key] = metrics
+        if key == args.split:
+            existing.setdefault("task", task.name)
+        scored = {flag: getattr(args, flag, None) for flag in ("data_dir", "train_file", "dev_file", "test_file")}
+        existing.setdefault("evaluated", {})[key] = {"task": task.name, "split": args.split,
+                                                     **{k: v for k, v in scored.items() if v}}
+        common.write_metrics_atomic(path, existing)
         print(json.dumps({"task": task.name, "split": args.split, **metrics}, indent=2))
     distributed.shutdown()
     return 0
+
+
+def metrics_key(existing: dict, task: str, split: str, multi_task_run: bool) -> str:
+    """Where evaluate puts its metrics in a metrics.json that already holds `existing`: under the
+    split in a single-task run's own file (the layout finetune writes: {"task": "rte", "dev": {...}}),
+    else under "<task>/<split>": a multi-task run's "dev" holds the training's per-task and average
+    metrics, and a file that holds another task's numbers keeps them."""
+    if multi_task_run or "tasks" in existing or existing.get("task", task) != task:
+        return f"{task}/{split}"
+    return split

@@ -96,7 +96,7 @@ def finetune_single(args: argparse.Namespace) -> int:
                    "skipped_steps": result.state.skipped_steps, "history": result.state.history}
         if result.final_metrics is not None:  # None with --eval-every none: no evaluation ran
             metrics[args.eval_split] = result.final_metrics
-        common.write_json_atomic(output_dir / "metrics.json", metrics)
+        common.write_metrics_atomic(output_dir / "metrics.json", metrics)
         # bertkit.json last: its presence marks a complete run directory.
         common.write_json_atomic(output_dir / common.BERTKIT_JSON, run_info)
         if result.final_metrics is not None:

@@ -1,6 +1,8 @@
 """`bertkit predict --task T --model RUN_DIR --data-dir D --split test --output FILE_OR_DIR`:
 predictions in the benchmark's format (for GLUE, the submission file named as the server expects
-when --output is a directory)."""
+when --output is a directory). A path with a file suffix (.tsv, .json) is the file; any other path
+(an existing directory, a trailing /, or a name without a suffix) is a directory, created if need
+be, that receives the standard name, for every task."""
 
 from __future__ import annotations
 
@@ -15,8 +17,12 @@ from bertkit.commands.evaluate import add_model_and_data_arguments, load_for_inf
 
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     add_model_and_data_arguments(parser, argv)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--output", required=True, help="prediction file, or a directory for the standard name")
+    parser.add_argument("--split", default="test",
+                        help="split to predict: test writes the submission file (SST-2.tsv; MNLI-m.tsv and "
+                             "MNLI-mm.tsv), another split gets its name in the file (SST-2.dev.tsv)")
+    parser.add_argument("--output", required=True,
+                        help="prediction file (a path with a suffix: preds.tsv), or a directory (an existing one, "
+                             "a trailing /, or a path without a suffix) that gets the benchmark's file name")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -32,6 +38,13 @@ def prediction_file_name(task, split: str) -> str:
     name = getattr(task, "submission_name", "")
     if not name:
         return f"{task.name}_{split}_predictions{getattr(task, 'prediction_suffix', '.jsonl')}"
+    mismatched_name = getattr(task, "mismatched_submission_name", "")
+    if mismatched_name:
+        # MNLI's one-half splits: test_mismatched is the MNLI-mm.tsv submission, and dev_mismatched
+        # gets MNLI-mm.dev.tsv, the file `--split dev` writes the same predictions to.
+        if split.endswith("_mismatched"):
+            name = mismatched_name
+        split = split.removesuffix("_mismatched").removesuffix("_matched")
     if split.startswith("test"):
         return name
     stem, dot, suffix = name.rpartition(".")
@@ -49,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     predictions = task.postprocess(examples, features, outputs)
     if info.is_main:
         output = Path(args.output)
-        if output.is_dir() or args.output.endswith("/"):
+        if output.is_dir() or args.output.endswith("/") or not output.suffix:
             output = output / prediction_file_name(task, args.split)
         kwargs = {}
         if task.head in ("sequence_classification",) and outputs and np.ndim(outputs[0]) == 1:
@@ -58,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             written = task.write_predictions(examples, predictions, output, **kwargs)
         except TypeError:  # tasks whose writer takes no probabilities
             written = task.write_predictions(examples, predictions, output)
-        print(f"wrote {len(predictions)} predictions to {written}")
+        paths = written if isinstance(written, list) else [written]
+        print(f"wrote {len(predictions)} predictions to {', '.join(str(p) for p in paths)}")
     distributed.shutdown()
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bertkit.commands import common
+from bertkit.tasks.base import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
 
     task = PretrainingTask(data, tokenizer, masking=args.masking)
     eval_set = task.eval_set(eval_data) if config.eval_every != "none" else None
+    if eval_set is not None and not any(inst["masked_positions"].size for inst in eval_set[1]):
+        # Found here, not at the first evaluation after minutes of training.
+        source = f"--eval-data {args.eval_data}" if args.eval_data else f"the held-out part of --data {args.data}"
+        raise DataError(f"{source}: its {len(eval_data)} records hold no masked token, so there is no MLM loss "
+                        f"to measure; build records with a higher --masked-lm-prob (or more --target-words), or "
+                        f"pass --eval-every none")
     train_features = task.training_view(train_part)
 
     output_dir = Path(config.output_dir)
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = {"task": "pretrain", "best_step": result.state.best_step, "steps": result.state.global_step,
                    "skipped_steps": result.state.skipped_steps, "eval": result.final_metrics,
                    "history": result.state.history}
-        common.write_json_atomic(output_dir / "metrics.json", metrics)
+        common.write_metrics_atomic(output_dir / "metrics.json", metrics)
         common.write_json_atomic(output_dir / common.BERTKIT_JSON, run_info)  # last: marks a complete run
         print(f"pretrain: {result.final_metrics}")
     distributed.shutdown()

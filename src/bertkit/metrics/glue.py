@@ -43,16 +43,27 @@ def matthews_corrcoef(predictions: Sequence[int], labels: Sequence[int]) -> floa
     return (tp * tn - fp * fn) / denom if denom else 0.0
 
 
+def varies(values: Sequence[float]) -> bool:
+    """Whether a series has two or more distinct values, which a correlation needs."""
+    v = np.asarray(values, dtype=np.float64)
+    return len(v) > 1 and bool((v != v[0]).any())
+
+
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r; 0.0 when either series is constant (r is 0/0 there: scipy returns NaN), the
+    convention of matthews_corrcoef and scikit-learn's MCC. A degenerate model (one score for
+    every pair) then counts as uncorrelated: a NaN would be kept as the best checkpoint's score,
+    since no later `value > nan` is true, and written to metrics.json as a bare NaN."""
     from scipy.stats import pearsonr
 
-    return float(pearsonr(x, y)[0]) if len(x) > 1 else 0.0
+    return float(pearsonr(x, y)[0]) if varies(x) and varies(y) else 0.0
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho; 0.0 when either series is constant, as pearson."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(x, y)[0]) if len(x) > 1 else 0.0
+    return float(spearmanr(x, y)[0]) if varies(x) and varies(y) else 0.0
 
 
 def glue_metrics(kind: str, predictions: Sequence, labels: Sequence) -> dict[str, float]:

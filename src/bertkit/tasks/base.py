@@ -196,6 +196,7 @@ class Task:
     def metrics(self, examples: list[Any], predictions: list[Any]) -> dict[str, float]:
         raise NotImplementedError
 
-    def write_predictions(self, examples: list[Any], predictions: list[Any], path: str | Path) -> Path:
-        """Write predictions in the benchmark's format; return the path written."""
+    def write_predictions(self, examples: list[Any], predictions: list[Any], path: str | Path) -> Path | list[Path]:
+        """Write predictions in the benchmark's format; return the path written (a list where the
+        benchmark wants one file per part, as MNLI's matched and mismatched halves)."""
         raise NotImplementedError

@@ -36,6 +36,7 @@ class SentencePairTask(Task):
 
     labels: tuple[str, ...] | None = None
     metric_kind = "acc"  # see bertkit.metrics.glue.glue_metrics
+    score_range: tuple[float, float] | None = None  # regression: predictions are clipped to it
 
     def label_names(self) -> list[str] | None:
         if self._labels is not None:
@@ -73,12 +74,24 @@ class SentencePairTask(Task):
             raise DataError("this split has no labels (a test split?); use `bertkit predict` for it")
         return [self.label_index(e) for e in examples]
 
+    def postprocess(self, examples, features, outputs) -> list:
+        # Clipped here, before metrics as well as files: the GLUE server scores the values a user
+        # submits, which are clipped, so dev metrics score those same values (and equal what the
+        # `predict --split dev` file gives). An MSE head routinely predicts a little outside [0, 5].
+        return [self.clip_score(p) for p in super().postprocess(examples, features, outputs)]
+
+    def clip_score(self, prediction):
+        if self.head != "regression" or self.score_range is None:
+            return prediction
+        low, high = self.score_range
+        return min(max(float(prediction), low), high)
+
     def metrics(self, examples: list[PairExample], predictions: list) -> dict[str, float]:
         return glue_metrics(self.metric_kind, predictions, self.gold(examples))
 
     def prediction_label(self, prediction) -> str:
         if self.head == "regression":
-            return f"{prediction:.3f}"
+            return f"{self.clip_score(prediction):.3f}"
         return (self.label_names() or [])[prediction]
 
     def write_predictions(self, examples: list[PairExample], predictions: list, path: str | Path,

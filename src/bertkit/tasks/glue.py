@@ -142,6 +142,7 @@ class MRPC(GlueTask):
 class STSB(GlueTask):
     directory, submission_name = "STS-B", "STS-B.tsv"
     head, labels, metric_kind, main_metric = "regression", None, "corr", "pearson"
+    score_range = (0.0, 5.0)  # the gold similarity scale (Cer et al. 2017)
     train_columns = Columns(text_a="sentence1", text_b="sentence2", label="score")
     test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
 
@@ -185,9 +186,11 @@ MNLI_LABELS = ("contradiction", "entailment", "neutral")
 class MNLI(GlueTask):
     """`dev` and `test` cover both the matched and the mismatched file: metrics report
     `accuracy` (matched, the main metric) and `accuracy_mm`; test predictions go to MNLI-m.tsv and
-    MNLI-mm.tsv. `dev_matched`, `dev_mismatched`, `test_matched`, `test_mismatched` read one file."""
+    MNLI-mm.tsv. `dev_matched`, `dev_mismatched`, `test_matched`, `test_mismatched` read one file;
+    a mismatched one reports `accuracy_mm` only and predicts into MNLI-mm.tsv (MNLI-mm.dev.tsv for dev)."""
 
     directory, submission_name = "MNLI", "MNLI-m.tsv"
+    mismatched_submission_name = "MNLI-mm.tsv"
     labels = MNLI_LABELS
     splits = ("train", "dev", "test", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched")
     train_columns = Columns(text_a="sentence1", text_b="sentence2", label="gold_label")
@@ -195,33 +198,49 @@ class MNLI(GlueTask):
 
     def read(self, split: str) -> list[PairExample]:
         if split in ("dev", "test") and not getattr(self.options, f"{split}_file"):
-            matched = super().read(f"{split}_matched")
-            mismatched = super().read(f"{split}_mismatched")
-            for e in mismatched:
+            return super().read(f"{split}_matched") + self.read(f"{split}_mismatched")
+        examples = super().read(split)
+        if split.endswith("_mismatched"):  # the mark that metrics and prediction files go by
+            for e in examples:
                 e.guid = f"mm:{e.guid}"
-            return matched + mismatched
-        return super().read(split)
+        return examples
 
     def metrics(self, examples, predictions) -> dict[str, float]:
         gold = self.gold(examples)
         is_mm = [e.guid.startswith("mm:") for e in examples]
         m = [(p, y) for p, y, mm in zip(predictions, gold, is_mm) if not mm]
         mm = [(p, y) for p, y, flag in zip(predictions, gold, is_mm) if flag]
-        out = {"accuracy": accuracy(*zip(*m)) if m else 0.0}
+        out = {}
+        if m or not mm:
+            out["accuracy"] = accuracy(*zip(*m)) if m else 0.0
         if mm:
             out["accuracy_mm"] = accuracy(*zip(*mm))
         return out
 
-    def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
+    def write_predictions(self, examples, predictions, path, probabilities=None) -> list[Path]:
+        """The matched rows to `path`, the mismatched ones beside it (mismatched_path); a split of
+        one half goes to `path` whole. Returns the files written."""
         path = Path(path)
         pairs = list(zip(examples, predictions))
         matched = [(e, p) for e, p in pairs if not e.guid.startswith("mm:")]
         mismatched = [(PairExample(e.guid[3:], e.text_a, e.text_b, e.label, e.source), p)
                       for e, p in pairs if e.guid.startswith("mm:")]
-        if mismatched:  # both files, named as GLUE expects, beside the path given
-            super().write_predictions(*zip(*mismatched), path.parent / "MNLI-mm.tsv")
-            path = path.parent / "MNLI-m.tsv"
-        return super().write_predictions(*zip(*matched), path) if matched else path
+
+        def write(rows, target: Path) -> Path:
+            return super(MNLI, self).write_predictions([e for e, _ in rows], [p for _, p in rows], target)
+
+        if not matched or not mismatched:
+            return [write(matched or mismatched, path)]
+        return [write(matched, path), write(mismatched, mismatched_path(path))]
+
+
+def mismatched_path(matched: Path) -> Path:
+    """Where MNLI's mismatched predictions go when `matched` receives the matched ones: GLUE's name
+    for the submission (MNLI-m.tsv -> MNLI-mm.tsv), the split kept for others (MNLI-m.dev.tsv ->
+    MNLI-mm.dev.tsv), and `-mm` added to any other name (preds.tsv -> preds-mm.tsv)."""
+    if matched.name.startswith("MNLI-m."):
+        return matched.with_name("MNLI-mm." + matched.name[len("MNLI-m."):])
+    return matched.with_name(f"{matched.stem}-mm{matched.suffix}")
 
 
 @register("ax")

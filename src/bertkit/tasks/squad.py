@@ -378,7 +378,8 @@ class SquadTask(Task):
     def write_predictions(self, examples: list[SquadExample], predictions: list[SquadPrediction],
                           path: str | Path) -> Path:
         """Write predictions.json (id -> text) at `path` (or into it, if it is a directory), plus
-        nbest_predictions.json and, for v2, null_odds.json next to it. Returns predictions.json."""
+        nbest_predictions.json and, for v2, null_odds.json next to it, named after it
+        (companion_path). Returns predictions.json."""
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / "predictions.json"
@@ -388,10 +389,21 @@ class SquadTask(Task):
             name.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
         dump(path, {e.qid: p.text for e, p in zip(examples, predictions)})
-        dump(path.parent / "nbest_predictions.json", {e.qid: p.nbest for e, p in zip(examples, predictions)})
+        dump(companion_path(path, "nbest_predictions"), {e.qid: p.nbest for e, p in zip(examples, predictions)})
         if any(e.is_impossible is not None for e in examples):
-            dump(path.parent / "null_odds.json", {e.qid: p.null_odds for e, p in zip(examples, predictions)})
+            dump(companion_path(path, "null_odds"), {e.qid: p.null_odds for e, p in zip(examples, predictions)})
         return path
+
+
+def companion_path(predictions: Path, kind: str) -> Path:
+    """The n-best or null-odds file that belongs to a predictions file, so that two runs into one
+    folder (`--split dev` beside `--split test`) never share one: predictions.json ->
+    null_odds.json, predictions.dev.json -> null_odds.dev.json, any other name gets the kind
+    inserted (mine.json -> mine.null_odds.json)."""
+    name = predictions.name
+    if name.startswith("predictions."):
+        return predictions.with_name(kind + name[len("predictions"):])
+    return predictions.with_name(f"{predictions.stem}.{kind}{predictions.suffix}")
 
 
 # ---- helpers ------------------------------------------------------------------------------------

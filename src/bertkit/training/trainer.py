@@ -251,7 +251,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def is_better(value: float, best: float | None, greater: bool) -> bool:
-    return best is None or (value > best if greater else value < best)
+    """NaN (a diverged model's loss or correlation) is worse than any number, so that a NaN first
+    evaluation cannot stay the best forever."""
+    if math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or (value > best if greater else value < best)
 
 
 @dataclass
