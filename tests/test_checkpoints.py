@@ -278,3 +278,119 @@ def test_info_counts_the_tied_mlm_decoder_once(tmp_path):
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     assert "cls.predictions.decoder.weight" in torch.load(tmp_path / "pytorch_model.bin")
     assert model_info(tmp_path)["parameters"] == sum(p.numel() for p in hf.parameters())
+
+
+def tiny_config(**changes) -> ModelConfig:
+    shape = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                 max_position_embeddings=32)
+    return ModelConfig(**{**shape, **changes})
+
+
+@pytest.mark.parametrize("head", ["BertForSequenceClassification", "BertForTokenClassification",
+                                  "BertForQuestionAnswering", "BertForMultipleChoice"])
+@pytest.mark.parametrize("named", [True, False], ids=["architectures", "heads-only"])
+def test_convert_keeps_a_fine_tuned_head(tmp_path: Path, head: str, named: bool) -> None:
+    """convert wrote a BertModel: the trained head was dropped (its id2label kept) and, for QA and
+    NER, a random pooler was added. Now the class follows `architectures` or the heads found."""
+    from bertkit.modeling import heads
+
+    labels = 1 if head == "BertForMultipleChoice" else 3
+    id2label = {0: "neg", 1: "neu", 2: "pos"} if labels == 3 else None
+    torch.manual_seed(0)
+    model = getattr(heads, head)(tiny_config(num_labels=labels, id2label=id2label))
+    src = model.save_pretrained(tmp_path / "src")
+    if not named:
+        config = json.loads((src / "config.json").read_text())
+        del config["architectures"]
+        (src / "config.json").write_text(json.dumps(config))
+    (src / "vocab.txt").write_text("\n".join(f"tok{i}" for i in range(40)) + "\n")
+    dst = convert(src, tmp_path / "dst")
+    expected = "BertForSequenceClassification" if head == "BertForMultipleChoice" and not named else head
+    assert json.loads((dst / "config.json").read_text())["architectures"] == [expected]
+    before, after = load_file(str(src / "model.safetensors")), load_file(str(dst / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_convert_refuses_to_drop_or_invent_tensors(tmp_path: Path) -> None:
+    model = BertForSequenceClassification(tiny_config())
+    src = model.save_pretrained(tmp_path / "src")
+    state = load_file(str(src / "model.safetensors"))
+    save_file({**state, "extra_head.weight": torch.zeros(2, 16)}, str(src / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"as BertForSequenceClassification, 1 tensors would be dropped "
+                                         r"\(extra_head.weight\).*makes none up"):
+        convert(src, tmp_path / "dst")
+
+
+def test_relative_position_embeddings_are_refused(tmp_path: Path) -> None:
+    """They were loaded as absolute positions, silently, without their distance embeddings."""
+    with pytest.raises(ValueError, match="position_embedding_type='relative_key'; bertkit implements absolute"):
+        ModelConfig.from_dict({**tiny_config().to_hf_dict(), "position_embedding_type": "relative_key"})
+    assert ModelConfig.from_dict({**tiny_config().to_hf_dict(), "position_embedding_type": "absolute"})
+    # Without model_type, another family's config passed for BERT's defaults (12 layers, 768 wide).
+    with pytest.raises(ValueError, match=r"architectures=\['DistilBertForMaskedLM'\]; bertkit reads BERT"):
+        ModelConfig.from_dict({"architectures": ["DistilBertForMaskedLM"], "n_layers": 2, "dim": 64})
+
+
+def test_untied_decoder_is_kept_apart_from_the_word_embeddings(tmp_path: Path) -> None:
+    """With tie_word_embeddings false the decoder matrix was copied over the word embeddings."""
+    from bertkit.modeling.heads import BertForMaskedLM
+
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    reference = transformers.BertForMaskedLM(config).eval()
+    with torch.no_grad():
+        reference.cls.predictions.decoder.weight.normal_()  # unlike the embeddings
+    reference.save_pretrained(tmp_path / "hf")
+    ours = BertForMaskedLM.from_pretrained(tmp_path / "hf")
+    assert not torch.equal(ours.bert.embeddings.word_embeddings.weight, ours.cls.predictions.decoder.weight)
+    batch = batch_for(40)
+    real = batch["attention_mask"].bool()  # padding positions are not compared (their outputs are unused)
+    with torch.no_grad():
+        expected = reference(**batch).logits[real]
+        torch.testing.assert_close(ours(**batch).logits[real], expected, atol=TOL, rtol=0)
+    ours.save_pretrained(tmp_path / "again")
+    again = transformers.BertForMaskedLM.from_pretrained(tmp_path / "again").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).logits[real], expected, atol=TOL, rtol=0)
+
+
+def test_resaved_config_drops_the_source_dtype(tmp_path: Path) -> None:
+    """A config saying float16 was copied onto fp32 weights; transformers then loaded them as fp16."""
+    model = BertForSequenceClassification(tiny_config())
+    src = model.save_pretrained(tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "dtype": "float16", "torch_dtype": "float16"}))
+    BertForSequenceClassification.from_pretrained(src).save_pretrained(tmp_path / "again")
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert "dtype" not in saved and "torch_dtype" not in saved
+    assert transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "again").dtype == torch.float32
+
+
+def test_a_new_head_does_not_keep_the_old_heads_labels(tmp_path: Path) -> None:
+    """A QA model from a 3-label classifier saved num_labels 3 (transformers then could not load it),
+    and a num_labels override kept the old id2label."""
+    from bertkit.modeling.heads import BertForQuestionAnswering
+
+    src = BertForSequenceClassification(tiny_config(num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+                                        ).save_pretrained(tmp_path / "cls3")
+    qa = BertForQuestionAnswering.from_pretrained(src)
+    assert (qa.config.num_labels, qa.config.id2label) == (2, None)
+    qa.save_pretrained(tmp_path / "qa")
+    assert transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "qa").qa_outputs.out_features == 2
+    five = BertForSequenceClassification.from_pretrained(src, num_labels=5, new_head_on_mismatch=True)
+    assert (five.config.num_labels, five.config.id2label) == (5, None)
+
+
+def test_convert_writes_the_tokenizer_so_transformers_keeps_a_cased_vocab(shared_dir: Path, tmp_path: Path) -> None:
+    """convert copied vocab.txt alone, and transformers lowercases without tokenizer_config.json."""
+    cased = shared_dir / "models" / "bert-base-cased" / "vocab.txt"
+    if not cased.is_file():
+        pytest.skip(f"{cased} is absent")
+    BertModel(tiny_config(vocab_size=28996)).save_pretrained(tmp_path / "src")
+    shutil.copyfile(cased, tmp_path / "src" / "vocab.txt")
+    dst = convert(tmp_path / "src", tmp_path / "dst")
+    assert json.loads((dst / "tokenizer_config.json").read_text())["do_lower_case"] is False
+    tokenizer = transformers.AutoTokenizer.from_pretrained(dst)
+    assert tokenizer.tokenize("Paris") == ["Paris"]

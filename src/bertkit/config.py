@@ -64,6 +64,11 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """Whether the MLM decoder is the word-embedding matrix (BERT's default; kept in `extra`)."""
+        return bool(self.extra.get("tie_word_embeddings", True))
+
     # ---- Hugging Face config.json / Google bert_config.json ------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -73,6 +78,14 @@ class ModelConfig:
         if model_type not in (None, "bert"):
             raise ValueError(f"config has model_type={model_type!r}; bertkit reads BERT checkpoints "
                              f"(model_type 'bert') only")
+        foreign = [a for a in data.get("architectures") or [] if not str(a).startswith("Bert")]
+        if foreign:
+            raise ValueError(f"config has architectures={foreign}; bertkit reads BERT checkpoints only")
+        positions = data.get("position_embedding_type", "absolute")
+        if positions not in (None, "absolute"):
+            # Loading it as absolute would run without the distance embeddings the model was trained with.
+            raise ValueError(f"config has position_embedding_type={positions!r}; bertkit implements absolute "
+                             f"position embeddings only")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: data.pop(k) for k in list(data) if k in known}
         if "label2id" in data and "id2label" not in kwargs:
@@ -97,8 +110,10 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The dict written as Hugging Face `config.json` (loadable by `transformers.BertConfig`)."""
+        # The weights are written in the model's own dtype, whatever the source file's was: a copied
+        # "dtype": "float16" made transformers load fp32 weights as fp16.
         out: dict[str, Any] = {k: v for k, v in self.extra.items()
-                               if k not in ("transformers_version", "_name_or_path")}
+                               if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue

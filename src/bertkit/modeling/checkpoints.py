@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 ENCODER_PREFIXES = ("embeddings.", "encoder.")
 
 
@@ -280,7 +279,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
     if is_encoder:
         state = {k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")}
     expected = model.state_dict()
-    tied = {"cls.predictions.decoder.weight"}
+    tied = {"cls.predictions.decoder.weight"} if getattr(model, "config", None) is None or \
+        model.config.tie_word_embeddings else set()
     missing = [k for k in expected if k not in state and k not in tied]
     unexpected = [k for k in state if k not in expected]
     encoder_missing = [k for k in missing
@@ -325,6 +325,9 @@ def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_o
     path = resolve_model_path(path_or_hub_id)
     kind, file = find_weights(path)
     config = read_config(file if kind != "tf" else file.parent)
+    if "num_labels" in config_overrides and "id2label" not in config_overrides and config.id2label is not None \
+            and len(config.id2label) != config_overrides["num_labels"]:
+        config_overrides["id2label"] = None  # the checkpoint's label names belong to its old head
     if config_overrides:
         config = config.replace(**config_overrides)
     state = to_bertkit_names(load_state_dict(file))
@@ -346,7 +349,7 @@ def save_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = No
     config: ModelConfig = model.config
     config.replace(architectures=[type(model).__name__]).save(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-             if k != "cls.predictions.decoder.weight"}
+             if k != "cls.predictions.decoder.weight" or not config.tie_word_embeddings}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
@@ -557,26 +560,71 @@ def model_info(path_or_hub_id: str | Path) -> dict[str, Any]:
     }
 
 
-def convert(src: str | Path, dst: str | Path, src_format: str | None = None) -> Path:
-    """Any supported checkpoint -> a HF-format directory (config.json, model.safetensors, vocab.txt).
-    The model class follows the heads found: MLM+NSP -> BertForPreTraining, MLM -> BertForMaskedLM,
-    else BertModel."""
+def convert_class(heads: list[str], architectures: list[str] | None) -> type[nn.Module]:
+    """The model class that keeps every head a checkpoint holds: the class its config names when
+    the weights have that class's head, else the one the heads imply."""
+    from bertkit.modeling import heads as H
     from bertkit.modeling.bert import BertModel
-    from bertkit.modeling.heads import BertForMaskedLM, BertForPreTraining
+
+    needs: dict[type[nn.Module], set[str]] = {
+        H.BertForPreTraining: {"mlm", "nsp"}, H.BertForMaskedLM: {"mlm"},
+        H.BertForSequenceClassification: {"classifier", "pooler"}, H.BertForTokenClassification: {"classifier"},
+        H.BertForMultipleChoice: {"classifier", "pooler"}, H.BertForPolyphone: {"classifier"},
+        H.BertForQuestionAnswering: {"qa_outputs"}, BertModel: set()}
+    by_name = {cls.__name__: cls for cls in needs}
+    for name in architectures or []:
+        if name in by_name and needs[by_name[name]] <= set(heads):
+            return by_name[name]
+    if "qa_outputs" in heads:
+        return H.BertForQuestionAnswering
+    if "classifier" in heads:  # Google's run_classifier.py heads have a pooler; token heads have none
+        return H.BertForSequenceClassification if "pooler" in heads else H.BertForTokenClassification
+    if "mlm" in heads:
+        return H.BertForPreTraining if "nsp" in heads else H.BertForMaskedLM
+    return BertModel
+
+
+def convert(src: str | Path, dst: str | Path, src_format: str | None = None) -> Path:
+    """Any supported checkpoint -> a HF-format directory (config.json, model.safetensors, tokenizer
+    files). The model class keeps every head found (`convert_class`); a tensor the class has no
+    place for, or one it would have to initialise, is an error: convert copies weights, it never
+    makes new ones."""
+    from bertkit.tokenization import Tokenizer
 
     path = resolve_model_path(src)
     kind, file = find_weights(path)
     if src_format is not None and (src_format == "tf") != (kind == "tf"):
         raise ValueError(f"--from {src_format} but {src} holds a {kind} checkpoint ({file})")
     state = to_bertkit_names(load_state_dict(file))
-    heads = _heads_present(set(state))
-    cls: type[nn.Module] = (BertForPreTraining if {"mlm", "nsp"} <= set(heads)
-                            else BertForMaskedLM if "mlm" in heads else BertModel)
+    config = read_config(file if kind != "tf" else file.parent)
+    cls = convert_class(_heads_present(set(state)), config.architectures)
+    expected = set(cls(config).state_dict())
+    if cls.__name__ == "BertModel":
+        state = {k.removeprefix("bert."): v for k, v in state.items()}
+    unused = sorted(k for k in state if k not in expected)
+    missing = sorted(k for k in expected if k not in state and k != "cls.predictions.decoder.weight")
+    if unused or missing:
+        raise ValueError(f"{file}: as {cls.__name__}, "
+                         + "; ".join(part for part in (
+                             f"{len(unused)} tensors would be dropped ({', '.join(unused[:4])}"
+                             f"{' ...' if len(unused) > 4 else ''})" if unused else "",
+                             f"{len(missing)} would be newly initialised ({', '.join(missing[:4])}"
+                             f"{' ...' if len(missing) > 4 else ''})" if missing else "") if part)
+                         + "; convert copies a checkpoint's weights exactly and makes none up")
     model = load_pretrained(cls, path)
     dst = Path(dst)
     save_pretrained(model, dst)
     where = file.parent if kind in ("tf", "sharded") or file.is_file() else file
-    for name in TOKENIZER_FILES:
-        if (where / name).is_file() and where.resolve() != dst.resolve():
-            shutil.copyfile(where / name, dst / name)
+    if (where / "vocab.txt").is_file() or (where / "tokenizer.json").is_file():
+        # Saved, not copied: a Google checkpoint has only vocab.txt, and without tokenizer_config.json
+        # transformers lowercases, which is wrong for a cased vocab.
+        try:
+            tokenizer = Tokenizer.from_pretrained(where)
+        except ValueError as err:
+            log.warning("%s: tokenizer files copied as they are (%s)", where, err)
+            for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if (where / name).is_file() and where.resolve() != dst.resolve():
+                    shutil.copyfile(where / name, dst / name)
+        else:
+            tokenizer.save_pretrained(dst)
     return dst

@@ -54,9 +54,10 @@ class BertPreTrainedModel(nn.Module):
         self.tie_weights()
 
     def tie_weights(self) -> None:
-        """Share the MLM decoder matrix with the word embeddings (BERT ties them; HF saves one copy)."""
+        """Share the MLM decoder matrix with the word embeddings (BERT ties them; HF saves one copy),
+        unless the config says `tie_word_embeddings: false` (then both are loaded and saved)."""
         cls = getattr(self, "cls", None)
-        if cls is not None:
+        if cls is not None and self.config.tie_word_embeddings:
             cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
     @property
@@ -286,10 +287,14 @@ class BertForTokenClassification(BertPreTrainedModel):
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
+    fixed_num_labels = 2  # transformers sizes qa_outputs from config.num_labels
+
     def __init__(self, config: ModelConfig):
+        if config.num_labels != self.fixed_num_labels or config.id2label is not None:
+            config = config.replace(num_labels=self.fixed_num_labels, id2label=None, problem_type=None)
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = nn.Linear(config.hidden_size, self.fixed_num_labels)
         self.init_weights()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
