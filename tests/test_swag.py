@@ -212,3 +212,20 @@ def test_tiny_multiple_choice_training_loss_falls(tmp_path, tokenizer):
     assert after < 0.1 * before
     assert metrics["accuracy"] == 1.0 and len(predictions) == len(examples)
     assert sorted({e.label for e in examples}) == [0, 1, 2, 3]  # every position is sometimes right
+
+
+def test_finetune_command_on_real_swag_rows_of_uneven_choice_lengths(tmp_path, tokenizer, capsys):
+    """Real SWAG endings tokenize to different lengths; the trainer's data fingerprint made a ragged
+    array of them and `finetune --task swag` crashed before its first step."""
+    from bertkit.cli import main
+
+    write_swag(tmp_path / "train.csv", ROWS * 4)
+    write_swag(tmp_path / "val.csv", ROWS)
+    features = make_task("swag", data_dir=str(tmp_path)).encode(make_task("swag", data_dir=str(tmp_path))
+                                                                  .read("train"), tokenizer, 64)
+    assert len({len(row) for row in features[0]["input_ids"]}) > 1  # the choices differ in length
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "swag", "--model", str(MINILM), "--data-dir", str(tmp_path), "--output-dir",
+                 str(out), "--max-steps", "2", "--batch-size", "4", "--max-seq-length", "64", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["dev"]["accuracy"] <= 1.0

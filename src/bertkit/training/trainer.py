@@ -208,7 +208,11 @@ def data_fingerprint(features) -> str:
     h = hashlib.sha256(str(len(features)).encode())
     n = len(features)
     for i in sorted({0, n // 2, n - 1}) if n else []:
-        h.update(np.asarray(features[i]["input_ids"]).tobytes())
+        ids = features[i]["input_ids"]
+        # A multiple-choice feature holds one row per choice, of different lengths.
+        rows = ids if len(ids) and isinstance(ids[0], (list, tuple, np.ndarray)) else [ids]
+        for row in rows:
+            h.update(np.asarray(row, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
 
 
