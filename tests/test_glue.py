@@ -413,3 +413,18 @@ def test_evaluation_batch_flag_takes_the_finetune_spelling(command) -> None:
     argv = [command, "--model", "run", "--output", "out/", "--eval-batch-size", "7"]
     parser, _ = build_parser(argv)
     assert parser.parse_args(argv).batch_size == 7
+
+
+def test_google_run_classifier_spellings_parse() -> None:
+    """`--do_train=true` (google-research/bert's README) was refused: "ignored explicit argument"."""
+    from bertkit.cli import build_parser
+
+    argv = ["finetune", "--task_name", "RTE", "--bert_model", "m", "--output_dir", "o", "--do_train=true",
+            "--do_eval=false", "--do_lower_case=False"]
+    parser, _ = build_parser(argv)
+    args = parser.parse_args(argv)
+    assert (args.do_train, args.do_eval, args.do_lower_case) == (True, False, False)
+    argv = ["evaluate", "--model", "run", "--no-cuda", "--local_rank", "0"]
+    parser, _ = build_parser(argv)
+    args = parser.parse_args(argv)
+    assert args.no_cuda and args.local_rank == 0

@@ -153,12 +153,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "the unpadded path use the flash varlen kernel with no re-padding")
     g.add_argument("--fsdp", action="store_true",
                    help="shard the model across processes (FSDP2; torchrun with >= 2 processes)")
-    g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)")
+    g.add_argument("--num-workers", type=int, default=d.num_workers,
+                   help="DataLoader worker processes (default: on CUDA half the CPU cores, at most 4; 0 on CPU)")
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--no-progress", dest="progress", action="store_false")
-    # Seed-script switches: accepted; --do_eval alone means evaluate only.
-    g.add_argument("--do_train", action="store_true", help=argparse.SUPPRESS)
-    g.add_argument("--do_eval", action="store_true", help=argparse.SUPPRESS)
+    # Seed-script switches: accepted; --do_eval alone means evaluate only. Google's scripts spell
+    # them --do_train=true.
+    g.add_argument("--do_train", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
+    g.add_argument("--do_eval", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="accepted for old launchers; torchrun's LOCAL_RANK is what counts")
 

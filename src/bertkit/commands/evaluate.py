@@ -23,7 +23,9 @@ def add_model_and_data_arguments(parser: argparse.ArgumentParser, argv: list[str
                         default=128, help="examples per forward pass (finetune calls it --eval-batch-size)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--no_cuda", action="store_true", help="alias of --device cpu")
+    parser.add_argument("--no_cuda", "--no-cuda", dest="no_cuda", action="store_true", help="alias of --device cpu")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="accepted for old launchers; torchrun's LOCAL_RANK is what counts")
 
 
 def load_for_inference(args: argparse.Namespace):

@@ -643,6 +643,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
 
     # save_every 0: a checkpoint at every evaluation and at the end (FSDP runs have none yet).
     checkpoints_on = not config.fsdp
+    if config.fsdp and info.is_main:
+        print("note: --fsdp runs write no checkpoints yet (sharded optimizer state); the final model is saved",
+              file=sys.stderr)
 
     def checkpoint() -> None:
         settle_skipped()
