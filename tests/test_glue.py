@@ -289,6 +289,7 @@ def test_mnli_halves_and_dev_predictions_never_overwrite_the_test_submission(tin
     labels = task.label_names()
     dev_mm = task.read("dev_mismatched")
     assert task.metrics(dev_mm, [labels.index("contradiction")]) == {"accuracy_mm": 1.0}
+    assert task.main_metric == "accuracy_mm"  # what fine-tuning with --eval-split dev_mismatched keeps the best by
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--task", "mnli", "--model", str(tiny_mnli_model), "--data-dir", str(tmp_path / "glue"),
                  "--device", "cpu", "--split", "dev_mismatched", "--output", str(out)]) == 0
