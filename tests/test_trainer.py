@@ -379,9 +379,12 @@ def test_finished_run_resumed_again_keeps_its_best_model(tiny_model_dir, sst2_sm
     args = ("--max-steps", "12", "--eval-every", "4", "--keep-checkpoints", "5")
     assert main(finetune_args(tiny_model_dir, sst2_small, out, *args)) == 0
     assert [p.name for p in checkpoint_dirs(out)] == ["step-4", "step-8", "step-12"]  # at evals and the end
+    assert main(["evaluate", "--model", str(out), "--data-dir", str(sst2_small), "--split", "train",
+                 "--device", "cpu"]) == 0
     best, metrics = weights(out), json.loads((out / "metrics.json").read_text())
     assert metrics["best_step"] != 12, "the last step is the best: the test proves nothing"
     assert main(finetune_args(tiny_model_dir, sst2_small, out, *args, "--resume")) == 0
+    assert json.loads((out / "metrics.json").read_text())["train"] == metrics["train"]  # evaluate's entry stays
     assert_identical(best, weights(out))
     again = json.loads((out / "metrics.json").read_text())
     assert (again["best_step"], again["dev"]) == (metrics["best_step"], metrics["dev"])

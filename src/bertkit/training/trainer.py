@@ -513,6 +513,7 @@ class TrainResult:
     state: TrainerState
     final_metrics: dict[str, float] | None
     model: nn.Module
+    model_kept: bool = False  # the run directory's model was left as it was (promoted by an earlier invocation)
 
 
 def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tuple[list, list] | None,
@@ -774,7 +775,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     if checkpoints_on and state.global_step not in saved_steps and not (
             found and config.resume and int(found[-1].name.split("-")[1]) == state.global_step):
         checkpoint()  # the last one, unless this step was just saved (or resumed from)
-    final_metrics = None
+    final_metrics, model_kept = None, False
     # Collective on every rank; decided from state all ranks share (not from rank 0's disk).
     plain = distributed.full_model(model, info) if config.fsdp and state.best_step is None else unwrap(model)
     if info.is_main:
@@ -793,6 +794,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             print(f"the run directory keeps the best model (step {state.best_step}), promoted earlier",
                   file=sys.stderr)
             final_metrics = next(r["eval"] for r in state.history if r["step"] == state.best_step)
+            model_kept = True
         else:
             if state.best_step is not None:  # best/ is gone (a copied checkpoint, a deleted folder)
                 last = state.history[-1]
@@ -809,4 +811,4 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         except Exception as err:  # a plotting problem must not lose a finished run
             print(f"warning: could not write curves.png: {err}", file=sys.stderr)
     distributed.barrier()
-    return TrainResult(state, final_metrics, unwrap(model))
+    return TrainResult(state, final_metrics, unwrap(model), model_kept)
