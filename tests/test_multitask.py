@@ -246,6 +246,27 @@ def test_evaluate_merges_into_metrics_json_by_task(multitask_run: Path, glue_sli
     assert metrics_key({"task": "rte", "dev": {}}, "mrpc", "dev", multi_task_run=False) == "mrpc/dev"
 
 
+def test_a_finished_run_resumed_again_keeps_evaluate_entries(tmp_path: Path) -> None:
+    """finetune --resume on a finished multi-task run rewrote metrics.json from scratch: rte/dev,
+    stsb/dev and "evaluated" were gone although the model had not changed. An entry the training
+    writes anew (single-task "dev") takes its place and loses its "evaluated" record."""
+    from bertkit.commands.common import write_run_metrics
+
+    path = tmp_path / "metrics.json"
+    earlier = {"tasks": ["rte", "stsb"], "dev": {"average": 0.5}, "rte/dev": {"accuracy": 0.6},
+               "stsb/dev": {"pearson": 0.7}, "evaluated": {"rte/dev": {"task": "rte", "split": "dev"},
+                                                          "stsb/dev": {"task": "stsb", "split": "dev"}}}
+    path.write_text(json.dumps(earlier))
+    write_run_metrics(path, {"tasks": ["rte", "stsb"], "dev": {"average": 0.5}}, model_kept=True)
+    assert json.loads(path.read_text()) == earlier
+    path.write_text(json.dumps({"task": "rte", "dev": {"accuracy": 0.4}, "evaluated": {"dev": {"task": "rte"}}}))
+    write_run_metrics(path, {"task": "rte", "dev": {"accuracy": 0.6}}, model_kept=True)
+    assert json.loads(path.read_text()) == {"task": "rte", "dev": {"accuracy": 0.6}}
+    path.write_text(json.dumps(earlier))
+    write_run_metrics(path, {"tasks": ["rte", "stsb"], "dev": {"average": 0.9}}, model_kept=False)  # trained on
+    assert json.loads(path.read_text()) == {"tasks": ["rte", "stsb"], "dev": {"average": 0.9}}
+
+
 def test_single_task_finetune_continues_from_the_shared_model(multitask_run: Path, glue_slices: Path,
                                                              tmp_path: Path) -> None:
     out = tmp_path / "rte"

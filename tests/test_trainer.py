@@ -457,3 +457,23 @@ def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(
     with pytest.raises(OSError, match=r"could not write the checkpoint .*step-8 .*GiB free on that disk.*--resume"):
         train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None, config)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-4"]  # no step-8.tmp left behind
+
+
+def test_resumed_run_logs_the_same_loss_averages(tiny_model_dir, sst2_small, tmp_path) -> None:
+    """Log lines average the loss since the previous line; a resume between two lines restarted the
+    sum, so the first line after it averaged fewer steps (6.74 against 8.47 in the audit)."""
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
+    features = task.encode(task.read("train"), Tokenizer.from_pretrained(tiny_model_dir), 128)
+    logs = []
+    for name, stop in (("straight", None), ("resumed", 6)):
+        config = TrainConfig(output_dir=str(tmp_path / name), max_steps=12, batch_size=16, lr=1e-3, seed=7,
+                             device="cpu", eval_every="none", save_every=3, log_every=5, progress=False)
+        train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None, config,
+              stop_after_steps=stop)
+        if stop:
+            train(task, BertForSequenceClassification.from_pretrained(tiny_model_dir), features, None,
+                  TrainConfig(**{**config.to_dict(), "resume": True}))
+        records = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        logs.append([(r["step"], r["loss"]) for r in records if "loss" in r])
+    assert [step for step, _ in logs[0]] == [5, 10, 12]
+    assert logs[0] == logs[1]

@@ -289,6 +289,19 @@ def model_saver(tokenizer: Any, run_info: dict[str, Any]):
     return save_model
 
 
+def write_run_metrics(path: Path, metrics: dict[str, Any], model_kept: bool) -> None:
+    """Write a training run's metrics.json. When the run left the directory's model as it was (a
+    finished run resumed again), the entries `evaluate` had merged in still describe that model
+    and stay, except where the training wrote the same key anew."""
+    if model_kept and path.is_file():
+        earlier = json.loads(path.read_text())
+        evaluated = {k: v for k, v in (earlier.get("evaluated") or {}).items() if k not in metrics and k in earlier}
+        metrics = {**metrics, **{k: earlier[k] for k in evaluated}}
+        if evaluated:
+            metrics["evaluated"] = evaluated
+    write_metrics_atomic(path, metrics)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -97,15 +96,7 @@ def finetune_single(args: argparse.Namespace) -> int:
                    "skipped_steps": result.state.skipped_steps, "history": result.state.history}
         if result.final_metrics is not None:  # None with --eval-every none: no evaluation ran
             metrics[args.eval_split] = result.final_metrics
-        previous = output_dir / "metrics.json"
-        if result.model_kept and previous.is_file():  # `evaluate` results of this same model stay
-            earlier = json.loads(previous.read_text())
-            for key in earlier.get("evaluated") or {}:
-                if key in earlier and key not in metrics:
-                    metrics[key] = earlier[key]
-            if earlier.get("evaluated"):
-                metrics["evaluated"] = earlier["evaluated"]
-        common.write_metrics_atomic(previous, metrics)
+        common.write_run_metrics(output_dir / "metrics.json", metrics, result.model_kept)
         # bertkit.json last: its presence marks a complete run directory.
         common.write_json_atomic(output_dir / common.BERTKIT_JSON, run_info)
         if result.final_metrics is not None:

@@ -450,7 +450,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         metrics = {"tasks": names, "best_step": result.state.best_step, "steps": result.state.global_step,
                    "skipped_steps": result.state.skipped_steps,
                    args.eval_split: result.final_metrics, "history": result.state.history}
-        common.write_metrics_atomic(output_dir / "metrics.json", metrics)
+        common.write_run_metrics(output_dir / "metrics.json", metrics, result.model_kept)
         common.write_json_atomic(output_dir / common.BERTKIT_JSON, run_info)  # last: marks a complete run
         print(f"{'+'.join(names)} {args.eval_split}: {result.final_metrics}")
     distributed.shutdown()

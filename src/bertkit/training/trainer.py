@@ -278,6 +278,9 @@ class TrainerState:
     # Flags that decide the data order or the optimizer's state: a resume must keep them
     # (`resume_conflicts`). Empty in checkpoints written before they were recorded.
     settings: dict[str, Any] = field(default_factory=dict)
+    # Training loss summed since the last log line (mean over ranks) and the steps in it, so that a
+    # resumed run logs the same averages as an uninterrupted one.
+    pending_loss: tuple[float, int] = (0.0, 0)
 
 
 def resume_settings(config: TrainConfig, world_size: int) -> dict[str, Any]:
@@ -650,6 +653,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
 
     def checkpoint() -> None:
         settle_skipped()
+        state.pending_loss = (distributed.all_reduce_mean(loss_sum, info).item(), loss_count)
         save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info, config.keep_checkpoints)
         saved_steps.add(state.global_step)
 
@@ -661,13 +665,13 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     # Listed once: walking the module tree for clipping costs host time in every step of a
     # launch-bound fine-tune (about 0.2 ms for BERT-base's 201 tensors).
     clipped_parameters = list(model.parameters())
-    loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per micro-step
+    loss_sum = torch.tensor(state.pending_loss[0], device=device)  # summed on device: no host sync per micro-step
     skipped_pending = torch.zeros((), device=device)  # skipped steps not yet added to state (read at logs/saves)
 
     def settle_skipped() -> None:
         state.skipped_steps += int(skipped_pending.item())
         skipped_pending.zero_()
-    loss_count, t_last, samples_since = 0, time.perf_counter(), 0
+    loss_count, t_last, samples_since = state.pending_loss[1], time.perf_counter(), 0
     stopped_early = False
     while state.global_step < total_steps:
         epoch_batches = global_batches_of_epoch(task, lengths, n, config, state.epoch, global_batch, info)
