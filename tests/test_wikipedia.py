@@ -233,6 +233,7 @@ def test_real_dump_sentences_do_not_break_after_initials_or_list_numbers(extract
     ("See e.g. the notes. Fine.", ["See e.g. the notes.", "Fine."]),
     ("Made Bvt. Brig. Gen. in 1865. Maj. Reno followed.", ["Made Bvt. Brig. Gen. in 1865.", "Maj. Reno followed."]),
     ("lower case. after a period stays", ["lower case. after a period stays"]),
+    ("Cited at 475 (7th Cir. 2007). It held.", ["Cited at 475 (7th Cir. 2007).", "It held."]),
     ("他来了。她走了！", ["他来了。", "她走了！"]),
     ("   ", []),
 ])

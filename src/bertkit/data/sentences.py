@@ -18,7 +18,7 @@ ABBREVIATIONS = frozenset("""
 mr mrs ms dr prof sr jr st mt ft vs e.g i.e cf al approx ca c no nos vol vols fig figs p pp
 jan feb mar apr jun jul aug sep sept oct nov dec gen col lt sgt capt cmdr adm gov rep sen rev
 inc ltd co corp bros dept est u.s u.k u.n a.d b.c op ed eds trans univ assn
-brig bvt maj lieut pvt cpl hon messrs rt
+brig bvt maj lieut pvt cpl hon messrs rt cir supp app
 """.split())
 # Words that may end a sentence as well as abbreviate ("Apple Inc. In 2001 he left."): a boundary
 # only when the next word is a usual sentence opener. Dotted initials ("R.S.", "U.S.") get the
