@@ -75,9 +75,21 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def iter_line_batches(files: list[Path], stats: dict[str, int]) -> Iterator[list[str]]:
-    """Non-blank lines of every file, in batches; counts lines and characters into `stats`."""
+def batched(lines: Iterator[str], stats: dict[str, int]) -> Iterator[list[str]]:
+    """Lines in batches of BATCH_LINES; counts lines and characters into `stats`."""
     batch: list[str] = []
+    for line in lines:
+        stats["lines"] += 1
+        stats["chars"] += len(line)
+        batch.append(line)
+        if len(batch) == BATCH_LINES:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _text_lines(files: list[Path], stats: dict[str, int]) -> Iterator[str]:
     for path in files:
         with _open_binary(path) as f:
             for line_no, raw in enumerate(f, start=1):
@@ -88,16 +100,14 @@ def iter_line_batches(files: list[Path], stats: dict[str, int]) -> Iterator[list
                                     f"re-encode the file as UTF-8") from None
                 if not line:
                     continue
-                stats["lines"] += 1
-                stats["chars"] += len(line)
                 if _WIKITEXT_MARKERS.search(line):
                     stats["wikitext_lines"] = stats.get("wikitext_lines", 0) + 1
-                batch.append(line)
-                if len(batch) == BATCH_LINES:
-                    yield batch
-                    batch = []
-    if batch:
-        yield batch
+                yield line
+
+
+def iter_line_batches(files: list[Path], stats: dict[str, int]) -> Iterator[list[str]]:
+    """Non-blank lines of every file, in batches; counts lines and characters into `stats`."""
+    return batched(_text_lines(files, stats), stats)
 
 
 # WikiText's tokenized files mark out-of-vocabulary words as "<unk>" and split "1,000" as
@@ -111,17 +121,7 @@ def iter_wikitext_batches(files: list[Path], stats: dict[str, int]) -> Iterator[
     is left out (an unknown word has no pieces to learn)."""
     from bertkit.data.pretraining import iter_wikitext_documents
 
-    batch: list[str] = []
-    for document in iter_wikitext_documents(files, unk_token=""):
-        for sentence in document:
-            stats["lines"] += 1
-            stats["chars"] += len(sentence)
-            batch.append(sentence)
-            if len(batch) == BATCH_LINES:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+    return batched((s for document in iter_wikitext_documents(files, unk_token="") for s in document), stats)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -560,6 +560,10 @@ def model_info(path_or_hub_id: str | Path) -> dict[str, Any]:
     }
 
 
+def _first_few(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
 def convert_class(heads: list[str], architectures: list[str] | None) -> type[nn.Module]:
     """The model class that keeps every head a checkpoint holds: the class its config names when
     the weights have that class's head, else the one the heads imply."""
@@ -598,20 +602,18 @@ def convert(src: str | Path, dst: str | Path, src_format: str | None = None) -> 
     state = to_bertkit_names(load_state_dict(file))
     config = read_config(file if kind != "tf" else file.parent)
     cls = convert_class(_heads_present(set(state)), config.architectures)
-    expected = set(cls(config).state_dict())
-    if cls.__name__ == "BertModel":
-        state = {k.removeprefix("bert."): v for k, v in state.items()}
-    unused = sorted(k for k in state if k not in expected)
-    missing = sorted(k for k in expected if k not in state and k != "cls.predictions.decoder.weight")
-    if unused or missing:
-        raise ValueError(f"{file}: as {cls.__name__}, "
-                         + "; ".join(part for part in (
-                             f"{len(unused)} tensors would be dropped ({', '.join(unused[:4])}"
-                             f"{' ...' if len(unused) > 4 else ''})" if unused else "",
-                             f"{len(missing)} would be newly initialised ({', '.join(missing[:4])}"
-                             f"{' ...' if len(missing) > 4 else ''})" if missing else "") if part)
-                         + "; convert copies a checkpoint's weights exactly and makes none up")
-    model = load_pretrained(cls, path)
+    model = cls(config)
+    expected = set(model.state_dict())
+    names = {k.removeprefix("bert.") for k in state} if cls.__name__ == "BertModel" else set(state)
+    tied = {"cls.predictions.decoder.weight"} if config.tie_word_embeddings else set()
+    unused, missing = sorted(names - expected), sorted(expected - names - tied)
+    problems = ([f"{len(unused)} tensors would be dropped ({_first_few(unused)})"] if unused else []) + \
+        ([f"{len(missing)} would be newly initialised ({_first_few(missing)})"] if missing else [])
+    if problems:
+        raise ValueError(f"{file}: as {cls.__name__}, {'; '.join(problems)}; convert copies a checkpoint's "
+                         f"weights exactly and makes none up")
+    check_consistency(config, state, file)
+    load_into(model, state, file)
     dst = Path(dst)
     save_pretrained(model, dst)
     where = file.parent if kind in ("tf", "sharded") or file.is_file() else file
