@@ -283,6 +283,39 @@ def test_fsdp2_on_cpu_matches_a_full_replica_and_saves_an_hf_directory(scenarios
     assert torch.equal(hf.bert.embeddings.word_embeddings.weight, reloaded["bert.embeddings.word_embeddings.weight"])
 
 
+def optimizer_moments(out: Path, step: int) -> dict[str, torch.Tensor]:
+    state = torch.load(out / "checkpoints" / f"step-{step}" / "training.pt", weights_only=False)["optimizer"]
+    return {f"{i}.{name}": value for i, moments in state["state"].items() for name, value in moments.items()
+            if name != "step"}
+
+
+def test_fsdp_checkpoints_hold_the_whole_run_and_resume_exactly(scenarios, work, reference, tmp_path,
+                                                                monkeypatch) -> None:
+    """--fsdp checkpoints are the unsharded weights and AdamW moments, in a plain run's layout: they
+    equal the one-process run's, resume under --fsdp, and resume in one process without --fsdp; a
+    DDP run's checkpoint resumes under --fsdp."""
+    for rank in scenarios["ranks"]:
+        assert rank["fsdp_checkpoints"] == {"rc": 0, "rc_resumed": 0, "rc_from_ddp": 0}
+    ddp_run, from_ddp = work["root"] / "cli", work["root"] / "fsdp-from-ddp"
+    assert max_diff(checkpoint_weights(ddp_run, 4), checkpoint_weights(from_ddp, 4)) < TOL
+    assert max_diff(optimizer_moments(ddp_run, 4), optimizer_moments(from_ddp, 4)) < TOL
+    fsdp_run, fsdp_resumed = work["root"] / "fsdp-cli", work["root"] / "fsdp-resumed"
+    for step in (4, 8):
+        assert max_diff(checkpoint_weights(reference, step), checkpoint_weights(fsdp_run, step)) < TOL
+        assert max_diff(optimizer_moments(reference, step), optimizer_moments(fsdp_run, step)) < TOL
+    ref_losses = [r["loss"] for r in log_records(reference) if "loss" in r]
+    assert max_diff(checkpoint_weights(reference, 8), checkpoint_weights(fsdp_resumed, 8)) < TOL
+    resumed_losses = [r["loss"] for r in log_records(fsdp_resumed) if "loss" in r]
+    assert len(resumed_losses) == 4 and max(abs(a - b) for a, b in zip(resumed_losses, ref_losses[4:])) < TOL
+    assert (fsdp_resumed / "model.safetensors").is_file()
+
+    monkeypatch.setenv("BERTKIT_CACHE", str(work["cache"]))
+    alone = tmp_path / "alone"
+    shutil.copytree(fsdp_run / "checkpoints" / "step-4", alone / "checkpoints" / "step-4")
+    assert main(finetune_args(work, alone, 16, *PARITY_FLAGS, "--resume")) == 0
+    assert max_diff(checkpoint_weights(reference, 8), checkpoint_weights(alone, 8)) < TOL
+
+
 def test_fsdp_in_one_process_is_refused_with_the_fix(work) -> None:
     model = BertForSequenceClassification.from_pretrained(work["model"])
     with pytest.raises(ValueError, match="torchrun --nproc-per-node N"):
@@ -446,6 +479,22 @@ def _scenario_fsdp(work, info: DistInfo) -> dict[str, Any]:
     return out
 
 
+def _scenario_fsdp_checkpoints(work, info: DistInfo) -> dict[str, Any]:
+    """`finetune --fsdp` with checkpoints (the parity flags of the one-process reference), then its
+    step-4 checkpoint resumed by another --fsdp run; and the DDP run of _scenario_cli_writes resumed
+    from its step 2 under --fsdp."""
+    run, resumed, from_ddp = (work["root"] / name for name in ("fsdp-cli", "fsdp-resumed", "fsdp-from-ddp"))
+    rc = main(finetune_args(work, run, 8, *PARITY_FLAGS, "--fsdp"))
+    if info.is_main:
+        shutil.copytree(run / "checkpoints" / "step-4", resumed / "checkpoints" / "step-4")
+        shutil.copytree(work["root"] / "cli" / "checkpoints" / "step-2", from_ddp / "checkpoints" / "step-2")
+    distributed.barrier()
+    rc_resumed = main(finetune_args(work, resumed, 8, *PARITY_FLAGS, "--fsdp", "--resume"))
+    rc_from_ddp = main(finetune_args(work, from_ddp, 8, "--max-steps", "4", "--eval-every", "2", "--save-every", "2",
+                                     "--fsdp", "--resume"))
+    return {"rc": rc, "rc_resumed": rc_resumed, "rc_from_ddp": rc_from_ddp}
+
+
 def _scenario_pretrain(work, info: DistInfo) -> dict[str, Any]:
     """`bertkit pretrain` on 2 ranks: the record indices each rank's loader was given."""
     if not (work["root"] / "records").is_dir():
@@ -479,6 +528,7 @@ def _worker(root: Path) -> None:
     results: dict[str, Any] = {"cli_writes": _scenario_cli_writes(work, info, audit)}
     results["resume_other_data"] = _scenario_resume_other_data(work, info)
     results["pretrain"] = _scenario_pretrain(work, info)
+    results["fsdp_checkpoints"] = _scenario_fsdp_checkpoints(work, info)
     distributed.shutdown = real_shutdown
     results["accum"] = _scenario_accum(work, info)
     results["too_few"] = _scenario_too_few(work, info)

@@ -187,6 +187,58 @@ def full_state_dict(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]
     return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
 
 
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load an unsharded state dict (as `full_state_dict` returns, or a plain run's) into `model`;
+    under FSDP2 each rank keeps its own shard of it. Every rank passes the whole dict."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+        return
+    inner = getattr(model, "module", model)
+    getattr(inner, "_orig_mod", inner).load_state_dict(state)
+
+
+# A checkpoint's optimizer state is always `optimizer.state_dict()` of an unsharded run: parameters
+# numbered by their position in the param groups. Under FSDP2 it is gathered to and scattered from
+# that form, so a checkpoint resumes with or without --fsdp and on any number of processes.
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict[str, Any]:
+    """The optimizer's unsharded state dict on rank 0 (CPU tensors under FSDP2; {} on other ranks
+    there). A collective under FSDP2: every rank must call it."""
+    if not is_fsdp(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not info.is_main:
+        return {}
+    names = [name for group in by_name["param_groups"] for name in group["params"]]
+    position = {name: i for i, name in enumerate(names)}
+    return {"state": {position[name]: value for name, value in by_name["state"].items()},
+            "param_groups": [{**group, "params": [position[name] for name in group["params"]]}
+                             for group in by_name["param_groups"]]}
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load what `full_optimizer_state` returned (or a plain run's `optimizer.state_dict()`); under
+    FSDP2 each rank keeps its shard. Every rank passes the whole dict."""
+    if not is_fsdp(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    if len(names) != sum(len(group["params"]) for group in state["param_groups"]):
+        raise ValueError(f"the checkpoint's optimizer holds {sum(len(g['params']) for g in state['param_groups'])} "
+                         f"parameters, this model {len(names)}")
+    by_name = {"state": {names[i]: value for i, value in state["state"].items()},
+               "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                for group in state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
 def full_model(model: nn.Module, info: DistInfo) -> nn.Module | None:
     """An unsharded CPU copy of an FSDP2 model on rank 0 (None on the others), for `save_pretrained`
     and other code that expects ordinary tensors. A collective: every rank must call it.

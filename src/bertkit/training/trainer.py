@@ -342,6 +342,9 @@ def check_output_dir(config: TrainConfig) -> list[Path]:
 def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state: TrainerState,
                     info: DistInfo, keep: int) -> None:
     rng_states = distributed.all_gather_objects(rng_state(), info)  # every rank's RNG, in rank order
+    # Unsharded (gathered to rank 0 under FSDP2), so that any run layout can resume from it.
+    model_state = distributed.full_state_dict(model, info)
+    optimizer_state = distributed.full_optimizer_state(model, optimizer, info)
     if not info.is_main:
         distributed.barrier()
         return
@@ -351,8 +354,8 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        torch.save(unwrap(model).state_dict(), tmp / "model.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save(model_state, tmp / "model.pt")
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": rng_states}, tmp / "training.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
@@ -371,9 +374,9 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, info: DistInfo) -> TrainerState:
-    unwrap(model).load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    distributed.load_full_state_dict(model, torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     blob = torch.load(path / "training.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    distributed.load_full_optimizer_state(model, optimizer, blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     # The restored rates are the saved schedule's; a run resumed to train longer (a higher
     # --max-steps) takes the next step's rate from this run's schedule instead.
@@ -551,9 +554,6 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     apply_model_settings(model, config)
     model.to(device)
     if config.fsdp:
-        if config.save_every or config.resume:
-            raise ValueError("--fsdp with --save-every/--resume is not supported yet (sharded optimizer "
-                             "state is not checkpointed); drop --save-every/--resume or run without --fsdp")
         distributed.wrap_fsdp(model, info)
     optimizer = build_optimizer(model, config, device)
     scheduler = build_scheduler(optimizer, config, total_steps)
@@ -645,16 +645,10 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 shutil.rmtree(old, ignore_errors=True)
         return metrics
 
-    # save_every 0: a checkpoint at every evaluation and at the end (FSDP runs have none yet).
-    checkpoints_on = not config.fsdp
-    if config.fsdp and info.is_main:
-        print("note: --fsdp runs write no checkpoints yet (sharded optimizer state); the final model is saved",
-              file=sys.stderr)
-
     def checkpoint() -> None:
         settle_skipped()
         state.pending_loss = (distributed.all_reduce_mean(loss_sum, info).item(), loss_count)
-        save_checkpoint(output_dir, train_model, optimizer, scheduler, scaler, state, info, config.keep_checkpoints)
+        save_checkpoint(output_dir, model, optimizer, scheduler, scaler, state, info, config.keep_checkpoints)
         saved_steps.add(state.global_step)
 
     saved_steps: set[int] = set()
@@ -752,7 +746,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             evaluated = bool(eval_steps and state.global_step % eval_steps == 0 and eval_set is not None)
             if evaluated:
                 run_eval(state.epoch)
-            if checkpoints_on and (state.global_step % config.save_every == 0 if config.save_every else evaluated):
+            if (state.global_step % config.save_every == 0 if config.save_every else evaluated):
                 checkpoint()
             if stop_after_steps is not None and state.global_step >= stop_after_steps:
                 stopped_early = True
@@ -766,7 +760,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             state.examples_in_epoch = 0
             if config.eval_every == "epoch" and eval_set is not None:
                 run_eval(state.epoch - 1)
-                if checkpoints_on and not config.save_every and state.global_step < total_steps:
+                if not config.save_every and state.global_step < total_steps:
                     checkpoint()  # at the end of the run, the final checkpoint below
 
     log.close()
@@ -776,15 +770,19 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     if config.eval_every != "none" and eval_set is not None and (
             not state.history or state.history[-1]["step"] != state.global_step):
         run_eval(state.epoch if state.examples_in_epoch else state.epoch - 1)
-    if checkpoints_on and state.global_step not in saved_steps and not (
+    if state.global_step not in saved_steps and not (
             found and config.resume and int(found[-1].name.split("-")[1]) == state.global_step):
         checkpoint()  # the last one, unless this step was just saved (or resumed from)
     final_metrics, model_kept = None, False
-    # Collective on every rank; decided from state all ranks share (not from rank 0's disk).
-    plain = distributed.full_model(model, info) if config.fsdp and state.best_step is None else unwrap(model)
+    # Rank 0's disk decides which model the run directory gets; under FSDP the other ranks must know,
+    # since gathering this model to save it is a collective.
+    from_best_dir = state.best_step is not None and best_dir.is_dir()
+    kept_earlier = state.best_step is not None and promoted_before and (output_dir / "config.json").is_file()
+    saves_this_model = distributed.broadcast_object(not (from_best_dir or kept_earlier), info)
+    plain = distributed.full_model(model, info) if config.fsdp and saves_this_model else unwrap(model)
     if info.is_main:
         # The run directory's model is the best one seen in evaluation (or the last without eval).
-        if best_dir.is_dir() and state.best_step is not None:
+        if from_best_dir:
             for item in best_dir.iterdir():
                 target = output_dir / item.name
                 if target.is_dir():
@@ -792,7 +790,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 shutil.copy2(item, target) if item.is_file() else shutil.copytree(item, target)
             shutil.rmtree(best_dir)  # promoted to the run directory; no second copy of the weights
             final_metrics = next(r["eval"] for r in state.history if r["step"] == state.best_step)
-        elif state.best_step is not None and promoted_before and (output_dir / "config.json").is_file():
+        elif kept_earlier:
             # Promoted at the end of an earlier invocation (a finished run resumed, or trained on with
             # no better evaluation since): the run directory already holds the best model.
             print(f"the run directory keeps the best model (step {state.best_step}), promoted earlier",
