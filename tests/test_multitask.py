@@ -221,6 +221,38 @@ def test_evaluate_and_predict_pick_the_tasks_head(multitask_run: Path, glue_slic
                      "--output", str(tmp_path / "all")]) == 1
 
 
+def test_convert_task_exports_one_tasks_model_for_transformers_and_evaluate(
+        multitask_run: Path, glue_slices: Path, tmp_path: Path, capsys) -> None:
+    """`convert RUN DST --task T`: the shared encoder with T's head as a single-task run directory;
+    transformers loads it with T's labels and the same logits, and `evaluate` needs no --task."""
+    transformers = pytest.importorskip("transformers")
+    saved = json.loads((multitask_run / "metrics.json").read_text())["dev"]
+    for task, key, labels in (("rte", "accuracy", ["entailment", "not_entailment"]), ("stsb", "pearson", None)):
+        dst = tmp_path / task
+        assert main(["convert", str(multitask_run), str(dst), "--task", task]) == 0
+        hf = transformers.BertForSequenceClassification.from_pretrained(str(dst)).eval()
+        ours = load_head_model(multitask_run, task, glue_tasks(task)[0]).eval()
+        ids = torch.tensor([[101, 7592, 2088, 102, 2129, 2024, 102]])
+        types = torch.tensor([[0, 0, 0, 0, 1, 1, 1]])
+        with torch.no_grad():
+            expected = ours(input_ids=ids, token_type_ids=types).logits
+            assert (hf(input_ids=ids, token_type_ids=types).logits - expected).abs().max() < 1e-5
+        if labels is None:
+            assert hf.config.num_labels == 1 and hf.config.problem_type == "regression"
+        else:
+            assert [hf.config.id2label[i] for i in range(len(labels))] == labels
+        out = tmp_path / f"{task}.json"
+        assert main(["evaluate", "--model", str(dst), "--data-dir", str(glue_slices), "--device", "cpu",
+                     "--output", str(out)]) == 0
+        assert json.loads(out.read_text())["dev"][key] == pytest.approx(saved[f"{task}/{key}"], abs=1e-4)
+    capsys.readouterr()
+    assert main(["convert", str(multitask_run), str(tmp_path / "no-task")]) == 1
+    assert "multi-task run (sst2, rte, stsb): pass --task T" in capsys.readouterr().err
+    assert main(["convert", str(multitask_run), str(tmp_path / "cola"), "--task", "cola"]) == 1
+    assert "has heads for sst2, rte, stsb" in capsys.readouterr().err
+    assert not (tmp_path / "cola").exists() and not (tmp_path / "no-task").exists()
+
+
 def test_evaluate_merges_into_metrics_json_by_task(multitask_run: Path, glue_slices: Path, tmp_path: Path) -> None:
     """`evaluate` wrote metrics.json["dev"] = the last task's metrics: after --task rte then --task
     stsb the training's dev entry (sst2/, rte/, stsb/ and average: 7 keys) was {"pearson", "spearman",
