@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from bertkit.metrics.ner import ner_scores
 from bertkit.tasks import DataError, TaskOptions, get_task_class
-from bertkit.tasks.conll import CONLL2003_TAGS, iob1_to_iob2, plan_windows
+from bertkit.tasks.conll import CONLL2003_TAGS, bioes_to_iob2, iob1_to_iob2, iob2_to_bioes, plan_windows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CONLL = SHARED / "data" / "conll2003"
@@ -92,7 +93,7 @@ def test_iob1_file_is_detected_and_converted(tmp_path):
 # ---- bad input ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, line, message", [
     ("EU NNP B-NP B-ORG\nrejects O\n", 2, "2 columns, expected 4"),
-    ("EU NNP B-NP B-ORG\n\nrejects VBZ B-VP X-PER\n", 3, "tag 'X-PER' is not O, B-TYPE or I-TYPE"),
+    ("EU NNP B-NP B-ORG\n\nrejects VBZ B-VP X-PER\n", 3, "tag 'X-PER' is not O, B-TYPE, I-TYPE, E-TYPE or S-TYPE"),
     ("EU NNP B-NP B-ORG\nrejects VBZ B-VP B-DATE\n", 2, "entity type 'DATE' is not a CoNLL-2003 type"),
 ])
 def test_bad_lines_name_file_and_line(tmp_path, text, line, message):
@@ -116,6 +117,47 @@ def test_other_bad_inputs(tmp_path):
     task = conll_task("ner", data_dir=str(tmp_path))
     with pytest.raises(DataError, match=r"valid.txt:1 .*tag 'B-GPE' is not in the label set"):
         task.encode(task.read("dev"), _whitespace_tokenizer(), 16)
+
+
+def test_bioes_conversions_round_trip_on_real_sentences(conll_dir):
+    examples = conll_task(data_dir=str(conll_dir)).read("dev")
+    assert iob2_to_bioes(["B-PER", "I-PER", "B-LOC", "O", "B-ORG", "I-ORG", "I-ORG"]) == [
+        "B-PER", "E-PER", "S-LOC", "O", "B-ORG", "I-ORG", "E-ORG"]
+    for ex in examples:
+        bioes = iob2_to_bioes(ex.tags)
+        assert bioes_to_iob2(bioes) == ex.tags and iob2_to_bioes(bioes) == bioes
+    # The same entities, so the same scores, read from either scheme.
+    gold = [ex.tags for ex in examples[:300]]
+    rng = np.random.default_rng(0)
+    predicted = [[t if rng.random() > 0.1 else str(rng.choice(CONLL2003_TAGS)) for t in tags] for tags in gold]
+    predicted = [iob1_to_iob2(tags) for tags in predicted]  # well-formed, as BIOES can only express those
+    iob2 = ner_scores(gold, predicted)
+    bioes = ner_scores([iob2_to_bioes(t) for t in gold], [iob2_to_bioes(t) for t in predicted], scheme="BIOES")
+    assert 0.5 < iob2["f1"] < 1
+    for key in ("precision", "recall", "f1", "strict_f1", "f1_PER", "f1_MISC"):
+        assert bioes[key] == pytest.approx(iob2[key]), key
+
+
+def test_bioes_training_file_makes_a_bioes_task(conll_dir, tmp_path):
+    """A BIOES train.txt: the model learns BIOES tags (B/I/E/S per type), an IOB1/IOB2 dev file is
+    converted to BIOES, and predictions are written in BIOES; `conll2003` does the same."""
+    real = conll_task(data_dir=str(conll_dir))
+    train = real.read("train")[:200]
+    write(tmp_path / "train.txt", "".join("".join(f"{w} {t}\n" for w, t in zip(ex.words, iob2_to_bioes(ex.tags)))
+                                         + "\n" for ex in train))
+    shutil.copy(conll_dir / "valid.txt", tmp_path / "valid.txt")
+    for name, labels in (("ner", ["O"] + [f"{p}-{t}" for t in ("LOC", "MISC", "ORG", "PER") for p in "BIES"]),
+                         ("conll2003", ["O"] + [f"{p}-{t}" for t in ("PER", "ORG", "LOC", "MISC") for p in "BIES"])):
+        task = conll_task(name, data_dir=str(tmp_path))
+        assert task.label_names() == labels
+        assert [ex.tags for ex in task.read("train")] == [iob2_to_bioes(ex.tags) for ex in train]
+        dev = task.read("dev")
+        assert [ex.tags for ex in dev] == [iob2_to_bioes(ex.tags) for ex in real.read("dev")]
+        assert task.metrics(dev, [ex.tags for ex in dev])["strict_f1"] == 1.0
+    # A model saved with BIOES labels reads an IOB2 file as BIOES too (evaluate/predict).
+    saved = conll_task("ner", test_file=str(conll_dir / "test.txt"))
+    saved.set_label_names(labels)
+    assert any(t.startswith("S-") for ex in saved.read("test") for t in ex.tags)
 
 
 def test_label_column_and_custom_tags(tmp_path):

@@ -8,7 +8,8 @@ on the malformed sequences a model can predict (an `I-X` that does not follow `B
   This is the number papers report, so it is the task's main metric.
 - `strict_f1` (and `strict_precision`, `strict_recall`): strict IOB2, where every entity must start
   with `B-X`; an entity opened by `I-X` is counted as wrong. On well-formed IOB2 predictions the
-  two agree exactly.
+  two agree exactly. For BIOES tags (`scheme="BIOES"`) strict mode also needs every entity to end
+  with `E-X` or be one `S-X`.
 
 Worked example: gold `B-PER I-PER O B-LOC`, predicted `I-PER I-PER O B-LOC` ->
 conlleval f1 = 1.0 (the `I-PER I-PER` run is read as one PER), strict f1 = 2/3
@@ -21,10 +22,11 @@ import warnings
 from typing import Sequence
 
 
-def ner_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Entity-level micro precision/recall/F1 (conlleval and strict IOB2), per-type F1 and token
-    accuracy. `gold[i]` and `predicted[i]` are the tag lists of sentence i and must have equal
-    lengths."""
+def ner_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]],
+               scheme: str = "IOB2") -> dict[str, float]:
+    """Entity-level micro precision/recall/F1 (conlleval and strict `scheme`, IOB2 or BIOES),
+    per-type F1 and token accuracy. `gold[i]` and `predicted[i]` are the tag lists of sentence i
+    and must have equal lengths."""
     if len(gold) != len(predicted):
         raise ValueError(f"ner_scores: {len(gold)} gold sentences but {len(predicted)} predicted")
     for i, (g, p) in enumerate(zip(gold, predicted)):
@@ -32,7 +34,9 @@ def ner_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
             raise ValueError(f"ner_scores: sentence {i} has {len(g)} gold tags but {len(p)} predicted")
     # Imported here so that a machine without seqeval can still run every other task.
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-    from seqeval.scheme import IOB2
+    from seqeval.scheme import IOB2, IOBES
+
+    strict = {"IOB2": IOB2, "BIOES": IOBES}[scheme]
 
     gold_l = [list(s) for s in gold]
     pred_l = [list(s) for s in predicted]
@@ -45,9 +49,9 @@ def ner_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
             "precision": float(precision_score(gold_l, pred_l)),
             "recall": float(recall_score(gold_l, pred_l)),
             "f1": float(f1_score(gold_l, pred_l)),
-            "strict_precision": float(precision_score(gold_l, pred_l, mode="strict", scheme=IOB2)),
-            "strict_recall": float(recall_score(gold_l, pred_l, mode="strict", scheme=IOB2)),
-            "strict_f1": float(f1_score(gold_l, pred_l, mode="strict", scheme=IOB2)),
+            "strict_precision": float(precision_score(gold_l, pred_l, mode="strict", scheme=strict)),
+            "strict_recall": float(recall_score(gold_l, pred_l, mode="strict", scheme=strict)),
+            "strict_f1": float(f1_score(gold_l, pred_l, mode="strict", scheme=strict)),
             "token_accuracy": correct / tokens if tokens else 0.0,
         }
         report = classification_report(gold_l, pred_l, output_dict=True, zero_division=0)

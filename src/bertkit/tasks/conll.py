@@ -8,9 +8,13 @@ Files in --data-dir: train.txt / valid.txt / test.txt (`--split dev` reads valid
 original eng.train / eng.testa / eng.testb. `conll2003` uses the fixed CoNLL tag set
 (O and B-/I- of PER, ORG, LOC, MISC); `ner` takes its tag set from the training file.
 
-IOB1 (the original eng.* files, where `I-X` opens an entity and `B-X` appears only between two
-adjacent entities of one type) is detected per file by an `I-X` that opens an entity and
-converted to IOB2; on IOB2 input the conversion changes nothing.
+Tag schemes: IOB1, IOB2 and BIOES (also called IOBES: `S-X` a one-word entity, `E-X` the last
+word of a longer one). IOB1 (the original eng.* files, where `I-X` opens an entity and `B-X`
+appears only between two adjacent entities of one type) is detected per file by an `I-X` that
+opens an entity and converted to IOB2; on IOB2 input the conversion changes nothing. The
+training file's scheme, IOB2 or BIOES, is the task's: the model learns those tags, the other
+splits are converted to it (losslessly, for well-formed sequences), and prediction files carry
+it; conlleval and the metrics read both.
 
 Encoding: words are tokenized as given (pre-tokenized); a word's tag sits on its FIRST
 sub-token, all other positions get -100 (never scored). A sentence longer than
@@ -45,7 +49,8 @@ log = logging.getLogger(__name__)
 CONLL2003_TYPES = ("PER", "ORG", "LOC", "MISC")
 # The order of Hugging Face's `conll2003` dataset, so that label ids match models trained there.
 CONLL2003_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-TAG_RE = re.compile(r"^(?:O|[BI]-\S+)$")
+TAG_RE = re.compile(r"^(?:O|[BIES]-\S+)$")
+SCHEME_PREFIXES = {"IOB2": "BI", "BIOES": "BIES"}
 IGNORE = -100  # label of positions the loss and the metric skip
 COLUMN_SEPARATOR = re.compile(r"[ \t]+")  # CoNLL files separate columns by spaces (or tabs)
 
@@ -54,7 +59,7 @@ COLUMN_SEPARATOR = re.compile(r"[ \t]+")  # CoNLL files separate columns by spac
 class NerExample:
     guid: str  # "<split>-<n>"
     words: list[str]
-    tags: list[str]  # IOB2, one per word
+    tags: list[str]  # one per word, in the task's scheme (IOB2 or BIOES)
     source: str  # "file:line" of the sentence's first token
     doc_start: bool = False  # first sentence after a -DOCSTART- line
 
@@ -75,6 +80,30 @@ def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
         previous_type = entity_type
         out.append(tag)
     return out
+
+
+def tag_scheme(tags: Sequence[str]) -> str:
+    """"BIOES" where any tag is an E-/S- tag, else "IOB2" (after IOB1 input is converted)."""
+    return "BIOES" if any(tag[:2] in ("E-", "S-") for tag in tags) else "IOB2"
+
+
+def iob2_to_bioes(tags: Sequence[str]) -> list[str]:
+    """`B-X` alone -> `S-X`; the last `I-X` of an entity -> `E-X`.
+    IOB2 `B-PER I-PER B-LOC O` -> BIOES `B-PER E-PER S-LOC O`."""
+    out = []
+    for i, tag in enumerate(tags):
+        continues = i + 1 < len(tags) and tags[i + 1] in ("I-" + tag[2:], "E-" + tag[2:])  # E-: already BIOES
+        if tag.startswith("B-") and not continues:
+            tag = "S-" + tag[2:]
+        elif tag.startswith("I-") and not continues:
+            tag = "E-" + tag[2:]
+        out.append(tag)
+    return out
+
+
+def bioes_to_iob2(tags: Sequence[str]) -> list[str]:
+    """`S-X` -> `B-X`, `E-X` -> `I-X` (BIOES `B-PER E-PER S-LOC` -> IOB2 `B-PER I-PER B-LOC`)."""
+    return [{"S": "B-", "E": "I-"}[tag[0]] + tag[2:] if tag[:2] in ("S-", "E-") else tag for tag in tags]
 
 
 def plan_windows(word_lengths: Sequence[int], budget: int, overlap: int) -> list[tuple[int, int, list[int]]]:
@@ -129,6 +158,7 @@ class NerTask(Task):
     def __init__(self, options: TaskOptions):
         super().__init__(options)
         self.converted_files: list[str] = []  # files read as IOB1 and converted to IOB2
+        self.train_scheme: str | None = None  # "IOB2" or "BIOES", once the training file was read
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -196,8 +226,8 @@ class NerTask(Task):
                                 f"{columns_line} (word ... tag, separated by spaces): {line!r}")
             tag = columns[label_column]
             if not TAG_RE.match(tag):
-                raise DataError(f"{path}:{line_no}: tag {tag!r} is not O, B-TYPE or I-TYPE (IOB1/IOB2 expected; "
-                                f"is --label-column {label_column} the tag column?)")
+                raise DataError(f"{path}:{line_no}: tag {tag!r} is not O, B-TYPE, I-TYPE, E-TYPE or S-TYPE "
+                                f"(IOB1, IOB2 or BIOES expected; is --label-column {label_column} the tag column?)")
             if self.fixed_types is not None and tag != "O" and tag[2:] not in self.fixed_types:
                 raise DataError(f"{path}:{line_no}: entity type {tag[2:]!r} is not a CoNLL-2003 type "
                                 f"({', '.join(self.fixed_types)}); use --task ner for other tag sets")
@@ -210,12 +240,34 @@ class NerTask(Task):
         flush()
         if not examples:
             raise DataError(f"{path}: no sentences found (expected one token per line, blank lines between sentences)")
-        if is_iob1:
+        file_scheme = tag_scheme([tag for ex in examples for tag in ex.tags])
+        if is_iob1 and file_scheme == "IOB2":  # in BIOES an opening I- is a malformed tag, not IOB1
             for ex in examples:
                 ex.tags = iob1_to_iob2(ex.tags)
             self.converted_files.append(str(path))
             log.info("%s: IOB1 tags (an I- tag opens an entity); converted to IOB2", path)
+        if split == "train":
+            self.train_scheme = file_scheme
+        scheme = self.scheme()
+        if file_scheme != scheme:
+            convert = iob2_to_bioes if scheme == "BIOES" else bioes_to_iob2
+            for ex in examples:
+                ex.tags = convert(ex.tags)
+            log.info("%s: %s tags converted to the training scheme, %s", path, file_scheme, scheme)
         return examples
+
+    def scheme(self) -> str:
+        """The task's tag scheme: that of the saved label set, else that of the training file (IOB2,
+        CoNLL-2003's own, where there is neither)."""
+        if self._labels is not None:
+            return tag_scheme(self._labels)
+        if self.train_scheme is None:
+            try:
+                self.split_file("train")
+            except (FileNotFoundError, ValueError):
+                return "IOB2"
+            self.read("train")
+        return self.train_scheme
 
     def label_names(self) -> list[str] | None:
         if self._labels is None:
@@ -223,9 +275,9 @@ class NerTask(Task):
         return self._labels
 
     def infer_labels(self, train: list[NerExample]) -> list[str]:
-        """O first, then B-/I- of each entity type seen in training, types sorted."""
+        """O first, then B-/I- (BIOES: B-/I-/E-/S-) of each entity type seen in training, types sorted."""
         types = sorted({t[2:] for ex in train for t in ex.tags if t != "O"})
-        return ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
+        return ["O"] + [f"{p}-{t}" for t in types for p in SCHEME_PREFIXES[self.scheme()]]
 
     # ---- features -------------------------------------------------------------------------------
     def encode(self, examples: list[NerExample], tokenizer: Any, max_seq_length: int) -> list[dict[str, Any]]:
@@ -307,7 +359,7 @@ class NerTask(Task):
         return predictions  # type: ignore[return-value]
 
     def metrics(self, examples: list[NerExample], predictions: list[list[str]]) -> dict[str, float]:
-        return ner_scores([ex.tags for ex in examples], predictions)
+        return ner_scores([ex.tags for ex in examples], predictions, scheme=self.scheme())
 
     def write_predictions(self, examples: list[NerExample], predictions: list[list[str]], path: str | Path) -> Path:
         """CoNLL format read by conlleval: `word gold predicted` per line, a blank line after each
@@ -331,4 +383,8 @@ class Conll2003Task(NerTask):
     fixed_types = CONLL2003_TYPES
 
     def label_names(self) -> list[str] | None:
-        return self._labels if self._labels is not None else list(CONLL2003_TAGS)
+        if self._labels is not None:
+            return self._labels
+        if self.scheme() == "BIOES":
+            return ["O"] + [f"{p}-{t}" for t in CONLL2003_TYPES for p in "BIES"]
+        return list(CONLL2003_TAGS)
