@@ -392,6 +392,40 @@ def test_target_words_plus_normal_rate_for_others(polyphone):
     assert others > 50
 
 
+def test_other_words_are_masked_at_the_uniform_rate_beside_target_words():
+    """The polyphone seed's targets+uniform strategy on its own corpus: the polyphonic characters
+    are common (了, 的, 为 ...), so taking 15% of the whole row for the other characters masked
+    them at 18.9%. They are masked as uniform masking masks the row without its targets."""
+    need(POLYPHONE, CHINESE)
+    from bertkit.tokenization import Tokenizer
+
+    lines = POLYPHONE.read_text(encoding="utf-8").splitlines()
+    targets = sorted({line.split("▁")[1] for line in lines})
+    lines = lines[::len(lines) // 2000]  # the file is grouped by character: take every character's sentences
+    tok = Tokenizer.from_pretrained(str(CHINESE), do_lower_case=True)
+    vocab = VocabInfo.from_vocab(tok.vocab)
+    tw = TargetWords({(int(i),) for i in tok.convert_tokens_to_ids(targets)})
+    with_targets = MaskingConfig(masked_lm_prob=0.15, target_mask_prob=0.8, max_predictions_per_seq=64)
+    rng, uniform_rng = np.random.default_rng(0), np.random.default_rng(1)
+    others = other_masked = target_tokens = without_targets = uniform_masked = 0
+    for enc in tok.backend.encode_batch([line.replace("▁", "") for line in lines], add_special_tokens=False):
+        ids = np.array([tok.cls_id] + enc.ids[:126] + [tok.sep_id], dtype=np.int32)
+        spans = word_spans(ids, vocab)
+        is_target = tw(ids, spans)
+        _, pos, _ = mask_row(ids, rng, with_targets, vocab, is_target, spans)
+        targets_at = spans[is_target, 0]  # Chinese: every target is one character
+        others += int(vocab.maskable(ids).sum()) - targets_at.size
+        other_masked += int((~np.isin(pos, targets_at)).sum())
+        target_tokens += targets_at.size
+        rest = np.delete(ids, targets_at)
+        uniform_masked += mask_row(rest, uniform_rng, MaskingConfig(), vocab)[1].size
+        without_targets += int(vocab.maskable(rest).sum())
+    assert target_tokens > 0.15 * (others + target_tokens)  # why the whole row's 15% was too much
+    uniform_rate = uniform_masked / without_targets
+    assert 0.15 <= uniform_rate < 0.17  # short rows round their 15% up a little
+    assert abs(other_masked / others - uniform_rate) < 0.005, (other_masked / others, uniform_rate)
+
+
 # ---- determinism, workers, parts, resume ------------------------------------------------------
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, wiki_corpus):
     a, _ = build(tmp_path, [wiki_corpus], "a", chunk_docs=60)
