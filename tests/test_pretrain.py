@@ -20,10 +20,11 @@ from safetensors.torch import load_file
 
 import bertkit.training.trainer as trainer
 from bertkit.cli import main
-from bertkit.config import preset
+from bertkit.config import TrainConfig, preset
 from bertkit.data.records import open_pretraining_data
 from bertkit.modeling.heads import BertForPreTraining
 from bertkit.tokenization import Tokenizer
+from bertkit.training.distributed import DistInfo
 from bertkit.training.pretraining import PretrainingTask, split_held_out
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -268,3 +269,34 @@ def test_corrupted_shard_and_bad_masking_fail_before_training(wiki_records, tmp_
     # Records built for dynamic masking store no masks: static masking of them is refused.
     assert main(pretrain_args(wiki_records, out, *tiny(), "--max-steps", "2", "--masking", "static")) == 1
     assert "--masking dynamic" in capsys.readouterr().err
+
+
+def test_each_training_epoch_reads_one_generated_epoch(tmp_path) -> None:
+    """`pretrain-data --dupe-factor 3` then `pretrain --epochs 1`: one pass over the text (the
+    records of generated epoch 0), as finetune_on_pregenerated.py reads pregenerated epochs. Every
+    epoch read all the records: `--epochs 1` trained 3 passes over the text, `--epochs 3` nine,
+    each static mask three times."""
+    need(WIKI, UNCASED)
+    corpus = tmp_path / "wiki.txt"
+    with WIKI.open(encoding="utf-8") as f:
+        corpus.write_text("".join(next(f) for _ in range(300)), encoding="utf-8")
+    records = tmp_path / "records"
+    assert main(["pretrain-data", "--input", str(corpus), "--tokenizer", str(UNCASED), "--output-dir", str(records),
+                 "--wikitext", "--max-seq-length", "64", "--dupe-factor", "3"]) == 0
+    data = open_pretraining_data(records)
+    train_part, _ = split_held_out(data, 0.05, 3)
+    task = PretrainingTask(data, Tokenizer.from_pretrained(UNCASED))
+    features = task.training_view(train_part)
+    epoch_rows = data.manifest["shards"][0]["epoch_rows"]
+    generated = np.repeat(np.arange(3), epoch_rows)[train_part.indices]  # one shard: its epochs in order
+    config = TrainConfig(batch_size=16)
+    for epoch in range(4):
+        batches = trainer.global_batches_of_epoch(task, None, len(features), config, epoch, 16, DistInfo())
+        assert all(b.size for b in batches)
+        read = np.sort(np.concatenate(batches))
+        assert np.array_equal(read, np.flatnonzero(generated == epoch % 3)), epoch  # each once, no other
+    out = tmp_path / "run"
+    assert main(pretrain_args(records, out, *tiny(), "--epochs", "1", "--batch-size", "16",
+                              "--eval-fraction", "0.05", "--eval-every", "none")) == 0
+    start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert start["total_steps"] == math.ceil((generated == 0).sum() / 16)  # not len(features) / 16

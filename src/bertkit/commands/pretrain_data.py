@@ -26,8 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "' @-@ ' joins undone, <unk> read as the tokenizer's unknown token")
     p.add_argument("--max-seq-length", "--max_seq_length", type=int, default=128)
     p.add_argument("--short-seq-prob", "--short_seq_prob", type=float, default=0.1)
-    p.add_argument("--dupe-factor", "--dupe_factor", "--epochs-to-generate", dest="dupe_factor", type=int, default=1,
-                   help="epochs to generate, each with different pairings and masks")
+    p.add_argument("--dupe-factor", "--dupe_factor", "--epochs-to-generate", "--epochs_to_generate", dest="dupe_factor",
+                   type=int, default=1, help="epochs to generate, each with different pairings and masks; "
+                                             "pretrain reads one of them per training epoch, in turn")
     p.add_argument("--no-nsp", action="store_true",
                    help="MLM only: rows packed from consecutive documents (sequence ids 1..k)")
     p.add_argument("--masking", choices=("static", "dynamic"), default="static",

@@ -179,6 +179,20 @@ def held_out_warning(data: Any, held: IndexView) -> str | None:
             f"with records of other documents (or rebuild these with this bertkit)")
 
 
+def generated_epochs(data: Any) -> np.ndarray | None:
+    """int [N]: the epoch `pretrain-data --dupe-factor` generated each record of `data` (records or
+    an IndexView of them) in, or None for records of one generated epoch and other formats. A
+    shard holds its epochs one after another (`epoch_rows` in the manifest)."""
+    records = data.data if isinstance(data, IndexView) else data
+    rows = [shard.get("epoch_rows") for shard in records.manifest.get("shards") or []]
+    if not rows or not all(rows) or max(len(r) for r in rows) < 2:
+        return None
+    epochs = np.concatenate([np.repeat(np.arange(len(r)), r) for r in rows])
+    if epochs.size != len(records):
+        return None
+    return epochs[data.indices] if isinstance(data, IndexView) else epochs
+
+
 def data_has_nsp(data: Any) -> bool:
     """Whether the records carry NSP labels. bertkit records say so in their settings; for other
     formats the first record decides (a format stores the label for every record or for none)."""
@@ -269,6 +283,7 @@ class PretrainingTask(Task):
         self.dynamic = self._dynamic_masking(data, tokenizer) if self.masking == "dynamic" else None
         # The trainer passes a per-batch seeded `rng` to collate only when this is set.
         self.collate_needs_rng = self.dynamic is not None
+        self.generated_epoch: np.ndarray | None = None  # of each training record (training_view)
 
     def _dynamic_masking(self, data: Any, tokenizer: Any) -> Any:
         from bertkit.data.masking import DynamicMasking, MaskingConfig, VocabInfo
@@ -282,7 +297,18 @@ class PretrainingTask(Task):
     # ---- data -----------------------------------------------------------------------------------
     def training_view(self, data: Any) -> Any:
         """The records the trainer reads: with dynamic masking, stored masks undone."""
+        self.generated_epoch = generated_epochs(data)
         return Unmasked(data) if self.dynamic is not None else data
+
+    def epoch_examples(self, epoch: int) -> np.ndarray | None:
+        """The training records of training epoch `epoch`: with several epochs generated
+        (`pretrain-data --dupe-factor`), those of generated epoch `epoch` (cycling through them),
+        as Hugging Face's finetune_on_pregenerated.py reads them. Reading all of them every epoch
+        made `--epochs 3` on 5 generated epochs 15 passes over the text. None: all records."""
+        if self.generated_epoch is None:
+            return None
+        generations = int(self.generated_epoch.max()) + 1
+        return np.flatnonzero(self.generated_epoch == epoch % generations)
 
     def eval_set(self, data: Any) -> tuple[list[Instance], list[Instance]] | None:
         """(examples, features) for the trainer's evaluation: the held-out records, with masks

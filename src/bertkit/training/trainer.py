@@ -72,8 +72,16 @@ def global_batches_of_epoch(task, lengths, n: int, config: TrainConfig, epoch: i
     plan = getattr(task, "epoch_batches", None)
     if plan is not None:
         return [np.asarray(b) for b in plan(epoch, config.seed, global_batch)]
-    order = epoch_order(lengths, n, config.seed, epoch, config.batch_size, config.group_by_length)
-    batches = [order[i:i + global_batch] for i in range(0, n, global_batch)]
+    # A task may read a part of its examples per epoch (pre-training records of several generated
+    # epochs: one generated epoch per training epoch).
+    subset = task.epoch_examples(epoch) if hasattr(task, "epoch_examples") else None
+    if subset is None:
+        order = epoch_order(lengths, n, config.seed, epoch, config.batch_size, config.group_by_length)
+    else:
+        part_lengths = None if lengths is None else np.asarray(lengths)[subset]
+        order = subset[epoch_order(part_lengths, subset.size, config.seed, epoch, config.batch_size,
+                                   config.group_by_length)]
+    batches = [order[i:i + global_batch] for i in range(0, order.size, global_batch)]
     if info.enabled and batches and len(batches[-1]) < info.world_size:
         batches.pop()  # a rank without an example would have no backward to join
     return batches
@@ -543,13 +551,21 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         raise ValueError("the training set is empty")
     global_batch = config.batch_size * info.world_size
     lengths = ([task.feature_length(f) for f in train_features] if config.group_by_length else None)
-    steps_per_epoch = math.ceil(len(global_batches_of_epoch(task, lengths, n, config, 0, global_batch, info))
-                                / config.grad_accum)
+    def steps_in_epoch(epoch: int) -> int:
+        return math.ceil(len(global_batches_of_epoch(task, lengths, n, config, epoch, global_batch, info))
+                         / config.grad_accum)
+
+    steps_per_epoch = steps_in_epoch(0)
     if steps_per_epoch == 0:
         raise ValueError(
             f"{n} training examples make no optimizer step with --batch-size {config.batch_size} x "
             f"{info.world_size} processes: every process needs at least one example; run on fewer processes")
     total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+    if not config.max_steps and getattr(task, "epoch_examples", lambda epoch: None)(0) is not None:
+        whole = int(config.epochs)  # epochs of different sizes: count each one's steps
+        total_steps = sum(steps_in_epoch(e) for e in range(whole))
+        if config.epochs > whole:
+            total_steps += math.ceil((config.epochs - whole) * steps_in_epoch(whole))
 
     apply_model_settings(model, config)
     model.to(device)
