@@ -477,3 +477,57 @@ def test_resumed_run_logs_the_same_loss_averages(tiny_model_dir, sst2_small, tmp
         logs.append([(r["step"], r["loss"]) for r in records if "loss" in r])
     assert [step for step, _ in logs[0]] == [5, 10, 12]
     assert logs[0] == logs[1]
+
+
+def test_an_output_dir_that_is_not_a_run_is_refused_before_anything_is_written(
+        tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    """A data directory given as --output-dir (with or without --resume) had the run's config.json,
+    weights and tokenizer files written among its files; a file there failed with a traceback
+    after the data was read."""
+    data = tmp_path / "data"
+    shutil.copytree(sst2_small, data)
+    before = sorted(p.name for p in data.iterdir())
+    for extra in ((), ("--resume",)):
+        assert main(finetune_args(tiny_model_dir, data, data, "--max-steps", "1", *extra)) == 1
+        err = capsys.readouterr().err
+        assert f"--output-dir {data} is not empty and holds no bertkit run (it holds dev.tsv, train.tsv)" in err
+        assert sorted(p.name for p in data.iterdir()) == before
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    assert main(finetune_args(tiny_model_dir, sst2_small, a_file, "--max-steps", "1")) == 1
+    err = capsys.readouterr().err
+    assert f"--output-dir {a_file} is a file, not a directory" in err and "Traceback" not in err
+    assert a_file.read_text() == "mine\n"
+
+
+def test_a_tokenizer_or_length_the_model_cannot_take_is_refused_up_front(tiny_model_dir, sst2_small, tmp_path,
+                                                                         capsys) -> None:
+    """A tokenizer with more tokens than the model's word embeddings, or --max-seq-length past its
+    position embeddings, failed at the first batch that reached them (IndexError deep in the
+    embedding on CPU), after the run directory was started, or never on short data."""
+    from bertkit.config import preset
+
+    small = tmp_path / "small-vocab"
+    BertForSequenceClassification(preset("tiny", vocab_size=1000)).save_pretrained(
+        small, tokenizer=Tokenizer.from_pretrained(tiny_model_dir))
+    (small / "vocab.txt").unlink()  # tokenizer.json only: the vocab.txt line count check does not see it
+    out = tmp_path / "run"
+    assert main(finetune_args(small, sst2_small, out, "--max-steps", "1")) == 1
+    assert "tokenizer has 30522 tokens but the model has vocab_size=1000" in capsys.readouterr().err
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "1", "--max-seq-length", "600")) == 1
+    assert ("--max-seq-length 600 is longer than the model's max_position_embeddings=512"
+            in capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_an_os_error_is_reported_without_a_traceback(monkeypatch, capsys) -> None:
+    """An unwritable path or a full disk (the trainer's OSError says which checkpoint and how much
+    space is free) printed a Python traceback: the CLI caught only FileNotFoundError of the OSErrors."""
+    import bertkit.commands.info
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", "/runs/locked")
+
+    monkeypatch.setattr(bertkit.commands.info, "run", refuse)
+    assert main(["info", "anything"]) == 1
+    assert capsys.readouterr().err == "bertkit info: error: [Errno 13] Permission denied: '/runs/locked'\n"

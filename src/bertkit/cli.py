@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    # OSError: a file or directory that cannot be written or read (permissions, a file where a
+    # directory is needed, a full disk); its message names the path.
+    except (ValueError, OSError, RuntimeError) as err:
         if getattr(args, "traceback", False) or os.environ.get("BERTKIT_TRACEBACK"):
             raise
         print(f"bertkit {args.command}: error: {err}", file=sys.stderr)

@@ -184,12 +184,30 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     from bertkit.training.trainer import check_output_dir
 
     found = check_output_dir(config)  # before data is read or anything of an earlier run is touched
+    check_output_dir_is_a_run(Path(config.output_dir), config.overwrite_output_dir)
     if config.resume and not found and (Path(config.output_dir) / BERTKIT_JSON).is_file():
         # Starting afresh here would overwrite the finished run that --resume was meant to keep.
         raise ValueError(f"--resume: {config.output_dir} holds a finished run ({BERTKIT_JSON}) and no checkpoint "
                          f"to continue from; train longer into a new --output-dir, or drop --resume to train "
                          f"this one again")
     return config
+
+
+# What a training run writes first (log.jsonl, at its start) or keeps (checkpoints, bertkit.json).
+RUN_MARKERS = (BERTKIT_JSON, "log.jsonl", "checkpoints")
+
+
+def check_output_dir_is_a_run(output_dir: Path, overwrite: bool) -> None:
+    """Refuse an --output-dir that holds files but no training run (a data or records directory
+    given by mistake): the run's config.json, model and tokenizer files would be written among them,
+    and over any of the same name."""
+    if not output_dir.is_dir() or overwrite or any((output_dir / name).exists() for name in RUN_MARKERS):
+        return
+    held = sorted(p.name for p in output_dir.iterdir())
+    if held:
+        raise ValueError(f"--output-dir {output_dir} is not empty and holds no bertkit run (it holds "
+                         f"{', '.join(held[:5])}{' ...' if len(held) > 5 else ''}); give a new or empty "
+                         f"directory, or --overwrite-output-dir to write the run among these files")
 
 
 def task_options_from_args(args: argparse.Namespace, task_cls: type[Task], saved: dict | None = None) -> TaskOptions:
@@ -212,6 +230,21 @@ def load_tokenizer(model_path: str, do_lower_case: bool | None):
     from bertkit.tokenization import Tokenizer
 
     return Tokenizer.from_pretrained(model_path, do_lower_case=do_lower_case)
+
+
+def check_model_fits(config, tokenizer, max_seq_length: int, model_path: str) -> None:
+    """Refuse, before anything is written, a tokenizer or --max-seq-length that the model's
+    embeddings cannot take. Unchecked, they fail at the first batch that holds a token id past the
+    word embeddings (an IndexError deep in the embedding on CPU, a device assert on CUDA) or a row
+    past the position embeddings: minutes into training, or only in `predict` on a longer test set."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"--model {model_path}: its tokenizer has {tokenizer.vocab_size} tokens but the model has "
+                         f"vocab_size={config.vocab_size} word embeddings; the tokenizer files do not belong to "
+                         f"these weights")
+    if max_seq_length > config.max_position_embeddings:
+        raise ValueError(f"--max-seq-length {max_seq_length} is longer than the model's "
+                         f"max_position_embeddings={config.max_position_embeddings} ({model_path}); use "
+                         f"--max-seq-length {config.max_position_embeddings} or less")
 
 
 # ---- feature cache ------------------------------------------------------------------------------

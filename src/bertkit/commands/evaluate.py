@@ -68,6 +68,7 @@ def load_for_inference(args: argparse.Namespace):
     else:
         model = load_task_model(task, args.model, new_head=False)  # a mismatch here is an error
     tokenizer = common.load_tokenizer(args.model, args.do_lower_case)
+    common.check_model_fits(model.config, tokenizer, task.options.max_seq_length, args.model)
     return task, model.to(info.device).eval(), tokenizer, info, precision
 
 

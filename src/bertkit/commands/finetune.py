@@ -77,6 +77,7 @@ def finetune_single(args: argparse.Namespace) -> int:
 
     seed_everything(config.seed)  # head initialisation is part of the seeded run
     model = load_task_model(task, args.model)
+    common.check_model_fits(model.config, tokenizer, max_len, args.model)
     run_info = {
         "task": task.name, "tasks": [task.name], "head": task.head, "labels": task.label_names(),
         "max_seq_length": max_len, "data_dir": task.options.data_dir, "extra": task.options.extra,

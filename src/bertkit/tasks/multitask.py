@@ -424,6 +424,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     seed_everything(config.seed)  # head initialisation is part of the seeded run
     model = MultiTaskModel.from_pretrained(args.model, specs)
+    common.check_model_fits(model.config, tokenizer, max(t.options.max_seq_length for t in tasks), args.model)
     run_info = {
         "task": names[0], "tasks": names, "head": "multitask", "main_metric": "average",
         "heads": {s.task: {**dataclasses.asdict(s), "main_metric": t.main_metric,

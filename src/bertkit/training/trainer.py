@@ -338,6 +338,8 @@ def check_output_dir(config: TrainConfig) -> list[Path]:
     two runs' checkpoints: pruning keeps the highest step numbers, so the old, later steps would
     survive and a later --resume would bring back the old model."""
     output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a directory; give a directory path for the run")
     found = checkpoint_dirs(output_dir)
     if found and not config.resume and not config.overwrite_output_dir:
         raise ValueError(
