@@ -306,6 +306,17 @@ def test_load_errors_name_the_problem(tmp_path):
         Tokenizer.from_pretrained(tmp_path)
 
 
+def test_a_tf_checkpoint_prefix_finds_the_vocab_beside_it():
+    """`--model DIR/bert_model.ckpt` (Google's spelling, which the model loader and `bertkit info`
+    take) failed in finetune: "tokenizer path '.../bert_model.ckpt' does not exist"."""
+    fixture = SHARED / "models" / "tf-bert-fixture"
+    if not (fixture / "bert_model.ckpt.index").is_file():
+        pytest.skip(f"{fixture} is absent")
+    expected = Tokenizer.from_pretrained(fixture).vocab
+    assert Tokenizer.from_pretrained(fixture / "bert_model.ckpt").vocab == expected
+    assert Tokenizer.from_pretrained(fixture / "bert_model.ckpt.index").vocab == expected
+
+
 def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="pass its local directory"):

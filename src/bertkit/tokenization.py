@@ -206,6 +206,10 @@ class Tokenizer:
         tokenizer.json; the vocabulary's own casing. A mismatch with the vocabulary warns.
         """
         path = Path(path_or_id)
+        if Path(f"{path}.index").is_file() or (path.is_file() and path.suffix == ".index"):
+            # A Google TF checkpoint named by its prefix (bert_model.ckpt, as the model loader and
+            # `bertkit info` take it) or its .index file: the vocab.txt and config sit beside it.
+            path = path.parent
         if path.is_file() and path.suffix == ".json":
             return cls._from_tokenizer_json(path, do_lower_case, "do_lower_case argument", None, True,
                                             DEFAULT_MODEL_MAX_LENGTH)
