@@ -473,6 +473,23 @@ def test_empty_corpus_is_an_error(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing half made is left behind (it had a tokenizer/ before)
 
 
+def test_an_output_dir_of_other_files_or_other_settings_is_refused(tmp_path):
+    """Records were written among the files of a non-empty directory (a corpus folder given as
+    --output-dir); and a change of --max-seq-length was reported as "max_seq_length (64, now
+    128), max_seq_length"."""
+    need(UNCASED, SAMPLE)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "text.txt").write_text(SAMPLE.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    with pytest.raises(ValueError, match=r"corpus is not empty and holds no records \(it holds text.txt\)"):
+        create_pretraining_data([str(corpus / "text.txt")], str(UNCASED), corpus, PretrainDataConfig(), log=quiet)
+    assert [p.name for p in corpus.iterdir()] == ["text.txt"]
+    build(tmp_path, [corpus / "text.txt"], max_seq_length=64)
+    with pytest.raises(ValueError) as err:
+        build(tmp_path, [corpus / "text.txt"], max_seq_length=128)
+    assert "other settings: max_seq_length (64, now 128); use a new --output-dir" in str(err.value)
+
+
 def test_one_sentence_document_and_overlong_line(tmp_path, uncased):
     need(UNCASED)
     corpus = tmp_path / "odd.txt"

@@ -117,6 +117,12 @@ def fingerprint_for(directory: Path, header: dict[str, Any], flag: str) -> str:
         return hashlib.sha256(json.dumps(h, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     fingerprint = digest(header)
+    held = sorted(p.name for p in Path(directory).iterdir()) if Path(directory).is_dir() else []
+    # Records (even of a run killed early) leave a manifest, shards or the saved tokenizer; a
+    # directory of other files (the corpus's own, a model) would get the records among them.
+    if held and not any(name == "manifest.json" or name == "tokenizer" or name.startswith("shard-") for name in held):
+        raise ValueError(f"{flag} {directory} is not empty and holds no records (it holds {', '.join(held[:5])}"
+                         f"{' ...' if len(held) > 5 else ''}); give a new or empty {flag}")
     old = Path(directory) / "manifest.json"
     if old.is_file():
         previous = json.loads(old.read_text(encoding="utf-8"))
@@ -137,8 +143,9 @@ def _differences(previous: dict[str, Any], header: dict[str, Any]) -> str:
     settings_then, settings_now = flat(previous.get("settings") or {}), flat(header["settings"])
     changed = [f"{k} ({settings_then.get(k)!r}, now {settings_now[k]!r})" for k in settings_now
                if settings_then.get(k) != settings_now[k]]
+    # Top-level keys that repeat a setting (max_seq_length) are named once, with their values above.
     changed += [{"vocab_hash": "vocabulary", "inputs": "input files"}.get(k, k) for k in header
-                if k != "settings" and previous.get(k) != header[k]]
+                if k != "settings" and k not in settings_now and previous.get(k) != header[k]]
     return "settings: " + ", ".join(dict.fromkeys(changed)) if changed else "settings"
 
 
