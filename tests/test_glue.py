@@ -160,6 +160,23 @@ def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
         glue_task("stsb", tmp_path).read("train")
 
 
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    """A Latin-1 or UTF-16 export raised UnicodeDecodeError ("'utf-8' codec can't decode byte 0xe9
+    in position 31"), naming neither the file nor the line."""
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_bytes(b"sentence\tlabel\ngood film\t1\nbad caf\xe9 film\t0\n")
+    with pytest.raises(DataError, match=r"SST-2/train.tsv:3: not UTF-8 \(byte 0xe9 .*re-encode the file as UTF-8"):
+        glue_task("sst2", tmp_path).read("train")
+    (tmp_path / "SST-2" / "train.tsv").write_bytes("sentence\tlabel\ngood film\t1\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"SST-2/train.tsv: the file is UTF-16 .*re-encode it as UTF-8"):
+        glue_task("sst2", tmp_path).read("train")
+    (tmp_path / "train.csv").write_bytes(b"review,stars\nfine,pos\ncaf\xe9,neg\n")
+    task = get_task_class("classification")(TaskOptions(train_file=str(tmp_path / "train.csv"),
+                                                        extra={"text_column": "review", "label_column": "stars"}))
+    with pytest.raises(DataError, match=r"train.csv:3: not UTF-8"):
+        task.read("train")
+
+
 def test_only_newlines_end_a_tsv_row(tmp_path: Path) -> None:
     write(tmp_path / "SST-2" / "train.tsv", ["sentence\tlabel", "one\u2028line\x85still\t1", "next\t0"])
     rows = glue_task("sst2", tmp_path).read("train")
@@ -305,6 +322,44 @@ def test_output_without_suffix_is_a_directory_for_every_task(tiny_mnli_model: Pa
     assert sorted(p.name for p in (tmp_path / "newsub").iterdir()) == ["MNLI-m.tsv", "MNLI-mm.tsv"]
     assert main([*base, "--split", "test_matched", "--output", str(tmp_path / "mine.tsv")]) == 0  # a suffix: the file
     assert (tmp_path / "mine.tsv").read_text().splitlines()[0] == "index\tprediction"
+
+
+def test_an_interrupted_predict_keeps_the_earlier_file_whole(tiny_mnli_model: Path, tmp_path: Path,
+                                                             monkeypatch, capsys) -> None:
+    """Prediction files were written in place: Ctrl-C (or a failure) mid-file left the earlier
+    submission cut short under its own name. A file where --output needs a folder failed with a
+    traceback, after the whole split was predicted."""
+    from bertkit.tasks.classification import SentencePairTask
+
+    write_mnli(tmp_path / "glue")
+    base = ["predict", "--task", "mnli", "--model", str(tiny_mnli_model), "--data-dir", str(tmp_path / "glue"),
+            "--device", "cpu", "--split", "test_mismatched"]
+    preds = tmp_path / "preds.tsv"
+    assert main([*base, "--output", str(preds)]) == 0
+    earlier = preds.read_text()
+    assert len(earlier.splitlines()) == 1 + 2
+    real_label = SentencePairTask.prediction_label
+    written = []
+
+    def interrupted_after_one_row(self, prediction):
+        if written:
+            raise KeyboardInterrupt
+        written.append(prediction)
+        return real_label(self, prediction)
+
+    monkeypatch.setattr(SentencePairTask, "prediction_label", interrupted_after_one_row)
+    assert main([*base, "--output", str(preds)]) == 130
+    assert preds.read_text() == earlier
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+
+    (tmp_path / "sub").write_text("not a folder\n")
+    capsys.readouterr()
+    for output in (f"{tmp_path / 'sub'}/", str(tmp_path / "sub" / "preds.tsv")):
+        assert main([*base, "--output", output]) == 1
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'sub'} is a file, but the predictions need a directory there" in err
+        assert "Traceback" not in err
 
 
 def test_stsb_predictions_are_clipped_to_the_score_range(tmp_path: Path) -> None:

@@ -184,6 +184,35 @@ def write_squad(path: Path, qas: list[dict], context: str = "Paris is the capita
     return path
 
 
+def test_v2_data_scored_with_a_model_trained_on_v1_is_said(tmp_path, caplog):
+    """A v1.1 training file with a v2.0 dev file (or evaluate of a v1.1 run on v2.0 data) was
+    scored as v2 without a word, though the model never saw a question without an answer."""
+    v1 = write_squad(tmp_path / "train-v1.1.json", [
+        {"id": "a", "question": "What?", "answers": [{"text": "Paris", "answer_start": 0}]}])
+    v2 = write_squad(tmp_path / "dev-v2.0.json", [
+        {"id": "b", "question": "What?", "is_impossible": False, "answers": [{"text": "Paris", "answer_start": 0}]},
+        {"id": "c", "question": "Who?", "is_impossible": True, "answers": []}], version="v2.0")
+    task = make_task(train_file=str(v1), dev_file=str(v2))
+    task.read("train")
+    with caplog.at_level("WARNING"):
+        task.read("dev")
+    assert "dev-v2.0.json is SQuAD v2.0 data (1 of 2 questions have no answer) but the model is trained on v1.1" \
+        in caplog.text
+    assert task.state_dict() == {"train_version": "1.1"}  # saved in bertkit.json for evaluate
+    caplog.clear()
+    evaluating = make_task(dev_file=str(v2))
+    evaluating.load_state_dict(task.state_dict())
+    with caplog.at_level("WARNING"):
+        evaluating.read("dev")
+    assert "trained on v1.1" in caplog.text
+    caplog.clear()
+    v2_run = make_task(train_file=str(v2), dev_file=str(v1))  # a v2 model scored on v1.1: nothing to say
+    v2_run.read("train")
+    with caplog.at_level("WARNING"):
+        v2_run.read("dev")
+    assert "trained on" not in caplog.text
+
+
 def test_answer_start_mismatch_names_file_and_question(tmp_path):
     bad = write_squad(tmp_path / "dev.json", [
         {"id": "good1", "question": "What?", "answers": [{"text": "Paris", "answer_start": 0}]},
@@ -208,6 +237,12 @@ def test_other_bad_inputs(tmp_path):
         make_task(dev_file=str(tmp_path / "notsquad.json")).read("dev")
     with pytest.raises(ValueError, match="--doc-stride must be >= 1"):
         make_task(doc_stride=0)
+
+
+def test_a_stride_as_long_as_the_window_is_refused(v1_dev, tokenizer):
+    """A stride is cut to the window, so windows only abutted: accepted without a word."""
+    with pytest.raises(ValueError, match="--doc-stride 128 is not below --max-seq-length 128, so context windows"):
+        make_task(doc_stride=128).encode(v1_dev[:1], tokenizer, 128)
 
 
 def test_whitespace_slips_are_counted_and_not_trained_on(tmp_path):

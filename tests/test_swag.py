@@ -90,6 +90,7 @@ def test_swag_multiline_quoted_field_reports_physical_line(tmp_path):
     (lambda r: r[:-1] + ["-1"], "column 'label' = -1 is out of range"),
     (lambda r: r + ["extra"], "wrong number of columns"),
     (lambda r: r[:5], "wrong number of columns"),
+    (lambda r: r[:10] + [" "] + r[11:], "column ending3 is empty"),  # was read as the choice "sent2 "
 ])
 def test_swag_bad_rows(tmp_path, mutate, message):
     path = write_swag(tmp_path / "train.csv", [ROWS[0], mutate(list(ROWS[1]))])

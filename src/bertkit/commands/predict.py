@@ -51,10 +51,26 @@ def prediction_file_name(task, split: str) -> str:
     return f"{stem}.{split}.{suffix}" if dot else f"{name}.{split}"
 
 
+def names_a_directory(output: str) -> bool:
+    """--output is a directory when it is one, ends in /, or has no suffix (`submission`)."""
+    path = Path(output)
+    return path.is_dir() or output.endswith("/") or not path.suffix
+
+
+def check_output(output: str) -> None:
+    """A file where --output needs a folder would fail only once the whole split is predicted."""
+    path = Path(output)
+    for folder in ([path] if names_a_directory(output) else []) + list(path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--output {output}: {folder} is a file, but the predictions need a directory "
+                             f"there (a path ending in / or without a suffix names a directory)")
+
+
 def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
     from bertkit.training.trainer import predict_features
 
+    check_output(args.output)
     task, model, tokenizer, info, precision = load_for_inference(args)
     examples = task.read(args.split)
     features = common.encode_cached(task, args.split, examples, tokenizer, task.options.max_seq_length, info)
@@ -62,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     predictions = task.postprocess(examples, features, outputs)
     if info.is_main:
         output = Path(args.output)
-        if output.is_dir() or args.output.endswith("/") or not output.suffix:
+        if names_a_directory(args.output):
             output = output / prediction_file_name(task, args.split)
         kwargs = {}
         if task.head in ("sequence_classification",) and outputs and np.ndim(outputs[0]) == 1:

@@ -17,9 +17,11 @@ Flow (see DESIGN.md):
 from __future__ import annotations
 
 import argparse
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -71,6 +73,30 @@ class TaskOptions:
         return self.extra.get(key, default)
 
 
+def read_data_text(path: Path, encoding: str = "utf-8") -> str:
+    """A data file's text, as `path.read_text` gives it; a file that is not UTF-8 (a Latin-1 or
+    UTF-16 export) is a DataError naming the file and line, not a UnicodeDecodeError naming neither."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError:
+        raise not_utf8_error(path) from None
+
+
+def not_utf8_error(path: Path) -> DataError:
+    """The DataError for a file that does not decode as UTF-8: the line and byte where it fails."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return DataError(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); re-encode it "
+                         f"as UTF-8")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        return DataError(f"{path}:{line}: not UTF-8 (byte {raw[err.start]:#04x} at offset {err.start}: "
+                         f"{err.reason}); re-encode the file as UTF-8")
+    return DataError(f"{path}: not UTF-8; re-encode the file as UTF-8")
+
+
 def file_lines(text: str) -> list[str]:
     """Lines of a data file's text as read by `read_text` (which already turned \\r\\n into \\n),
     trailing blank lines dropped. Not `str.splitlines()`: that also breaks at U+2028, U+0085, form
@@ -79,6 +105,23 @@ def file_lines(text: str) -> list[str]:
     while lines and not lines[-1].strip(" \t\r"):
         lines.pop()
     return lines
+
+
+@contextmanager
+def open_for_writing(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A prediction file written as PATH.tmp and renamed onto PATH once complete: a predict that
+    fails or is interrupted mid-file leaves the earlier file whole, never a half-written one under
+    its name (the rename is atomic on one file system)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            yield f
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def pad_sequences(rows: Sequence[Sequence[int]], pad_value: int = 0, length: int | None = None,

@@ -10,6 +10,7 @@ The label set is inferred from the training file (sorted) and saved with the mod
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bertkit.metrics.glue import accuracy, glue_metrics, macro_f1
-from bertkit.tasks.base import DataError, Task, register
+from bertkit.tasks.base import DataError, Task, open_for_writing, read_data_text, register
 
 
 @dataclass
@@ -98,8 +99,7 @@ class SentencePairTask(Task):
                           probabilities: Sequence[np.ndarray] | None = None) -> Path:
         """TSV `index<TAB>prediction` (the GLUE submission layout)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
+        with open_for_writing(path) as f:
             f.write("index\tprediction\n")
             for example, prediction in zip(examples, predictions):
                 f.write(f"{example.guid}\t{self.prediction_label(prediction)}\n")
@@ -113,7 +113,7 @@ def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
         raise DataError(f"{path}: file not found")
     rows: list[tuple[int, dict[str, Any]]] = []
     suffix = path.suffix.lower()
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_data_text(path, encoding="utf-8-sig")) as f:
         if suffix in (".jsonl", ".json"):
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
@@ -198,7 +198,6 @@ class CustomTask(SentencePairTask):
         """JSONL: id, prediction and (for classification) the probability of each label; a path
         ending in .tsv gets the same as tab-separated columns (id, prediction, p_<label>...)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         names = self.label_names()
         records = []
         for i, (example, prediction) in enumerate(zip(examples, predictions)):
@@ -209,7 +208,7 @@ class CustomTask(SentencePairTask):
             if probabilities is not None and names:
                 record["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probabilities[i])}
             records.append(record)
-        with path.open("w", encoding="utf-8", newline="") as f:
+        with open_for_writing(path, newline="") as f:
             if path.suffix.lower() == ".tsv":
                 with_probabilities = probabilities is not None and bool(names)
                 f.write("\t".join(["id", "prediction", *(f"p_{n}" for n in names if with_probabilities)]) + "\n")

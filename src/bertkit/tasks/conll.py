@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from bertkit.metrics.ner import ner_scores
-from bertkit.tasks.base import DataError, Task, TaskOptions, file_lines, pad_sequences, padded_inputs, register
+from bertkit.tasks.base import (DataError, Task, TaskOptions, file_lines, open_for_writing, pad_sequences,
+                                padded_inputs, read_data_text, register)
 from bertkit.tasks.swag import plain_backend, special_ids
 
 log = logging.getLogger(__name__)
@@ -202,10 +203,7 @@ class NerTask(Task):
                 doc_start = False
             words, tags = [], []
 
-        try:
-            lines = file_lines(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: not UTF-8 text (byte {err.start}); re-encode the file as UTF-8") from None
+        lines = file_lines(read_data_text(path))
         for line_no, line in enumerate(lines, 1):
             columns = COLUMN_SEPARATOR.split(line.strip(" \t"))  # not str.split(): NBSP is text
             columns = [] if columns == [""] else columns
@@ -365,8 +363,7 @@ class NerTask(Task):
         """CoNLL format read by conlleval: `word gold predicted` per line, a blank line after each
         sentence, `-DOCSTART- O O` where the input had document boundaries."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as out:
+        with open_for_writing(path) as out:
             for ex, tags in zip(examples, predictions):
                 if ex.doc_start:
                     out.write("-DOCSTART- O O\n\n")

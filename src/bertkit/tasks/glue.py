@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertkit.metrics.glue import accuracy
-from bertkit.tasks.base import DataError, file_lines, register
+from bertkit.tasks.base import DataError, file_lines, read_data_text, register
 from bertkit.tasks.classification import PairExample, SentencePairTask
 
 
@@ -35,7 +35,7 @@ def read_glue_tsv(path: Path, columns: Columns, has_header: bool) -> list[PairEx
         siblings = sorted(p.name for p in path.parent.glob("*.tsv"))
         raise DataError(f"{path}: split file not found (files there: {', '.join(siblings) or 'none'})")
     # utf-8-sig drops MRPC's byte-order mark; GLUE text contains quotes, so no CSV quoting rules.
-    lines = file_lines(path.read_text(encoding="utf-8-sig"))
+    lines = file_lines(read_data_text(path, encoding="utf-8-sig"))
     if not lines or (has_header and len(lines) == 1):
         raise DataError(f"{path}: empty file (expected {'a header and ' if has_header else ''}data rows)")
     header = lines[0].split("\t") if has_header else None

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from bertkit.tasks.base import DataError, Task, pad_sequences, register
+from bertkit.tasks.base import DataError, Task, open_for_writing, pad_sequences, read_data_text, register
 
 MARK = "\u2581"  # ▁, wraps the target character in *.sent files
 READING_RE = re.compile(r"[a-z]+(?::[a-z]*)?[1-5]")  # pinyin letters (ü as "u:") + tone 1-5
@@ -109,11 +109,7 @@ def parse_marked(line: str, where: str) -> tuple[str, int]:
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 ({err})") from None
-    lines = text.split("\n")
+    lines = read_data_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start a new one
     return [line.rstrip("\r") for line in lines]
@@ -507,14 +503,15 @@ class PolyphoneTask(Task):
             print(f"warning: {n} of {len(examples)} examples ask for characters never seen in training or the "
                   f"dictionary ({''.join(unseen[:20])}{' ...' if len(unseen) > 20 else ''}); their readings are "
                   f"not restricted to the character's own and are often wrong", file=sys.stderr)
-        path.write_text("".join(labels[p] + "\n" for p in predictions), encoding="utf-8")
+        with open_for_writing(path) as f:
+            f.writelines(labels[p] + "\n" for p in predictions)
         stem = path.with_suffix("") if path.suffix != ".tsv" else path.with_suffix(".details")
-        with open(f"{stem}.tsv", "w", encoding="utf-8") as f:
+        with open_for_writing(f"{stem}.tsv") as f:
             f.write("id\tsentence\tchar\tgold\tpred\n")
             for ex, p in zip(examples, predictions):
                 f.write(f"{ex.id}\t{ex.marked_text()}\t{ex.char}\t{ex.label or ''}\t{labels[p]}\n")
         if any(ex.label is not None for ex in examples):
-            with open(f"{stem}.per_char.tsv", "w", encoding="utf-8") as f:
+            with open_for_writing(f"{stem}.per_char.tsv") as f:
                 f.write("char\tn\tcorrect\taccuracy\n")
                 for char, row in sorted(self.per_char_accuracy(examples, predictions).items()):
                     f.write(f"{char}\t{row['n']}\t{row['correct']}\t{row['accuracy']:.4f}\n")

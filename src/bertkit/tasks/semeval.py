@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
-from bertkit.tasks.base import DataError, Task, TaskOptions, register
+from bertkit.tasks.base import DataError, Task, TaskOptions, open_for_writing, read_data_text, register
 from bertkit.tasks.swag import encode_pair, plain_backend, special_ids
 
 POLARITIES = ["negative", "neutral", "positive"]
@@ -95,6 +95,7 @@ class AspectSentimentTask(Task):
         super().__init__(options)
         self._keep_conflict = bool(options.get("keep_conflict", False))
         self._labels = POLARITIES + ["conflict"] if self._keep_conflict else list(POLARITIES)
+        self._noted_conflict: set[Path] = set()  # files whose dropped 'conflict' count was printed
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -136,7 +137,7 @@ class AspectSentimentTask(Task):
         if split not in self.splits:
             raise ValueError(f"--split {split!r} is not one of {', '.join(self.splits)}")
         if split == "dev" and self.options.dev_file:
-            return self._filter(self.read_file(Path(self.options.dev_file)))
+            return self._read_kept(Path(self.options.dev_file))
         fraction = float(self.options.get("dev_fraction", 0.0))
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"--dev-fraction must be in [0, 1), got {fraction}")
@@ -147,8 +148,8 @@ class AspectSentimentTask(Task):
                   "it); --dev-fraction 0.1 holds out training sentences instead, for an unbiased test score",
                   file=sys.stderr)
         if split == "test" or (split == "dev" and fraction == 0.0):
-            return self._filter(self.read_file(self._file("test")))
-        train = self._filter(self.read_file(self._file("train")))
+            return self._read_kept(self._file("test"))
+        train = self._read_kept(self._file("train"))
         if fraction == 0.0:
             return train
         keys = sorted({ex.sentence_key for ex in train})
@@ -156,10 +157,19 @@ class AspectSentimentTask(Task):
         held_out = set(keys[: max(1, round(fraction * len(keys)))])
         return [ex for ex in train if (ex.sentence_key in held_out) == (split == "dev")]
 
-    def _filter(self, examples: list[AspectExample]) -> list[AspectExample]:
+    def _read_kept(self, path: Path) -> list[AspectExample]:
+        """The file's aspect terms, 'conflict' ones dropped unless --keep-conflict: the practice of
+        the papers that report on SemEval-2014 (restaurants train: 91 of 3,693), said with its count
+        so that the totals match theirs visibly."""
+        examples = self.read_file(path)
         if self._keep_conflict:
             return examples
-        return [ex for ex in examples if ex.polarity != "conflict"]
+        kept = [ex for ex in examples if ex.polarity != "conflict"]
+        if len(kept) < len(examples) and path not in self._noted_conflict:
+            self._noted_conflict.add(path)
+            print(f"note: {path}: dropped {len(examples) - len(kept)} of {len(examples)} aspect terms labelled "
+                  f"'conflict' (as the papers do; --keep-conflict keeps them as a 4th class)", file=sys.stderr)
+        return kept
 
     def read_file(self, path: Path) -> list[AspectExample]:
         """All aspect terms of one file (conflict included), XML or .seg by its content."""
@@ -203,7 +213,7 @@ class AspectSentimentTask(Task):
         return examples
 
     def read_seg(self, path: Path) -> list[AspectExample]:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = read_data_text(path).split("\n")
         while lines and not lines[-1].strip():
             lines.pop()
         if not lines:
@@ -272,9 +282,8 @@ class AspectSentimentTask(Task):
         """`.tsv`: id, aspect, prediction, gold (tab-separated, with a header); otherwise JSON
         lines with the same fields plus the sentence and the aspect's character span."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         names = self.label_names()
-        with open(path, "w", encoding="utf-8") as out:
+        with open_for_writing(path) as out:
             if path.suffix == ".tsv":
                 out.write("id\taspect\tprediction\tgold\n")
                 for ex, p in zip(examples, predictions):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
-from bertkit.tasks.base import DataError, Task, padded_inputs, register
+from bertkit.tasks.base import DataError, Task, open_for_writing, padded_inputs, read_data_text, register
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: 
     (training), a question none of whose answers is aligned is left out; otherwise it is kept for
     scoring by text."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_data_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"SQuAD file {path} does not exist; pass --data-dir or --train-file/--dev-file") from None
     except json.JSONDecodeError as err:
@@ -174,6 +174,7 @@ class SquadTask(Task):
             if value is not None and value < minimum:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
         self.slipped_answers = 0  # answers whose answer_start is off by whitespace (kept for scoring)
+        self.train_version: str | None = None  # "1.1" or "2.0": the SQuAD version the model trains on
 
     def _opt(self, name: str, default: Any) -> Any:
         value = self.options.get(name)
@@ -214,7 +215,24 @@ class SquadTask(Task):
         if not examples:
             raise DataError(f"{path}: split {split!r} has no questions"
                             + (f" (--article-split {k} leaves no articles for it)" if k is not None else ""))
+        version = "2.0" if examples[0].is_impossible is not None else "1.1"
+        if split == "train":
+            self.train_version = version
+        elif version == "2.0" and self.train_version == "1.1":
+            # Scored as v2 (HasAns/NoAns) while the model never saw a question without an answer:
+            # a v1.1 dev file and a v2.0 one are easily swapped, and both numbers look like results.
+            unanswerable = sum(1 for e in examples if e.is_impossible)
+            log.warning("%s is SQuAD v2.0 data (%d of %d questions have no answer) but the model is trained on "
+                        "v1.1 data, where every question has one: its no-answer predictions are untrained",
+                        path, unanswerable, len(examples))
         return examples
+
+    def state_dict(self) -> dict[str, Any]:
+        """The SQuAD version of the training data, so that evaluate can say when it differs."""
+        return {"train_version": self.train_version} if self.train_version else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.train_version = state.get("train_version")
 
     def label_names(self) -> None:
         return None
@@ -233,6 +251,12 @@ class SquadTask(Task):
         cls_id, sep_id = _special_id(tokenizer, backend, "cls_id", "[CLS]"), _special_id(tokenizer, backend, "sep_id", "[SEP]")
         doc_stride = int(self._opt("doc_stride", 128))
         max_query = int(self._opt("max_query_length", 64))
+        if doc_stride >= max_seq_length:
+            # A window holds less than max_seq_length context tokens (the question and 3 special
+            # tokens share it), and a stride is cut to the window: windows would only abut, and an
+            # answer across their edge could be found in neither.
+            raise ValueError(f"--doc-stride {doc_stride} is not below --max-seq-length {max_seq_length}, so context "
+                             f"windows would not overlap; use a smaller --doc-stride (128 for 384, 48 for 128)")
 
         # Leading whitespace in a few questions would only add nothing-tokens; contexts are shared
         # by ~5 questions each, so each distinct context is tokenized once.
@@ -383,10 +407,10 @@ class SquadTask(Task):
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / "predictions.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
 
         def dump(name: Path, obj: Any) -> None:
-            name.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            with open_for_writing(name) as f:
+                f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
         dump(path, {e.qid: p.text for e, p in zip(examples, predictions)})
         dump(companion_path(path, "nbest_predictions"), {e.qid: p.nbest for e, p in zip(examples, predictions)})

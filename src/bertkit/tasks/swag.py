@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ import numpy as np
 import tokenizers
 import torch
 
-from bertkit.tasks.base import DataError, Task, TaskOptions, pad_sequences, register
+from bertkit.tasks.base import (DataError, Task, TaskOptions, open_for_writing, pad_sequences, read_data_text,
+                                register)
 
 # ---- tokenizer helpers ---------------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class MultipleChoiceTask(Task):
         f_label = self.options.get("label_field", "label")
         f_id = self.options.get("id_field", "id")
         examples: list[ChoiceExample] = []
-        with open(path, encoding="utf-8") as handle:
+        with io.StringIO(read_data_text(path)) as handle:
             for line_no, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -237,8 +239,7 @@ class MultipleChoiceTask(Task):
     def write_predictions(self, examples: list[ChoiceExample], predictions: list[int], path: str | Path) -> Path:
         """JSON lines: {"id", "prediction" (choice index), "label" (gold index or null)}."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as out:
+        with open_for_writing(path) as out:
             for ex, pred in zip(examples, predictions):
                 out.write(json.dumps({"id": ex.guid, "prediction": int(pred), "label": ex.label}) + "\n")
         return path
@@ -262,7 +263,7 @@ class SwagTask(MultipleChoiceTask):
     def read(self, split: str) -> list[ChoiceExample]:
         path = self.split_file(split)
         examples: list[ChoiceExample] = []
-        with open(path, encoding="utf-8", newline="") as handle:
+        with io.StringIO(read_data_text(path)) as handle:
             reader = csv.DictReader(handle)
             missing = [c for c in self.required_columns if c not in (reader.fieldnames or [])]
             if missing:
@@ -276,6 +277,10 @@ class SwagTask(MultipleChoiceTask):
                 if None in row or any(row[c] is None for c in self.required_columns):
                     raise DataError(f"{where}: wrong number of columns; expected {len(reader.fieldnames)} "
                                     f"as in the header")
+                empty = [f"ending{i}" for i in range(self.n_choices) if not row[f"ending{i}"].strip()]
+                if empty:  # trained on, it is a free wrong answer ("He " against three real endings)
+                    raise DataError(f"{where}: column {empty[0]} is empty; every SWAG example needs "
+                                    f"{self.n_choices} endings")
                 choices = [f"{row['sent2']} {row[f'ending{i}']}" for i in range(self.n_choices)]
                 label = self._parse_label(row.get("label"), self.n_choices, where, "column 'label'")
                 guid = f"{row['video-id']}/{row['fold-ind']}"
