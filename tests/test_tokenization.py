@@ -414,6 +414,16 @@ def test_train_tokenizer_input_errors(tmp_path, capsys):
     assert "bad.txt:3: not UTF-8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--vocab-size 4 leaves no room"):
         train_wordpiece(["some text"], 4)
+    # A model directory as --output-dir had its vocab.txt replaced under its weights.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nmine\n", encoding="utf-8")
+    (tmp_path / "ok.txt").write_text("some text here\n" * 20, encoding="utf-8")
+    capsys.readouterr()
+    assert cli_main(["train-tokenizer", "--input", str(tmp_path / "ok.txt"), "--vocab-size", "100",
+                     "--output-dir", str(model)]) == 1
+    assert f"--output-dir {model} is not empty; pass a new directory" in capsys.readouterr().err
+    assert (model / "vocab.txt").read_text(encoding="utf-8").endswith("mine\n")
 
 
 def test_default_length_is_what_the_model_allows():

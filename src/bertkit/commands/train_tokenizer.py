@@ -127,6 +127,12 @@ def iter_wikitext_batches(files: list[Path], stats: dict[str, int]) -> Iterator[
 def run(args: argparse.Namespace) -> int:
     if args.unused < 0:
         raise ValueError(f"--unused must be >= 0, got {args.unused}")
+    output = Path(args.output_dir)
+    # As `convert` does: a model directory given here had its vocab.txt replaced, and its weights
+    # then read the text through another vocabulary.
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(f"--output-dir {output} {'is not empty' if output.is_dir() else 'is a file'}; "
+                         f"pass a new directory")
     files = expand_inputs(args.input)
     stats = {"lines": 0, "chars": 0}
     batches = iter_wikitext_batches(files, stats) if args.wikitext else iter_line_batches(files, stats)
