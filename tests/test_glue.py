@@ -362,6 +362,21 @@ def test_an_interrupted_predict_keeps_the_earlier_file_whole(tiny_mnli_model: Pa
         assert "Traceback" not in err
 
 
+def test_a_damaged_run_file_is_named(tiny_mnli_model: Path, tmp_path: Path, capsys) -> None:
+    """A cut-short metrics.json or bertkit.json gave "Expecting ',' delimiter: line 2 column 1
+    (char 16)", naming no file; metrics.json only after the whole split was evaluated."""
+    write_mnli(tmp_path / "glue")
+    damaged = tmp_path / "metrics.json"
+    damaged.write_text('{"dev": {"accuracy": 0.5},\n')
+    base = ["--task", "mnli", "--model", str(tiny_mnli_model), "--data-dir", str(tmp_path / "glue"), "--device", "cpu"]
+    assert main(["evaluate", *base, "--output", str(damaged)]) == 1
+    assert f"{damaged}:2: not valid JSON (Expecting property name" in capsys.readouterr().err
+    assert damaged.read_text() == '{"dev": {"accuracy": 0.5},\n'
+    (tiny_mnli_model / "bertkit.json").write_text('{"task": "mnli"\n')
+    assert main(["predict", *base, "--split", "test", "--output", f"{tmp_path}/sub/"]) == 1
+    assert f"{tiny_mnli_model / 'bertkit.json'}:2: not valid JSON" in capsys.readouterr().err
+
+
 def test_stsb_predictions_are_clipped_to_the_score_range(tmp_path: Path) -> None:
     """An MSE head predicts a little outside [0, 5]: the file held 5.371 and -0.205."""
     stsb = glue_task("stsb", tmp_path)

@@ -308,7 +308,17 @@ def encode_cached(task: Task, split: str, examples: list, tokenizer, max_len: in
 # ---- run directory ------------------------------------------------------------------------------
 def read_run_info(model_dir: str) -> dict[str, Any]:
     path = Path(model_dir) / BERTKIT_JSON
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run directory (bertkit.json, metrics.json). A damaged one raised a bare
+    "Expecting ',' delimiter: line 2 column 1" that named no file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); was it cut short or edited by "
+                         f"hand?") from None
 
 
 def model_saver(tokenizer: Any, run_info: dict[str, Any]):
@@ -327,7 +337,7 @@ def write_run_metrics(path: Path, metrics: dict[str, Any], model_kept: bool) -> 
     finished run resumed again), the entries `evaluate` had merged in still describe that model
     and stay, except where the training wrote the same key anew."""
     if model_kept and path.is_file():
-        earlier = json.loads(path.read_text())
+        earlier = read_json(path)
         evaluated = {k: v for k, v in (earlier.get("evaluated") or {}).items() if k not in metrics and k in earlier}
         metrics = {**metrics, **{k: earlier[k] for k in evaluated}}
         if evaluated:

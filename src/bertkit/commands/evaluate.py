@@ -77,12 +77,12 @@ def run(args: argparse.Namespace) -> int:
     from bertkit.training.trainer import evaluate
 
     task, model, tokenizer, info, precision = load_for_inference(args)
+    path = Path(args.output) if args.output else Path(args.model) / "metrics.json"
+    existing = common.read_json(path) if path.is_file() else {}  # read first: a damaged file fails before the work
     examples = task.read(args.split)
     features = common.encode_cached(task, args.split, examples, tokenizer, task.options.max_seq_length, info)
     metrics, _ = evaluate(task, model, examples, features, args.batch_size, info.device, precision, info)
     if info.is_main:
-        path = Path(args.output) if args.output else Path(args.model) / "metrics.json"
-        existing = json.loads(path.read_text()) if path.is_file() else {}
         multi_task_run = len(common.read_run_info(args.model).get("tasks") or []) > 1
         key = metrics_key(existing, task.name, args.split, multi_task_run)
         existing[key] = metrics
