@@ -192,6 +192,21 @@ def test_bad_data_fails_before_a_run_directory_exists(shared_dir: Path, tmp_path
     assert code == 1 and not out.exists()
 
 
+def test_a_custom_dev_file_without_labels_fails_before_training(tiny_model_dir: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    """A dev file lacking the --label-column was read as unlabelled: fine-tuning trained, then failed
+    at its first evaluation ("this split has no labels"), naming no file, with the run begun."""
+    write(tmp_path / "train.csv", ["review,stars", "great,pos", "awful,neg"])
+    write(tmp_path / "dev.csv", ["review,score", "fine,pos"])
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "classification", "--train-file", str(tmp_path / "train.csv"),
+                 "--dev-file", str(tmp_path / "dev.csv"), "--text-column", "review", "--label-column", "stars",
+                 "--model", str(tiny_model_dir), "--output-dir", str(out), "--max-steps", "1", "--device", "cpu",
+                 "--no-progress"]) == 1
+    assert "dev.csv:2: no column 'stars' (--label-column; every dev row needs a label" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_custom_classification_csv_tsv_jsonl(tmp_path: Path) -> None:
     write(tmp_path / "train.csv", ["review,stars,id", '"Great, loved it",pos,a1', "Awful,neg,a2", "Meh,neu,a3"])
     write(tmp_path / "dev.jsonl", [json.dumps({"review": "Nice", "stars": "pos", "id": "b1"})])

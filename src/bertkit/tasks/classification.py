@@ -71,8 +71,10 @@ class SentencePairTask(Task):
         return features
 
     def gold(self, examples: list[PairExample]) -> list:
-        if any(e.label is None for e in examples):
-            raise DataError("this split has no labels (a test split?); use `bertkit predict` for it")
+        unlabelled = next((e for e in examples if e.label is None), None)
+        if unlabelled is not None:
+            raise DataError(f"{unlabelled.source}: no label; this split has no labels (a test split?); use "
+                            f"`bertkit predict` for it")
         return [self.label_index(e) for e in examples]
 
     def postprocess(self, examples, features, outputs) -> list:
@@ -183,8 +185,11 @@ class CustomTask(SentencePairTask):
                 label = str(label)
             if isinstance(label, str) and not label.strip() and split in ("train", "dev"):
                 raise DataError(f"{source}: empty {label_col!r} (every {split} row needs a label)")
-            if split == "train" and label is None:
-                raise DataError(f"{source}: no column {label_col!r} (the training file needs labels)")
+            # dev too: it is scored, and without labels fine-tuning failed at its first evaluation,
+            # after training had begun, as an empty label cell here already does not.
+            if split in ("train", "dev") and label is None:
+                raise DataError(f"{source}: no column {label_col!r} (--label-column; every {split} row needs a label, "
+                                f"columns: {', '.join(map(str, row))})")
             examples.append(PairExample(
                 guid=str(row[id_col]) if id_col else str(len(examples)), text_a=str(row[text]),
                 text_b=str(row[pair]) if pair else None, label=label, source=source))
