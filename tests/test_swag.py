@@ -91,6 +91,7 @@ def test_swag_multiline_quoted_field_reports_physical_line(tmp_path):
     (lambda r: r + ["extra"], "wrong number of columns"),
     (lambda r: r[:5], "wrong number of columns"),
     (lambda r: r[:10] + [" "] + r[11:], "column ending3 is empty"),  # was read as the choice "sent2 "
+    (lambda r: r[:-1] + [""], "no label; every train row needs one"),  # was left out of the loss silently
 ])
 def test_swag_bad_rows(tmp_path, mutate, message):
     path = write_swag(tmp_path / "train.csv", [ROWS[0], mutate(list(ROWS[1]))])
@@ -129,6 +130,8 @@ def test_multiple_choice_jsonl_with_custom_fields(tmp_path):
     ({"context": "c", "choices": "x y", "label": 0}, "field 'choices' (--choices-field) must be a list"),
     ({"text": "c", "choices": ["x", "y"], "label": 0}, "field 'context' (--context-field) must be a string"),
     ("not json", "not a JSON object"),
+    # Left out of the loss (-100) without a word; a dev file of such rows scored as {}.
+    ({"context": "c", "choices": ["x", "y"]}, "no label; every train row needs one"),
 ])
 def test_multiple_choice_bad_lines(tmp_path, second, message):
     path = tmp_path / "train.jsonl"

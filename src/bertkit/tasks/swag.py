@@ -163,7 +163,7 @@ class MultipleChoiceTask(Task):
                 label = self._parse_label(row.get(f_label), len(choices), where, f"field {f_label!r}")
                 guid = str(row.get(f_id, f"{split}-{len(examples)}"))
                 examples.append(ChoiceExample(guid, context, choices, label, where))
-        return self._check_choice_counts(examples, path)
+        return self._check_labels(self._check_choice_counts(examples, path), split)
 
     @staticmethod
     def _parse_label(value: Any, n_choices: int, where: str, what: str) -> int | None:
@@ -179,6 +179,17 @@ class MultipleChoiceTask(Task):
             raise DataError(f"{where}: {what} = {label} is out of range; expected 0..{n_choices - 1} "
                             f"for {n_choices} choices")
         return label
+
+    @staticmethod
+    def _check_labels(examples: list[ChoiceExample], split: str) -> list[ChoiceExample]:
+        """Train and dev rows need a label: an unlabelled training row was left out of the loss
+        (-100) without a word, and an unlabelled dev file scored as {}, so that no best model was
+        kept and the run still ended well."""
+        unlabelled = next((ex for ex in examples if ex.label is None), None)
+        if split in ("train", "dev") and unlabelled is not None:
+            raise DataError(f"{unlabelled.source}: no label; every {split} row needs one (a test file belongs "
+                            f"to --split test / --test-file)")
+        return examples
 
     @staticmethod
     def _check_choice_counts(examples: list[ChoiceExample], path: Path) -> list[ChoiceExample]:
@@ -285,4 +296,4 @@ class SwagTask(MultipleChoiceTask):
                 label = self._parse_label(row.get("label"), self.n_choices, where, "column 'label'")
                 guid = f"{row['video-id']}/{row['fold-ind']}"
                 examples.append(ChoiceExample(guid, row["sent1"], choices, label, where))
-        return self._check_choice_counts(examples, path)
+        return self._check_labels(self._check_choice_counts(examples, path), split)
