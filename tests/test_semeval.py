@@ -171,6 +171,17 @@ def test_xml_skips_sentences_without_terms_and_rejects_bad_ones(tmp_path):
         atsc(train_file=str(path)).read("train")
 
 
+def test_unlabelled_terms_are_refused_in_train_and_dev_only(tmp_path):
+    """The official unlabelled test file (no polarity attributes) as dev, the default where dev is the
+    test set, scored as {} at every evaluation: no best model kept, and the run ended well."""
+    path = tmp_path / "test.xml"
+    path.write_text(XML_OK.replace(' polarity="{polarity}"', ""))
+    assert [e.polarity for e in atsc(test_file=str(path)).read("test")] == ["positive", None]
+    with pytest.raises(DataError, match=rf"{path}: sentence id=2, aspectTerm 1: aspect 'service' has no polarity; "
+                                        rf"every dev term needs one"):
+        atsc(train_file=str(path), test_file=str(path)).read("dev")
+
+
 @pytest.mark.parametrize("text, message", [
     ("the $T$ was good\nfood\n1\nno marker here\nfood\n1\n", ":4: expected exactly one $T$"),
     ("the $T$ was good\nfood\n1\nthe $T$ was bad\nfood\n2\n", ":6: polarity '2' is not 1, 0 or -1"),

@@ -134,6 +134,16 @@ class AspectSentimentTask(Task):
 
     # ---- reading --------------------------------------------------------------------------------
     def read(self, split: str) -> list[AspectExample]:
+        examples = self._read_split(split)
+        unlabelled = next((ex for ex in examples if ex.polarity is None), None)
+        if split in ("train", "dev") and unlabelled is not None:
+            # The official unlabelled test file (Phase A) as dev scored as {}: no best model was kept,
+            # and the run still ended well.
+            raise DataError(f"{unlabelled.source}: aspect {unlabelled.aspect!r} has no polarity; every {split} term "
+                            f"needs one (give the gold file)")
+        return examples
+
+    def _read_split(self, split: str) -> list[AspectExample]:
         if split not in self.splits:
             raise ValueError(f"--split {split!r} is not one of {', '.join(self.splits)}")
         if split == "dev" and self.options.dev_file:
