@@ -128,7 +128,9 @@ def scenarios(work) -> dict[str, Any]:
         assert main(["pretrain-data", "--input", str(sample), "--tokenizer", str(work["model"]),
                      "--output-dir", str(work["root"] / "records"), "--max-seq-length", MAX_LEN,
                      "--dupe-factor", "2", "--seed", "3"]) == 0
-    proc = torchrun([str(Path(__file__).resolve()), str(work["root"])], work, "scenarios.log")
+    # --max-restarts 1: the worker's first attempt loses rank 1 (SIGKILL) after a checkpoint, as a
+    # crashed or preempted process would, and torchrun restarts both ranks (_scenario_elastic).
+    proc = torchrun(["--max-restarts", "1", str(Path(__file__).resolve()), str(work["root"])], work, "scenarios.log")
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((work["root"] / "results" / f"rank{r}.json").read_text()) for r in range(2)]
     return {"ranks": ranks, "dir": work["root"] / "results"}
@@ -245,14 +247,29 @@ def test_pretraining_ranks_read_disjoint_records(scenarios) -> None:
         pytest.skip(ranks[0]["skipped"])
     assert ranks[0]["rc"] == ranks[1]["rc"] == 0
     mine = [r["loader_batches"] for r in ranks]
-    # The loaders get the whole epoch's plan (the training records -> 5 global batches of 8 and a
-    # short last one, split as evenly as it goes: its loss is weighted by each rank's share); the
-    # run stops after 2 of them.
-    assert len(mine[0]) == len(mine[1]) == 6
-    assert all(len(a) == len(b) == 4 for a, b in zip(mine[0][:5], mine[1][:5]))
-    assert 1 <= len(mine[1][5]) <= len(mine[0][5]) <= len(mine[1][5]) + 1
+    # The loaders get the whole epoch's plan (training epoch 0 reads generated epoch 0 of the 2:
+    # 22 records -> 2 global batches of 8 and a short last one, split as evenly as it goes: its
+    # loss is weighted by each rank's share); the run stops after 2 of them.
+    assert len(mine[0]) == len(mine[1]) == 3
+    assert all(len(a) == len(b) == 4 for a, b in zip(mine[0][:2], mine[1][:2]))
+    assert 1 <= len(mine[1][2]) <= len(mine[0][2]) <= len(mine[1][2]) + 1
     seen = [i for a, b in zip(*mine) for i in a + b]
-    assert len(seen) == len(set(seen)) > 40  # every record once in the epoch, by one rank
+    assert len(seen) == len(set(seen)) > 20  # every record of the generated epoch once, by one rank
+
+
+def test_torchrun_restart_after_a_killed_worker_resumes_exactly(scenarios, reference) -> None:
+    """torchrun --max-restarts: rank 1 is killed after the step-4 checkpoint; the restarted group
+    joins a new process group (it hung or failed in gloo's connect on the old attempt's addresses)
+    and --resume ends where an uninterrupted run ends."""
+    for rank in scenarios["ranks"]:
+        assert rank["elastic"] == {"restart": 1, "rc": 0}
+    out = scenarios["dir"].parent / "elastic"
+    assert max_diff(checkpoint_weights(reference, 8), checkpoint_weights(out, 8)) < TOL
+    records = log_records(out)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))  # none lost, none twice
+    assert [r["step"] for r in records if "eval" in r] == [4, 8]
+    assert [r["event"] for r in records if "event" in r] == ["start", "end"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_resume_on_other_data_is_refused_on_every_rank(scenarios) -> None:
@@ -515,6 +532,30 @@ def _scenario_pretrain(work, info: DistInfo) -> dict[str, Any]:
     return {"rc": rc, "loader_batches": loader_batches}
 
 
+def _scenario_elastic(work, info: DistInfo) -> dict[str, Any]:
+    """The parity run with --resume under torchrun --max-restarts 1. On the first attempt rank 1
+    kills itself right after the step-4 checkpoint; torchrun then restarts both ranks, which run
+    this again and continue from step 4."""
+    import signal
+
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(output_dir, model, optimizer, scheduler, scaler, state, *args, **kwargs):
+        real_save(output_dir, model, optimizer, scheduler, scaler, state, *args, **kwargs)
+        if restart == 0 and info.rank == 1 and state.global_step == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.save_checkpoint = save_then_die
+    os.environ["BERTKIT_CACHE"] = str(work["root"] / "cache-elastic")  # _scenario_cli_writes checks that rank 0 writes one
+    try:
+        rc = main(finetune_args(work, work["root"] / "elastic", 8, *PARITY_FLAGS, "--resume"))
+    finally:
+        trainer.save_checkpoint = real_save
+        os.environ["BERTKIT_CACHE"] = str(work["cache"])
+    return {"restart": restart, "rc": rc}
+
+
 def _worker(root: Path) -> None:
     work = {"root": root, "model": root / "model", "data": root / "sst2", "other_data": root / "sst2-other",
             "cache": root / "cache-worker", "sample": Path("<pytest's shared dir>")}  # empty: rank 0 must write the features cache here
@@ -525,7 +566,10 @@ def _worker(root: Path) -> None:
     # finetune leaves the process group at its end, and a group cannot be re-created under the
     # same torchrun rendezvous: keep it for the later scenarios.
     real_shutdown, distributed.shutdown = distributed.shutdown, lambda: None
-    results: dict[str, Any] = {"cli_writes": _scenario_cli_writes(work, info, audit)}
+    elastic = _scenario_elastic(work, info)
+    if elastic["restart"] == 0:  # rank 0 of the killed attempt: torchrun stops it and restarts both
+        sys.exit(1)
+    results: dict[str, Any] = {"elastic": elastic, "cli_writes": _scenario_cli_writes(work, info, audit)}
     results["resume_other_data"] = _scenario_resume_other_data(work, info)
     results["pretrain"] = _scenario_pretrain(work, info)
     results["fsdp_checkpoints"] = _scenario_fsdp_checkpoints(work, info)

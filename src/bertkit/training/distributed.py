@@ -62,8 +62,29 @@ def setup(device_flag: str = "auto", timeout_minutes: int = 60) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        store = restart_safe_store(world, timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def restart_safe_store(world: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """The torchrun agent's key-value store, with this restart's keys apart from earlier ones; None
+    where that is not needed (or not known to be safe): torch then joins the group as usual.
+
+    torchrun --max-restarts restarts the workers against the same store (static and c10d
+    rendezvous alike, torch 2.13), and the new process group read the dead workers' addresses from
+    it: the restarted 2-process CPU job failed at once ("connectFullMesh failed ... Connection
+    refused") or hung in gloo's connect until the process-group timeout (60 minutes). On one machine
+    one agent starts every worker, so its restart count names the attempt the same way for all."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(os.environ.get("LOCAL_WORLD_SIZE", "0")) != world:
+        return None  # several machines: each agent counts its own restarts, so the counts may differ
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"bertkit/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def barrier() -> None:
