@@ -279,6 +279,13 @@ def test_resume_on_other_data_is_refused_on_every_rank(scenarios) -> None:
         assert "was written for other training data" in refused["stderr"], refused["stderr"]
 
 
+def test_every_machine_writes_its_own_features_cache(scenarios) -> None:
+    """Two machines of one process each, with caches on their own disks: the second machine's first
+    process writes its cache too (it tokenized on every run, and so did all its processes)."""
+    for rank in scenarios["ranks"]:
+        assert rank["node_caches"]["files"] == 1 and rank["node_caches"]["features"] == TRAIN_ROWS
+
+
 def test_too_few_examples_for_the_world_size_names_the_flags(scenarios) -> None:
     for rank in scenarios["ranks"]:
         message = rank["too_few"]
@@ -452,6 +459,23 @@ def _scenario_too_few(work, info: DistInfo) -> str:
     return "no error"
 
 
+def _scenario_node_caches(work, info: DistInfo) -> dict[str, Any]:
+    """Each rank as the first process of its own machine (LOCAL_RANK 0), each with its own cache
+    directory (BERTKIT_CACHE on a local disk): the cached training features each one finds after."""
+    from bertkit.commands import common
+
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(work["data"]), max_seq_length=int(MAX_LEN)))
+    own_machine = DistInfo(rank=info.rank, world_size=info.world_size, local_rank=0, device=info.device)
+    os.environ["BERTKIT_CACHE"] = str(work["root"] / f"cache-node{info.rank}")
+    try:
+        features = common.encode_cached(task, "train", task.read("train"), Tokenizer.from_pretrained(work["model"]),
+                                        int(MAX_LEN), own_machine)
+        files = len(list(common.cache_dir().glob("sst2-train-*.pkl")))
+    finally:
+        os.environ["BERTKIT_CACHE"] = str(work["cache"])
+    return {"files": files, "features": len(features)}
+
+
 def _scenario_fsdp(work, info: DistInfo) -> dict[str, Any]:
     """3 AdamW steps of 2 accumulated micro-steps with FSDP2 (each rank a quarter of the global
     batch 16 per micro-step) against a full replica trained on the whole global batch."""
@@ -576,6 +600,7 @@ def _worker(root: Path) -> None:
     distributed.shutdown = real_shutdown
     results["accum"] = _scenario_accum(work, info)
     results["too_few"] = _scenario_too_few(work, info)
+    results["node_caches"] = _scenario_node_caches(work, info)
     results["fsdp"] = _scenario_fsdp(work, info)
     (root / "results" / f"rank{info.rank}.json").write_text(json.dumps(results))
     distributed.shutdown()

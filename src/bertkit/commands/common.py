@@ -296,7 +296,7 @@ def encode_cached(task: Task, split: str, examples: list, tokenizer, max_len: in
             except Exception:
                 pass  # a damaged cache file is rebuilt below
         features = task.encode(examples, tokenizer, max_len)
-        if info.is_main:
+        if info.is_local_main:  # one writer per machine; on a shared disk the renames replace alike files
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:

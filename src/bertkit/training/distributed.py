@@ -33,6 +33,11 @@ class DistInfo:
         return self.rank == 0
 
     @property
+    def is_local_main(self) -> bool:
+        """The first process on its machine (LOCAL_RANK 0): the one that writes a per-machine cache."""
+        return self.local_rank == 0
+
+    @property
     def enabled(self) -> bool:
         return self.world_size > 1
 
@@ -119,12 +124,14 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 @contextlib.contextmanager
 def main_process_first(info: DistInfo) -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. tokenize and write a cache), then the others run it
-    (reading the cache) — so preprocessing happens once, not N times."""
-    if info.enabled and not info.is_main:
+    """The first process of each machine (LOCAL_RANK 0) runs the block first (e.g. tokenize and
+    write a cache), then the others run it (reading the cache) — so preprocessing happens once per
+    machine, not N times. Per machine, not only on rank 0: a cache on a machine's own disk is one
+    that rank 0 (on another machine) can never fill."""
+    if info.enabled and not info.is_local_main:
         barrier()
     yield
-    if info.enabled and info.is_main:
+    if info.enabled and info.is_local_main:
         barrier()
 
 
