@@ -279,6 +279,16 @@ def test_resume_on_other_data_is_refused_on_every_rank(scenarios) -> None:
         assert "was written for other training data" in refused["stderr"], refused["stderr"]
 
 
+def test_resume_where_ranks_see_different_checkpoints_is_refused(scenarios) -> None:
+    """--output-dir on each machine's own disk: rank 1 finds no checkpoint where rank 0 finds step 4.
+    Both stop with the fix, instead of training from different steps and hanging at the end."""
+    for rank in scenarios["ranks"]:
+        refused = rank["unshared_resume"]
+        assert refused["rc"] == 1
+        assert "rank 0: step-4, rank 1: none" in refused["stderr"], refused["stderr"]
+        assert "file system every machine sees" in refused["stderr"]
+
+
 def test_every_machine_writes_its_own_features_cache(scenarios) -> None:
     """Two machines of one process each, with caches on their own disks: the second machine's first
     process writes its cache too (it tokenized on every run, and so did all its processes)."""
@@ -393,6 +403,16 @@ def _scenario_resume_other_data(work, info: DistInfo) -> dict[str, Any]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = main(args)
+    return {"rc": rc, "stderr": err.getvalue()}
+
+
+def _scenario_unshared_resume(work, info: DistInfo) -> dict[str, Any]:
+    """--resume where each rank's --output-dir is its own (as on machines without a shared disk):
+    rank 0's holds the finished run of _scenario_cli_writes, rank 1's nothing."""
+    out = work["root"] / ("cli" if info.is_main else "cli-rank1-disk")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(finetune_args(work, out, 8, "--max-steps", "4", "--eval-every", "2", "--save-every", "2", "--resume"))
     return {"rc": rc, "stderr": err.getvalue()}
 
 
@@ -595,6 +615,7 @@ def _worker(root: Path) -> None:
         sys.exit(1)
     results: dict[str, Any] = {"elastic": elastic, "cli_writes": _scenario_cli_writes(work, info, audit)}
     results["resume_other_data"] = _scenario_resume_other_data(work, info)
+    results["unshared_resume"] = _scenario_unshared_resume(work, info)
     results["pretrain"] = _scenario_pretrain(work, info)
     results["fsdp_checkpoints"] = _scenario_fsdp_checkpoints(work, info)
     distributed.shutdown = real_shutdown

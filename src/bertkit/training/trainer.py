@@ -582,6 +582,17 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     saved_settings: dict[str, Any] | None = None  # those of the checkpoint a resume continues
     found = check_output_dir(config)
     distributed.barrier()  # every rank has looked before the main one may delete
+    if config.resume:
+        # Every rank loads the checkpoint rank 0 wrote. With --output-dir on each machine's own disk
+        # the others find none (or an older one) and train from another step: on 2 machines rank 1
+        # started from step 0 beside rank 0's step 8, mixing the two runs' gradients, then hung.
+        seen = distributed.all_gather_objects(found[-1].name if found else None, info)
+        differs = [rank for rank, name in enumerate(seen) if name != seen[0]]
+        if differs:
+            raise ValueError(
+                f"--resume: the processes see different checkpoints in {output_dir / 'checkpoints'} (rank 0: "
+                f"{seen[0] or 'none'}, rank {differs[0]}: {seen[differs[0]] or 'none'}); put --output-dir on a "
+                f"file system every machine sees (NFS, Lustre, ...), so that all resume from rank 0's checkpoint")
     if found and not config.resume:
         if info.is_main:
             shutil.rmtree(output_dir / "checkpoints")
