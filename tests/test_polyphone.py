@@ -274,6 +274,21 @@ def test_bad_label_and_bad_jsonl_name_file_and_line(tmp_path):
             read_examples(tmp_path / "y.jsonl")
 
 
+def test_train_and_dev_without_labels_fail_when_read(tmp_path):
+    """A dev .sent without its .lb was read as unlabelled: fine-tuning trained, then failed at its
+    first evaluation ("no labelled examples to score"). Test data may come without labels."""
+    for split in ("train", "dev", "test"):
+        write(tmp_path / f"{split}.sent", "好▁了▁。\n走▁了▁。\n")
+        write(tmp_path / f"{split}.lb", "le5\nle5\n")
+    (tmp_path / "dev.lb").unlink()
+    (tmp_path / "test.lb").unlink()
+    task = make_task(data_dir=tmp_path)
+    assert [ex.label for ex in task.read("train")] == ["le5", "le5"]
+    assert [ex.label for ex in task.read("test")] == [None, None]
+    with pytest.raises(DataError, match=r"polyphone dev data .*dev: example .* has no label; the dev split is scored"):
+        task.read("dev")
+
+
 def test_missing_data_dir_names_the_flag():
     with pytest.raises(ValueError, match="--data-dir"):
         make_task(data_dir=None).read("train")

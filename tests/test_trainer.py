@@ -159,6 +159,13 @@ def test_resume_on_a_finished_run_without_checkpoints_keeps_it(tiny_model_dir, s
     assert "holds a finished run (bertkit.json) and no checkpoint" in capsys.readouterr().err
     assert_identical(finished, weights(out))
     assert (out / "bertkit.json").is_file()
+    # Without --resume it is refused too (it replaced the model after a note); --overwrite-output-dir replaces it.
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "none")) == 1
+    assert "holds a finished run (bertkit.json); pick a new --output-dir" in capsys.readouterr().err
+    assert_identical(finished, weights(out))
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "none",
+                              "--overwrite-output-dir")) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
 
 
 def test_steps_redone_after_resume_are_logged_once(tiny_model_dir, sst2_small, tmp_path) -> None:
@@ -432,7 +439,8 @@ def test_logged_rate_is_the_one_each_step_used(tiny_model_dir, sst2_small, tmp_p
 @pytest.mark.parametrize("field,value,message", [
     ("log_every", 0, "--log-every must be >= 1"), ("save_every", -1, "--save-every must be >= 0"),
     ("warmup_steps", -5, "--warmup-steps must be >= 0"), ("weight_decay", -1.0, "--weight-decay must be >= 0"),
-    ("max_grad_norm", float("nan"), "--max-grad-norm must be >= 0"), ("adam_beta2", 1.0, r"--adam-beta2 must be in")])
+    ("max_grad_norm", float("nan"), "--max-grad-norm must be >= 0"), ("adam_beta2", 1.0, r"--adam-beta2 must be in"),
+    ("num_workers", -2, r"--num-workers must be >= 0, or -1 for the default")])
 def test_bad_numeric_flags_are_refused(field, value, message) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})

@@ -246,6 +246,9 @@ class TrainConfig:
         self.eval_every = ev
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.num_workers < -1:
+            raise ValueError(f"--num-workers must be >= 0, or -1 for the default (4 on CUDA, 0 on CPU), "
+                             f"got {self.num_workers}")
         if self.log_every < 1:
             raise ValueError(f"--log-every must be >= 1 (optimizer steps between log lines), got {self.log_every}")
         for name in ("save_every", "warmup_steps"):

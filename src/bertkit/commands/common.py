@@ -185,11 +185,17 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     found = check_output_dir(config)  # before data is read or anything of an earlier run is touched
     check_output_dir_is_a_run(Path(config.output_dir), config.overwrite_output_dir)
-    if config.resume and not found and (Path(config.output_dir) / BERTKIT_JSON).is_file():
+    finished = (Path(config.output_dir) / BERTKIT_JSON).is_file()
+    if config.resume and not found and finished:
         # Starting afresh here would overwrite the finished run that --resume was meant to keep.
         raise ValueError(f"--resume: {config.output_dir} holds a finished run ({BERTKIT_JSON}) and no checkpoint "
-                         f"to continue from; train longer into a new --output-dir, or drop --resume to train "
-                         f"this one again")
+                         f"to continue from; train longer into a new --output-dir, or pass --overwrite-output-dir "
+                         f"without --resume to train this one again")
+    if finished and not found and not config.resume and not config.overwrite_output_dir:
+        # With checkpoints, check_output_dir has refused already; without (deleted to free space), a
+        # fresh run would replace the finished run's model and metrics.
+        raise ValueError(f"--output-dir {config.output_dir} holds a finished run ({BERTKIT_JSON}); pick a new "
+                         f"--output-dir, or pass --overwrite-output-dir to replace it")
     return config
 
 

@@ -293,7 +293,15 @@ class PolyphoneTask(Task):
     def read(self, split: str) -> list[PolyphoneExample]:
         if split not in self.splits:
             raise ValueError(f"polyphone: unknown split {split!r}; valid: {', '.join(self.splits)}")
-        return read_examples(self._source(split))
+        source = self._source(split)
+        examples = read_examples(source)
+        unlabelled = next((ex for ex in examples if ex.label is None), None)
+        if split in ("train", "dev") and unlabelled is not None:
+            # Found here, not at the first evaluation after training had begun.
+            raise DataError(f"polyphone {split} data {source}: example {unlabelled.id} has no label; the {split} "
+                            f"split is {'trained on' if split == 'train' else 'scored'}, so it needs its readings "
+                            f"(a .lb file beside the .sent, or a 'label' in each .jsonl line)")
+        return examples
 
     def _ensure_vocab(self) -> None:
         """Build the label set and candidate readings from train (+ dictionary) once."""
