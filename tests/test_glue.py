@@ -5,6 +5,8 @@ CSV/TSV/JSONL data, prediction files, and short real fine-tuning runs of all-Min
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -366,6 +368,17 @@ def test_an_interrupted_predict_keeps_the_earlier_file_whole(tiny_mnli_model: Pa
     assert main([*base, "--output", str(preds)]) == 130
     assert preds.read_text() == earlier
     assert not list(tmp_path.glob("*.tmp"))
+
+    def terminated_after_one_row(self, prediction):  # `kill PID`: SIGTERM left preds.tsv.tmp behind
+        if written:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_label(self, prediction)
+
+    monkeypatch.setattr(SentencePairTask, "prediction_label", terminated_after_one_row)
+    assert main([*base, "--output", str(preds)]) == 128 + signal.SIGTERM
+    assert preds.read_text() == earlier
+    assert not list(tmp_path.glob("*.tmp"))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives only while a command runs
     monkeypatch.undo()
 
     (tmp_path / "sub").write_text("not a folder\n")

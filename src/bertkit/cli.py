@@ -6,10 +6,14 @@ so `bertkit --help` stays fast and a missing optional dependency of one command 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+from typing import Iterator
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "show a checkpoint's config, parameter count and heads"),
@@ -47,6 +51,28 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Arg
     return parser, chosen
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, torchrun stopping its workers, a batch scheduler's time limit), raised
+    where the process is, like Ctrl-C: by default SIGTERM ends the process without unwinding, so the
+    cleanup of half-written files (prediction and record .tmp files) never ran."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread; SIGTERM keeps its default there
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, _ = build_parser(argv)
@@ -59,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("bertkit").setLevel(logging.ERROR)
     module = importlib.import_module(f"bertkit.commands.{args._module}")
     try:
-        return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with sigterm_unwinds():
+            return int(module.run(args) or 0)
+    except KeyboardInterrupt as interrupt:
+        print("terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
     # OSError: a file or directory that cannot be written or read (permissions, a file where a
     # directory is needed, a full disk); its message names the path.
     except (ValueError, OSError, RuntimeError) as err:
