@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -434,6 +435,30 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, wiki_corpus):
     assert len(shard_digests(a)) >= 2
     assert shard_digests(a) == shard_digests(b)
     assert shard_digests(a) != shard_digests(c)
+
+
+def test_an_interrupted_build_stops_its_workers_at_once(tmp_path, wiki_corpus):
+    """Ctrl-C or SIGTERM while workers build: the pool was closed and joined, which waited for every
+    chunk in flight (and for ever where a signal to the process group had ended a worker mid-chunk).
+    Now the workers are stopped and a rerun completes the directory."""
+    import multiprocessing
+    import signal
+
+    def interrupt_at_first_shard(message: str) -> None:
+        if ".arrow:" in message:  # as `kill -TERM -PGID`: the workers end, the main process unwinds
+            for worker in set(multiprocessing.active_children()) - before:
+                os.kill(worker.pid, signal.SIGTERM)
+            raise KeyboardInterrupt
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(KeyboardInterrupt):
+        create_pretraining_data([str(wiki_corpus)], str(UNCASED), tmp_path / "r", PretrainDataConfig(chunk_docs=10),
+                                workers=2, log=interrupt_at_first_shard)
+    assert set(multiprocessing.active_children()) == before  # no worker left running
+    assert not (tmp_path / "r" / "manifest.json").exists() or not json.loads(
+        (tmp_path / "r" / "manifest.json").read_text())["complete"]
+    out, data = build(tmp_path, [wiki_corpus], "r", chunk_docs=10, workers=2)
+    assert shard_digests(out) == shard_digests(build(tmp_path, [wiki_corpus], "one", chunk_docs=10)[0])
 
 
 def test_workers_and_machine_parts_give_identical_shards(tmp_path, wiki_corpus):

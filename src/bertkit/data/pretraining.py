@@ -37,6 +37,7 @@ import multiprocessing as mp
 import os
 import re
 import resource
+import signal
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -630,6 +631,9 @@ def _worker_init(tokenizer_spec: str, config: dict[str, Any]) -> None:
     global _WORKER_CTX
     # Workers split the corpus between them; the Rust thread pool inside each would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # A forked worker inherits the command's SIGTERM handler (unwind like Ctrl-C); a pool worker that
+    # unwound would leave its task unanswered, so a worker ends at once on SIGTERM, as by default.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if _WORKER_CTX is None:  # spawn start method: nothing inherited, rebuild from the spec
         worker_config = PretrainDataConfig.from_dict(config)
         _WORKER_CTX = make_context(load_tokenizer(tokenizer_spec, worker_config.do_lower_case), worker_config)
@@ -750,8 +754,14 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
                 while pending:
                     info = pending.popleft().get()
                     log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
-            finally:
                 pool.close()
+            except BaseException:
+                # An error, Ctrl-C or SIGTERM: stop the workers. close() would wait for every chunk in
+                # flight, and for ever where a signal to the process group had ended a worker mid-chunk
+                # (the pool replaces the worker, never the lost task).
+                pool.terminate()
+                raise
+            finally:
                 pool.join()
         if n_chunks == 0:
             raise DataError(f"--input {' '.join(map(str, paths))}: no documents found (the files are empty "
