@@ -317,6 +317,18 @@ def test_a_tf_checkpoint_prefix_finds_the_vocab_beside_it():
     assert Tokenizer.from_pretrained(fixture / "bert_model.ckpt.index").vocab == expected
 
 
+def test_a_mistyped_model_path_is_named_as_the_model(tmp_path, capsys):
+    """A --model path that does not exist was reported as "tokenizer path ... does not exist"
+    (the tokenizer is read first), which sent users looking at their tokenizer files."""
+    from bertkit.cli import main
+
+    missing = tmp_path / "runs" / "bert_model.ckptX"
+    assert main(["finetune", "--task", "sst2", "--model", str(missing), "--data-dir", str(tmp_path),
+                 "--output-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"--model {missing} does not exist" in err and "tokenizer path" not in err
+
+
 def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="pass its local directory"):

@@ -233,9 +233,18 @@ def task_options_from_args(args: argparse.Namespace, task_cls: type[Task], saved
 
 
 def load_tokenizer(model_path: str, do_lower_case: bool | None):
+    """The tokenizer of --model (its directory, the vocab beside a TF checkpoint, or a hub id)."""
     from bertkit.tokenization import Tokenizer
 
-    return Tokenizer.from_pretrained(model_path, do_lower_case=do_lower_case)
+    try:
+        return Tokenizer.from_pretrained(model_path, do_lower_case=do_lower_case)
+    except FileNotFoundError:
+        if Path(model_path).exists():
+            raise
+        # The tokenizer is read first, so a mistyped --model was reported as a "tokenizer path".
+        raise FileNotFoundError(f"--model {model_path} does not exist: give a model directory, a Google TF "
+                                f"checkpoint prefix (DIR/bert_model.ckpt) or a hub id ('name' or "
+                                f"'org/name')") from None
 
 
 def check_model_fits(config, tokenizer, max_seq_length: int, model_path: str) -> None:
