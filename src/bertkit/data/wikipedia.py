@@ -29,16 +29,14 @@ from __future__ import annotations
 import bz2
 import gzip
 import re
-import signal
-import threading
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
 import wikitextparser as wtp
 
+from bertkit.cli import sigterm_unwinds  # SIGTERM unwinds, so OUTPUT.tmp is removed
 from bertkit.data.sentences import split_sentences  # noqa: F401 - part of this module's interface
 from bertkit.tasks.base import DataError
 
@@ -304,25 +302,6 @@ def iter_articles(path: str | Path, stats: WikiStats | None = None) -> Iterator[
             raise DataError(f"{path}: cannot read the dump ({err}); is it a complete .xml/.bz2 file?") from None
 
 
-@contextmanager
-def _sigterm_raises_systemexit() -> Iterator[None]:
-    """`kill PID` (SIGTERM) ends the process without unwinding, which left OUTPUT.tmp behind;
-    raising SystemExit instead runs the cleanup below. Signal handlers can only be set from the
-    main thread; elsewhere SIGTERM keeps its default."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def prepare_wiki(dump: str | Path, output: str | Path) -> WikiStats:
     """Write the dump's articles as one sentence per line with a blank line between articles.
 
@@ -333,7 +312,7 @@ def prepare_wiki(dump: str | Path, output: str | Path) -> WikiStats:
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     try:
-        with _sigterm_raises_systemexit(), open(tmp, "w", encoding="utf-8") as out:
+        with sigterm_unwinds(), open(tmp, "w", encoding="utf-8") as out:
             first = True
             for _, sentences in iter_articles(dump, stats):
                 if not first:
