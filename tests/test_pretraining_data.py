@@ -212,6 +212,100 @@ def test_span_masking_contiguous_spans(wiki_rows, vocab):
     assert np.mean(run_lengths) > 3.0
 
 
+def segments_of(ids: np.ndarray, vocab: VocabInfo) -> list[np.ndarray]:
+    """Token positions of each run of maskable tokens between specials ([CLS] A [SEP] B [SEP])."""
+    maskable = np.flatnonzero(vocab.maskable(ids))
+    return [run for run in np.split(maskable, np.flatnonzero(np.diff(maskable) > 1) + 1) if run.size]
+
+
+def test_mass_masking_masks_one_fragment_of_half_of_each_segment(wiki_rows, vocab):
+    """MASS: per segment one contiguous run of whole words, about 50% of the segment's tokens
+    (within a word of it), each token replaced 80/10/10 on its own; on real NSP-shaped rows
+    (two real sentences of WikiText-2 in one row)."""
+    rng = np.random.default_rng(5)
+    cfg = MaskingConfig(strategy="mass", masked_lm_prob=0.5, max_predictions_per_seq=64)
+    sep = int(wiki_rows[0][-1])
+    n_pred = n_mask = n_keep = n_segment_tokens = 0
+    rows = [np.concatenate([a[:60], [sep], b[1:60], [sep]]).astype(np.int32)
+            for a, b in zip(wiki_rows[::2], wiki_rows[1::2])]
+    for ids in rows:
+        out, pos, orig = mask_row(ids, rng, cfg, vocab)
+        assert pos.size <= 64 and np.array_equal(orig, ids[pos]) and np.all(np.diff(pos) > 0)
+        masked = np.zeros(ids.size, dtype=bool)
+        masked[pos] = True
+        assert words_whole(masked, word_spans(ids, vocab))
+        segments = segments_of(ids, vocab)
+        assert len(segments) == 2
+        for segment in segments:
+            inside = np.flatnonzero(masked[segment])
+            assert inside.size and np.all(np.diff(inside) == 1), "not one contiguous fragment"
+            words = word_spans(ids[segment[0] - 1:segment[-1] + 2], vocab)
+            longest_word = int((words[:, 1] - words[:, 0]).max())
+            assert abs(inside.size - round(0.5 * segment.size)) <= longest_word
+            n_segment_tokens += segment.size
+        unchanged = ~masked
+        assert np.array_equal(out[unchanged], ids[unchanged])
+        n_pred += pos.size
+        n_mask += int((out[pos] == vocab.mask_id).sum())
+        n_keep += int((out[pos] == orig).sum())
+    print(f"MASS on {len(rows)} WikiText-2 rows: {n_pred / n_segment_tokens:.4f} of segment tokens masked, "
+          f"[MASK] {n_mask / n_pred:.4f}, kept {n_keep / n_pred:.4f}")
+    assert abs(n_pred / n_segment_tokens - 0.5) < 0.01
+    # ~18,000 predictions decided one by one: 5-sigma bands of about +-0.015 / +-0.011.
+    assert abs(n_mask / n_pred - 0.8) < 0.015 and abs(n_keep / n_pred - 0.1) < 0.011
+
+
+def test_mass_fragments_fit_the_prediction_cap(wiki_rows, vocab):
+    rng = np.random.default_rng(6)
+    cfg = MaskingConfig(strategy="mass", masked_lm_prob=0.5, max_predictions_per_seq=20)
+    sizes = [mask_row(ids, rng, cfg, vocab)[1].size for ids in wiki_rows[:200]]
+    assert max(sizes) <= 20 and np.mean(sizes) > 17  # the cap binds (half of 126 tokens is 63)
+
+
+def test_pretrain_data_mass_mask_static_and_dynamic_then_pretrain(tmp_path, capsys, uncased):
+    """`pretrain-data --mass-mask` on WikiText-2 valid: 50% of tokens masked by default, the cap
+    raised to 64, the strategy kept in the manifest so that dynamic masks at training time are
+    MASS fragments too; `pretrain` trains on both."""
+    need(WIKITEXT_VALID)
+    from bertkit.cli import main
+
+    args = ["pretrain-data", "--input", str(WIKITEXT_VALID), "--wikitext", "--tokenizer", str(UNCASED), "--mass-mask"]
+    assert main([*args, "--output-dir", str(tmp_path / "static")]) == 0
+    err = capsys.readouterr().err
+    rate = float(re.search(r"([0-9.]+)% of tokens masked", err).group(1))
+    assert 49.0 < rate < 51.0 and "warning" not in err
+    static = open_pretraining_data(tmp_path / "static")
+    assert static.manifest["settings"]["mask"]["strategy"] == "mass"
+    assert static.manifest["settings"]["mask"]["max_predictions_per_seq"] == 64
+    assert main([*args, "--output-dir", str(tmp_path / "dynamic"), "--masking", "dynamic"]) == 0
+    dynamic = open_pretraining_data(tmp_path / "dynamic")
+    masking = dynamic_masking_for(dynamic.manifest, uncased, seed=0)
+    assert masking.config.strategy == "mass"
+    row = dynamic[0]["input_ids"]
+    _, pos, _ = masking(row)
+    assert abs(pos.size - 0.5 * (row.size - 3)) < 8 and (np.diff(pos) > 1).sum() <= 1  # a fragment in A, one in B
+    for name in ("static", "dynamic"):
+        run = tmp_path / f"run-{name}"
+        assert main(["pretrain", "--data", str(tmp_path / name), "--config", "tiny", "--output-dir", str(run),
+                     "--max-steps", "3", "--batch-size", "8", "--device", "cpu", "--no-progress"]) == 0
+        losses = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert any(np.isfinite(r.get("loss", np.nan)) for r in losses)
+
+
+def test_mass_mask_refuses_other_strategies(tmp_path, capsys):
+    need(SAMPLE, UNCASED)
+    from bertkit.cli import main
+
+    words = tmp_path / "words.txt"
+    words.write_text("the\n", encoding="utf-8")
+    base = ["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED), "--mass-mask"]
+    assert main([*base, "--span-mask", "--output-dir", str(tmp_path / "a")]) == 1
+    assert "--span-mask and --mass-mask cannot be combined" in capsys.readouterr().err
+    assert main([*base, "--target-words", str(words), "--output-dir", str(tmp_path / "b")]) == 1
+    assert "--target-words and --mass-mask cannot be combined" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_dynamic_masking_and_collate(tmp_path, uncased):
     need(SAMPLE)
     out, ds = build(tmp_path, [SAMPLE], masking="dynamic", mask=MaskingConfig(whole_word_mask=True))

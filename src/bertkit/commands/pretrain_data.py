@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="MLM only: rows packed from consecutive documents (sequence ids 1..k)")
     p.add_argument("--masking", choices=("static", "dynamic"), default="static",
                    help="static: store masks; dynamic: masks drawn at batch time by the trainer")
-    p.add_argument("--masked-lm-prob", "--masked_lm_prob", type=float, default=0.15)
+    p.add_argument("--masked-lm-prob", "--masked_lm_prob", type=float, default=None,
+                   help="share of a row's tokens to predict (default 0.15); with --mass-mask, the fragment's share "
+                        "of each segment (default 0.5)")
     p.add_argument("--max-predictions-per-seq", "--max_predictions_per_seq", type=int, default=None,
                    help="cap on masked tokens per row (default: max(20, round(max_seq_length x masked_lm_prob)): "
                         "20 at length 128, 77 at 512); a run warns when the cap holds rows below --masked-lm-prob")
@@ -42,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SpanBERT spans of whole words: lengths drawn from Geometric(0.2) clipped at 10 words "
                         "(mean 4.46), then shortened to fit the row's budget of 15%%: measured mean 3.6 words "
                         "at --max-seq-length 128, 4.1 at 512")
+    p.add_argument("--mass-mask", action="store_true",
+                   help="MASS fragments: in each segment (sentence A, sentence B, each packed document) one "
+                        "contiguous run of whole words covering --masked-lm-prob of its tokens (default 0.5), "
+                        "each token replaced 80/10/10; --max-predictions-per-seq defaults to 64 at length 128")
     p.add_argument("--target-words", default=None, metavar="FILE",
                    help="one word/character per line; their occurrences are masked at --target-mask-prob")
     p.add_argument("--target-mask-prob", type=float, default=None,
@@ -75,13 +81,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--target-mask-prob applies to --target-words occurrences; give --target-words FILE too")
     if args.target_mask_prob is None:
         args.target_mask_prob = 0.8
+    if args.span_mask and args.mass_mask:
+        raise ValueError("--span-mask and --mass-mask cannot be combined; pick one strategy")
+    if args.masked_lm_prob is None:
+        args.masked_lm_prob = 0.5 if args.mass_mask else 0.15
+    strategy = "mass" if args.mass_mask else "span" if args.span_mask else "uniform"
     # With --masking dynamic the masking flags are still recorded in the manifest: the trainer's
     # DynamicMasking reads them from there.
     max_predictions = args.max_predictions_per_seq
     if max_predictions is None:
         max_predictions = default_max_predictions(args.max_seq_length, args.masked_lm_prob)
     mask = MaskingConfig(masked_lm_prob=args.masked_lm_prob, max_predictions_per_seq=max_predictions,
-                         whole_word_mask=args.whole_word_mask, strategy="span" if args.span_mask else "uniform",
+                         whole_word_mask=args.whole_word_mask, strategy=strategy,
                          target_mask_prob=args.target_mask_prob if args.target_words else 0.0)
     config = PretrainDataConfig(max_seq_length=args.max_seq_length, short_seq_prob=args.short_seq_prob,
                                 dupe_factor=args.dupe_factor, nsp=not args.no_nsp, masking=args.masking, mask=mask,

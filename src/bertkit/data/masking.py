@@ -28,6 +28,14 @@ Strategies:
   3.41 words). Shortening keeps the masking rate at 15% (15.1% measured); dropping the span that
   does not fit would keep the lengths but mask fewer tokens. The 80/10/10 choice is made per span
   (all of a span's tokens become [MASK], or all random, or all kept), as in SpanBERT.
+- mass (MASS, Song et al. 2019): in each segment (a run of words between [CLS]/[SEP]: sentence A and
+  sentence B of an NSP row, each document of a packed row), one contiguous fragment of whole words
+  covering `masked_lm_prob` of the segment's tokens (MASS's 50% is pretrain-data's default with
+  --mass-mask). The fragment starts at a word drawn uniformly among those that leave room for it
+  before the segment's end, and ends at the word boundary nearest to that share (at least one
+  word). Fragments are cut to fit `max_predictions_per_seq` (pretrain-data's default for 0.5 is
+  64 at length 128). Each token is replaced 80/10/10 on its own, as in MASS's encoder. An encoder
+  has no MASS decoder: the MLM head predicts the fragment from the unmasked rest.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-STRATEGIES = ("uniform", "span")
+STRATEGIES = ("uniform", "span", "mass")
 
 
 @dataclass
@@ -47,7 +55,7 @@ class MaskingConfig:
     masked_lm_prob: float = 0.15  # fraction of a row's tokens to predict
     max_predictions_per_seq: int = 20  # cap on predictions per row
     whole_word_mask: bool = False  # mask all word pieces of a word together
-    strategy: str = "uniform"  # uniform | span
+    strategy: str = "uniform"  # uniform | span | mass
     target_mask_prob: float = 0.0  # probability of masking each occurrence of a target word
     span_geometric_p: float = 0.2  # drawn span lengths (in words) ~ Geometric(p), SpanBERT's value (see module doc)
     span_max_words: int = 10  # longest span, in words
@@ -210,6 +218,10 @@ def mask_row(input_ids: np.ndarray, rng: np.random.Generator, config: MaskingCon
         positions, groups = _span_positions(ids, rng, config, vocab)
         out = _replace(ids, positions, groups, rng, config, vocab)
         return out, positions.astype(np.int32), ids[positions].astype(np.int32)
+    if config.strategy == "mass":
+        positions = _fragment_positions(ids, rng, config, vocab)
+        out = _replace(ids, positions, None, rng, config, vocab)
+        return out, positions.astype(np.int32), ids[positions].astype(np.int32)
 
     cap = config.max_predictions_per_seq
     if not config.whole_word_mask and target_words is None:
@@ -299,6 +311,31 @@ def _span_positions(ids: np.ndarray, rng: np.random.Generator, config: MaskingCo
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     groups = np.concatenate([np.full(p.size, g) for g, p in enumerate(pos)])
     return np.concatenate(pos), groups
+
+
+def _fragment_positions(ids: np.ndarray, rng: np.random.Generator, config: MaskingConfig,
+                        vocab: VocabInfo) -> np.ndarray:
+    """MASS fragment selection: one run of whole words per segment -> positions [k] sorted."""
+    spans = word_spans(ids, vocab)
+    room = config.max_predictions_per_seq
+    fragments: list[np.ndarray] = []
+    # Segments are runs of adjacent words; a special token between two words ends one.
+    segment_starts = np.flatnonzero(spans[1:, 0] != spans[:-1, 1]) + 1 if len(spans) else []
+    for segment in np.split(spans, segment_starts):
+        if not len(segment) or room <= 0:
+            continue
+        segment_tokens = int(segment[-1, 1] - segment[0, 0])
+        wanted = min(room, max(1, int(round(segment_tokens * config.masked_lm_prob))))
+        # Any start that leaves `wanted` tokens before the segment's end; the first word always does.
+        first = int(rng.choice(np.flatnonzero(segment[-1, 1] - segment[:, 0] >= wanted)))
+        lengths = segment[first:, 1] - segment[first, 0]  # tokens of the fragment ending at each word
+        allowed = lengths <= room
+        if not allowed[0]:  # its first word alone is longer than the predictions left
+            continue
+        last = first + int(np.argmin(np.where(allowed, np.abs(lengths - wanted), np.iinfo(np.int64).max)))
+        fragments.append(np.arange(segment[first, 0], segment[last, 1]))
+        room -= int(segment[last, 1] - segment[first, 0])
+    return np.concatenate(fragments) if fragments else np.zeros(0, dtype=np.int64)
 
 
 class TargetWords:

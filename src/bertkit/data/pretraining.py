@@ -94,8 +94,8 @@ class PretrainDataConfig:
         if self.mask.masked_lm_prob == 0 and (self.target_words is None or self.mask.target_mask_prob == 0):
             raise ValueError("--masked-lm-prob 0 masks nothing (no --target-words to mask either): the records "
                              "would have no MLM targets; use e.g. the default 0.15")
-        if self.target_words is not None and self.mask.strategy == "span":
-            raise ValueError("--target-words and --span-mask cannot be combined; pick one strategy")
+        if self.target_words is not None and self.mask.strategy != "uniform":
+            raise ValueError(f"--target-words and --{self.mask.strategy}-mask cannot be combined; pick one strategy")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
