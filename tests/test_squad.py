@@ -376,6 +376,34 @@ def test_write_predictions_files(v2_dev, tokenizer, tmp_path):
     assert squad_v2_evaluate(golds, preds, odds) == pytest.approx(task.metrics(examples, predictions))
 
 
+def test_an_interrupted_write_keeps_the_earlier_prediction_set_whole(v2_dev, tokenizer, tmp_path, monkeypatch):
+    """predictions.json, nbest and null_odds were each renamed as soon as written: Ctrl-C while
+    null_odds.json was written left new predictions beside old null odds (the official script
+    then scores one run's answers with another's thresholds)."""
+    task = make_task()
+    out = tmp_path / "out"
+    written = {}
+    for name, examples in (("first", v2_dev[:20]), ("second", v2_dev[20:40])):
+        features = task.encode(examples, tokenizer, 384)
+        written[name] = (examples, task.postprocess(examples, features, oracle_outputs(features)))
+    task.write_predictions(*written["first"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_dumps = json.dumps
+
+    def interrupted_at_null_odds(obj, *args, **kwargs):  # null odds: the only id -> float mapping
+        if isinstance(obj, dict) and obj and isinstance(next(iter(obj.values())), float):
+            raise KeyboardInterrupt
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", interrupted_at_null_odds)
+    with pytest.raises(KeyboardInterrupt):
+        task.write_predictions(*written["second"], out)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .tmp left, the first set intact
+    task.write_predictions(*written["second"], out)
+    assert list(json.loads((out / "null_odds.json").read_text())) == [e.qid for e in v2_dev[20:40]]
+
+
 def test_dev_predictions_keep_the_test_runs_companion_files(v2_dev, tokenizer, tmp_path):
     """A dev run into the test run's folder replaced its null_odds.json and nbest_predictions.json
     (40 test ids -> the 20 dev ids, none of the test ids left), so the official script failed."""

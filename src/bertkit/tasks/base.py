@@ -124,6 +124,25 @@ def open_for_writing(path: str | Path, newline: str | None = None) -> Iterator[T
     os.replace(tmp, path)
 
 
+def write_files_together(contents: dict[Path, str]) -> None:
+    """Several files that belong together (SQuAD's predictions, n-best and null odds): each is
+    written in full as NAME.tmp before any is renamed, so an interruption while writing leaves
+    the earlier set whole rather than a new predictions.json beside the old n-best."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, text in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            written.append((tmp, path))
+            tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+
+
 def pad_sequences(rows: Sequence[Sequence[int]], pad_value: int = 0, length: int | None = None,
                   dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Right-pad lists of ints to one length -> tensor [len(rows), length or max len]."""

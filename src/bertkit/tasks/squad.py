@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
-from bertkit.tasks.base import DataError, Task, open_for_writing, padded_inputs, read_data_text, register
+from bertkit.tasks.base import DataError, Task, padded_inputs, read_data_text, register, write_files_together
 
 log = logging.getLogger(__name__)
 
@@ -408,14 +408,15 @@ class SquadTask(Task):
         if path.is_dir() or not path.suffix:
             path = path / "predictions.json"
 
-        def dump(name: Path, obj: Any) -> None:
-            with open_for_writing(name) as f:
-                f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        def as_json(obj: Any) -> str:
+            return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
-        dump(path, {e.qid: p.text for e, p in zip(examples, predictions)})
-        dump(companion_path(path, "nbest_predictions"), {e.qid: p.nbest for e, p in zip(examples, predictions)})
+        pairs = list(zip(examples, predictions))
+        files = {path: as_json({e.qid: p.text for e, p in pairs}),
+                 companion_path(path, "nbest_predictions"): as_json({e.qid: p.nbest for e, p in pairs})}
         if any(e.is_impossible is not None for e in examples):
-            dump(companion_path(path, "null_odds"), {e.qid: p.null_odds for e, p in zip(examples, predictions)})
+            files[companion_path(path, "null_odds")] = as_json({e.qid: p.null_odds for e, p in pairs})
+        write_files_together(files)
         return path
 
 
