@@ -555,6 +555,56 @@ def test_an_interrupted_build_stops_its_workers_at_once(tmp_path, wiki_corpus):
     assert shard_digests(out) == shard_digests(build(tmp_path, [wiki_corpus], "one", chunk_docs=10)[0])
 
 
+def test_a_worker_killed_mid_chunk_is_an_error_naming_it_not_a_hang(tmp_path, wiki_corpus):
+    """The out-of-memory killer's SIGKILL on a worker: multiprocessing.Pool replaced the worker and
+    never its task, so the build waited for that chunk for ever. Now it stops with the worker and
+    its chunk named, and a rerun builds the rest."""
+    import multiprocessing
+    import signal
+
+    from bertkit.data.pretraining import WorkerDied
+
+    killed: list[int] = []
+
+    def oom_kill_at_first_shard(message: str) -> None:
+        if ".arrow:" in message and not killed:
+            for worker in set(multiprocessing.active_children()) - before:
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(worker.pid)
+
+    before = set(multiprocessing.active_children())
+    with pytest.raises(WorkerDied, match=r"worker \d+ was killed by SIGKILL while building chunk \d+ .*rerunning"):
+        create_pretraining_data([str(wiki_corpus)], str(UNCASED), tmp_path / "r", PretrainDataConfig(chunk_docs=10),
+                                workers=2, log=oom_kill_at_first_shard)
+    assert killed and set(multiprocessing.active_children()) == before
+    out, _ = build(tmp_path, [wiki_corpus], "r", chunk_docs=10, workers=2)
+    assert shard_digests(out) == shard_digests(build(tmp_path, [wiki_corpus], "one", chunk_docs=10)[0])
+
+
+def test_an_error_in_a_worker_reaches_the_command_as_itself(tmp_path, wiki_corpus, monkeypatch):
+    """A full disk while a worker writes its shard: the worker's OSError is raised in the main
+    process with its message (the forked workers inherit the patched writer), the other workers
+    are stopped, and no half-written shard is left."""
+    import multiprocessing
+
+    from bertkit.data import records
+
+    real_write_shard = records.write_shard
+
+    def disk_full_at_chunk_3(path, rows, sidecar):
+        if sidecar["chunk"] == 3:
+            raise OSError(28, "No space left on device", str(path))
+        return real_write_shard(path, rows, sidecar)
+
+    monkeypatch.setattr(records, "write_shard", disk_full_at_chunk_3)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(OSError, match="No space left on device"):
+        create_pretraining_data([str(wiki_corpus)], str(UNCASED), tmp_path / "r", PretrainDataConfig(chunk_docs=10),
+                                workers=2, log=quiet)
+    assert set(multiprocessing.active_children()) == before
+    assert not list((tmp_path / "r").glob("*.tmp")) and not (tmp_path / "r" / records.shard_name(3)).exists()
+
+
 def test_workers_and_machine_parts_give_identical_shards(tmp_path, wiki_corpus):
     one, _ = build(tmp_path, [wiki_corpus], "one", chunk_docs=60)
     two, _ = build(tmp_path, [wiki_corpus], "two", chunk_docs=60, workers=2)

@@ -39,7 +39,7 @@ import re
 import resource
 import signal
 import sys
-from collections import deque
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -639,9 +639,133 @@ def _worker_init(tokenizer_spec: str, config: dict[str, Any]) -> None:
         _WORKER_CTX = make_context(load_tokenizer(tokenizer_spec, worker_config.do_lower_case), worker_config)
 
 
-def _worker_build(chunk_index: int, documents: list[list[str]], out_dir: str, fingerprint: str) -> dict[str, Any]:
+def _worker_main(conn: Any, tokenizer_spec: str, config: dict[str, Any]) -> None:
+    """A shard builder: (chunk, documents, out_dir, fingerprint) in, ("built", shard info) or
+    ("failed", exception, traceback text) out, until None or the main process is gone."""
+    # Ctrl-C at a terminal reaches the whole process group: the main process decides, and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_init(tokenizer_spec, config)
     assert _WORKER_CTX is not None
-    return build_shard(chunk_index, documents, _WORKER_CTX, Path(out_dir), fingerprint)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        chunk_index, documents, out_dir, fingerprint = task
+        try:
+            reply: tuple = ("built", build_shard(chunk_index, documents, _WORKER_CTX, Path(out_dir), fingerprint))
+        except Exception as err:
+            reply = ("failed", err, traceback.format_exc())
+        try:
+            conn.send(reply)
+        except Exception:  # an exception that does not pickle: its text still reaches the user
+            conn.send(("failed", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}"), reply[2]))
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class _ShardBuilders:
+    """Worker processes that build shards, each fed through its own pipe.
+
+    Replaces multiprocessing.Pool, which replaced a worker killed mid-chunk (by the out-of-memory
+    killer, or a signal) and never its task, so the build waited for that chunk for ever; and
+    whose terminate() could hang on a queue lock held by a killed worker. Here a worker that
+    dies is reported with its chunk, and stopping the workers takes no shared lock."""
+
+    def __init__(self, context: Any, workers: int, tokenizer_spec: str, config: PretrainDataConfig):
+        self.processes: list[Any] = []
+        self.connections: list[Any] = []
+        self.chunk_of: dict[int, int] = {}  # worker -> the chunk it is building
+        for _ in range(workers):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker_main, args=(theirs, tokenizer_spec, config.to_dict()),
+                                      daemon=True)
+            self.processes.append(process)
+            self.connections.append(ours)
+            process.start()
+            theirs.close()
+
+    @property
+    def idle(self) -> list[int]:
+        return [w for w in range(len(self.processes)) if w not in self.chunk_of]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.chunk_of)
+
+    def send(self, task: tuple) -> None:
+        worker = self.idle[0]
+        try:
+            self.connections[worker].send(task)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            self._died(worker, task[0])
+        self.chunk_of[worker] = task[0]
+
+    def next_result(self) -> dict[str, Any]:
+        """The shard info of the next chunk finished; a worker's exception is raised here."""
+        from multiprocessing.connection import wait
+
+        by_handle = {}
+        for w in range(len(self.processes)):
+            by_handle[self.processes[w].sentinel] = w
+            if w in self.chunk_of:
+                by_handle[self.connections[w]] = w
+        ready = wait(list(by_handle))
+        # A reply first: a worker's sentinel is ready only when it has exited.
+        for handle in sorted(ready, key=lambda h: isinstance(h, int)):
+            worker = by_handle[handle]
+            chunk = self.chunk_of.get(worker)
+            if isinstance(handle, int) or chunk is None:
+                self._died(worker, chunk)
+            try:
+                reply = self.connections[worker].recv()
+            except (EOFError, ConnectionResetError):
+                self._died(worker, chunk)
+            del self.chunk_of[worker]
+            if reply[0] == "failed":
+                raise reply[1] from WorkerFailure(reply[2])
+            return reply[1]
+        raise AssertionError("wait() returned no handle")  # pragma: no cover
+
+    def _died(self, worker: int, chunk: int | None) -> None:
+        process = self.processes[worker]
+        process.join(timeout=5)
+        code = process.exitcode
+        how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exited with code {code}")
+        where = f" while building chunk {chunk}" if chunk is not None else ""
+        raise WorkerDied(f"pretrain-data worker {process.pid} {how}{where} (SIGKILL is what the out-of-memory "
+                         f"killer sends: fewer --workers or a smaller --chunk-docs need less memory); the shards "
+                         f"already built are kept, and rerunning the command builds the rest") from None
+
+    def close(self) -> None:
+        for connection in self.connections:
+            try:
+                connection.send(None)
+            except OSError:
+                pass
+        for process in self.processes:
+            process.join()
+
+    def kill(self) -> list[int]:
+        """Stop every worker at once; returns the chunks that were being built."""
+        for process in self.processes:
+            if process.exitcode is None:
+                process.kill()
+        for process in self.processes:
+            process.join()
+        return list(self.chunk_of.values())
+
+
+class WorkerFailure(Exception):
+    """The traceback of an exception raised in a worker process (the cause of the one re-raised)."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
 
 
 def load_tokenizer(spec: str, do_lower_case: bool | None = None) -> Any:
@@ -740,29 +864,30 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
             global _WORKER_CTX
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             _WORKER_CTX = ctx if method == "fork" else None
-            pool = mp.get_context(method).Pool(workers, _worker_init, (tokenizer_spec, config.to_dict()))
-            _WORKER_CTX = None
-            pending: deque = deque()
+            try:
+                builders = _ShardBuilders(mp.get_context(method), workers, tokenizer_spec, config)
+            finally:
+                _WORKER_CTX = None
             try:
                 for c, docs in chunks_to_build():
-                    # At most 2 chunks per worker in flight: reading ahead further would defeat streaming.
-                    while len(pending) >= 2 * workers:
-                        info = pending.popleft().get()
+                    # The next chunk is read while the workers build: one in hand, one per worker.
+                    while not builders.idle:
+                        info = builders.next_result()
                         log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
-                    pending.append(pool.apply_async(_worker_build, (c, docs, str(out_dir), fingerprint)))
+                    builders.send((c, docs, str(out_dir), fingerprint))
                     built += 1
-                while pending:
-                    info = pending.popleft().get()
+                while builders.busy:
+                    info = builders.next_result()
                     log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
-                pool.close()
+                builders.close()
             except BaseException:
-                # An error, Ctrl-C or SIGTERM: stop the workers. close() would wait for every chunk in
-                # flight, and for ever where a signal to the process group had ended a worker mid-chunk
-                # (the pool replaces the worker, never the lost task).
-                pool.terminate()
+                # An error, Ctrl-C or SIGTERM: no chunk in flight is waited for, and the files its
+                # worker had begun are removed, as a single process removes them when interrupted.
+                for chunk in builders.kill():
+                    shard = out_dir / records.shard_name(chunk)
+                    for unfinished in (shard.with_name(shard.name + ".tmp"), shard.with_suffix(".json.tmp")):
+                        unfinished.unlink(missing_ok=True)
                 raise
-            finally:
-                pool.join()
         if n_chunks == 0:
             raise DataError(f"--input {' '.join(map(str, paths))}: no documents found (the files are empty "
                             f"or contain only blank lines)")
