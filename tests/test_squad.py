@@ -138,10 +138,18 @@ def test_v2_na_prob_threshold_turns_answers_into_abstentions():
     assert (score, thresh) == (40.0, 0.0)  # nothing ever beats abstaining on all: 2 / 5
 
 
-def test_v2_empty_gold_answers_are_unanswerable():
-    # A gold answer that normalises to "" ("the") is dropped, leaving the question unanswerable.
+def test_v2_gold_answers_that_normalise_to_nothing_still_make_a_question_answerable():
+    """evaluate-v2.0.py: HasAns is bool(qa['answers']); only the scoring drops answers that
+    normalise to "" (SQuAD dev has "." answers, e.g. v1.1 5730b7ce069b5314008322c4). Such a
+    question was counted as NoAns, and a no-answer verdict on it scored 1 instead of 0."""
+    # The gold "The" is scored as [""], so abstaining matches it, but the question stays HasAns.
     out = squad_v2_evaluate({"q": ["The"]}, {"q": ""})
-    assert out["exact_match"] == 100.0 and out["NoAns_total"] == 1 and "HasAns_total" not in out
+    assert out["exact_match"] == 100.0 and out["HasAns_total"] == 1 and "NoAns_total" not in out
+    # Numbers of the official script for: q answerable (gold "."), u unanswerable, both abstained.
+    golds, preds, na_probs = {"q": ["."], "u": []}, {"q": "", "u": ""}, {"q": 2.0, "u": -1.0}
+    out = squad_v2_evaluate(golds, preds, na_probs)
+    assert (out["exact_match"], out["HasAns_total"], out["HasAns_exact"], out["NoAns_total"]) == (50.0, 1, 0.0, 1)
+    assert (out["best_exact"], out["best_exact_thresh"]) == (100.0, 2.0)
 
 
 # ---- reader -------------------------------------------------------------------------------------

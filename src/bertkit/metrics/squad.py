@@ -5,8 +5,9 @@ a/an/the, collapse whitespace) and take the best score over the gold answers of 
 differ in two details that change numbers, so both are kept:
 
 - v1.1 F1 is 0 whenever prediction and gold share no token, even if both normalise to "".
-- v2.0 drops gold answers that normalise to "", gives a question with no gold answer the gold [""],
-  and scores an empty-vs-empty pair as 1 (that is how "no answer" is rewarded).
+- v2.0 drops gold answers that normalise to "", gives a question with no gold answer left the gold
+  [""], and scores an empty-vs-empty pair as 1 (that is how "no answer" is rewarded). Whether a
+  question is answerable (HasAns/NoAns) is decided before that: by having any gold answer.
 
 v2.0 also takes `na_probs` (per-question "no answer" scores; we write BERT's null odds there): a
 question whose score is above `na_prob_thresh` counts as answered "no answer" whatever its text,
@@ -101,7 +102,7 @@ def squad_v1_evaluate(golds: Mapping[str, Sequence[str]], predictions: Mapping[s
 def squad_v2_raw_scores(golds: Mapping[str, Sequence[str]],
                         predictions: Mapping[str, str]) -> tuple[dict[str, int], dict[str, float]]:
     """Per-question (exact, f1) before any no-answer threshold. Gold answers that normalise to ""
-    are dropped and a question left without one gets the gold [""] (unanswerable)."""
+    are dropped and a question left without one gets the gold [""]."""
     _check_ids(golds, predictions)
     exact: dict[str, int] = {}
     f1: dict[str, float] = {}
@@ -157,7 +158,10 @@ def squad_v2_evaluate(golds: Mapping[str, Sequence[str]], predictions: Mapping[s
     """
     if not golds:
         raise ValueError("no questions to evaluate")
-    has_answer = {qid: any(normalize_answer(a) for a in answers) for qid, answers in golds.items()}
+    # HasAns/NoAns and the threshold's "no answer" credit go by whether the question has gold
+    # answers at all (the script's bool(qa['answers'])), not by what survives normalisation: a
+    # question answered only "." is answerable, scored against [""] but still in HasAns.
+    has_answer = {qid: bool(answers) for qid, answers in golds.items()}
     exact_raw, f1_raw = squad_v2_raw_scores(golds, predictions)
     probs = dict(na_probs) if na_probs is not None else {qid: 0.0 for qid in golds}
     missing = [qid for qid in golds if qid not in probs]
