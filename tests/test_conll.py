@@ -140,7 +140,7 @@ def test_bioes_conversions_round_trip_on_real_sentences(conll_dir):
 
 def test_bioes_training_file_makes_a_bioes_task(conll_dir, tmp_path):
     """A BIOES train.txt: the model learns BIOES tags (B/I/E/S per type), an IOB1/IOB2 dev file is
-    converted to BIOES, and predictions are written in BIOES; `conll2003` does the same."""
+    converted to BIOES, and predictions are made in BIOES (written in IOB2); `conll2003` does the same."""
     real = conll_task(data_dir=str(conll_dir))
     train = real.read("train")[:200]
     write(tmp_path / "train.txt", "".join("".join(f"{w} {t}\n" for w, t in zip(ex.words, iob2_to_bioes(ex.tags)))
@@ -306,6 +306,33 @@ def test_write_predictions_conll_format(tmp_path):
     examples = task.read("test")
     out = task.write_predictions(examples, [["B-ORG", "B-PER"], ["O"]], tmp_path / "pred" / "test.conll")
     assert out.read_text() == "-DOCSTART- O O\n\nEU B-ORG B-ORG\nrejects O B-PER\n\nPeter B-PER O\n\n"
+
+
+def test_a_bioes_model_is_scored_and_written_as_conlleval_reads_iob2(conll_dir, tmp_path):
+    """conlleval has no S- tag: on a BIOES file it joins `S-LOC S-LOC` into one entity. The file is
+    written in IOB2 and the conlleval numbers are those of the IOB2 tags; they were seqeval's
+    BIOES reading, which splits a predicted `S-PER E-PER` in two where conlleval (and the IOB2
+    `B-PER I-PER`) sees the gold entity `B-PER E-PER` found."""
+    path = write(tmp_path / "train.txt", "Ed B-PER\nMiliband E-PER\nin O\nParis S-LOC\nLyon S-LOC\n")
+    task = conll_task("ner", train_file=str(path), test_file=str(path))
+    examples = task.read("test")
+    predicted = [["S-PER", "E-PER", "O", "S-LOC", "S-LOC"]]
+    scores = task.metrics(examples, predicted)
+    assert scores["f1"] == 1.0 and scores["f1_PER"] == 1.0 and scores["strict_f1"] == pytest.approx(2 / 3)
+    out = task.write_predictions(examples, predicted, tmp_path / "pred.txt")
+    assert out.read_text() == "Ed B-PER B-PER\nMiliband I-PER I-PER\nin O O\nParis B-LOC B-LOC\nLyon B-LOC B-LOC\n\n"
+
+    # Real dev sentences in BIOES with a model's kind of errors: the reported numbers are the IOB2
+    # ones, which equal conlleval's (test_ner_scores_hand_made_cases and the module docstring).
+    dev = conll_task(data_dir=str(conll_dir)).read("dev")[:1000]
+    gold = [iob2_to_bioes(ex.tags) for ex in dev]
+    bioes_tags = ["O"] + [f"{p}-{t}" for p in "BIES" for t in ("PER", "ORG", "LOC", "MISC")]
+    rng = random.Random(0)
+    predicted = [[t if rng.random() > 0.1 else rng.choice(bioes_tags) for t in tags] for tags in gold]
+    bioes = ner_scores(gold, predicted, scheme="BIOES")
+    iob2 = ner_scores([bioes_to_iob2(t) for t in gold], [bioes_to_iob2(t) for t in predicted])
+    for key in ("precision", "recall", "f1", "f1_PER", "f1_ORG", "f1_LOC", "f1_MISC"):
+        assert bioes[key] == iob2[key], key
 
 
 # ---- a real fine-tuning run ----------------------------------------------------------------------

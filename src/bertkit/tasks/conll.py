@@ -13,8 +13,9 @@ word of a longer one). IOB1 (the original eng.* files, where `I-X` opens an enti
 appears only between two adjacent entities of one type) is detected per file by an `I-X` that
 opens an entity and converted to IOB2; on IOB2 input the conversion changes nothing. The
 training file's scheme, IOB2 or BIOES, is the task's: the model learns those tags, the other
-splits are converted to it (losslessly, for well-formed sequences), and prediction files carry
-it; conlleval and the metrics read both.
+splits are converted to it (losslessly, for well-formed sequences). Prediction files are in
+IOB2 whatever the scheme, since conlleval reads no S- tag (bertkit.metrics.ner), and the
+conlleval-style metrics score those same IOB2 tags.
 
 Encoding: words are tokenized as given (pre-tokenized); a word's tag sits on its FIRST
 sub-token, all other positions get -100 (never scored). A sentence longer than
@@ -40,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from bertkit.metrics.ner import ner_scores
+from bertkit.metrics.ner import bioes_to_iob2, ner_scores
 from bertkit.tasks.base import (DataError, Task, TaskOptions, file_lines, open_for_writing, pad_sequences,
                                 padded_inputs, read_data_text, register)
 from bertkit.tasks.swag import plain_backend, special_ids
@@ -100,11 +101,6 @@ def iob2_to_bioes(tags: Sequence[str]) -> list[str]:
             tag = "E-" + tag[2:]
         out.append(tag)
     return out
-
-
-def bioes_to_iob2(tags: Sequence[str]) -> list[str]:
-    """`S-X` -> `B-X`, `E-X` -> `I-X` (BIOES `B-PER E-PER S-LOC` -> IOB2 `B-PER I-PER B-LOC`)."""
-    return [{"S": "B-", "E": "I-"}[tag[0]] + tag[2:] if tag[:2] in ("S-", "E-") else tag for tag in tags]
 
 
 def plan_windows(word_lengths: Sequence[int], budget: int, overlap: int) -> list[tuple[int, int, list[int]]]:
@@ -361,13 +357,14 @@ class NerTask(Task):
 
     def write_predictions(self, examples: list[NerExample], predictions: list[list[str]], path: str | Path) -> Path:
         """CoNLL format read by conlleval: `word gold predicted` per line, a blank line after each
-        sentence, `-DOCSTART- O O` where the input had document boundaries."""
+        sentence, `-DOCSTART- O O` where the input had document boundaries; tags in IOB2 (BIOES
+        ones converted: conlleval would read `S-PER S-PER` as one entity)."""
         path = Path(path)
         with open_for_writing(path) as out:
             for ex, tags in zip(examples, predictions):
                 if ex.doc_start:
                     out.write("-DOCSTART- O O\n\n")
-                for word, gold, pred in zip(ex.words, ex.tags, tags):
+                for word, gold, pred in zip(ex.words, bioes_to_iob2(ex.tags), bioes_to_iob2(tags)):
                     out.write(f"{word} {gold} {pred}\n")
                 out.write("\n")
         return path
