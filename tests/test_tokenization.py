@@ -329,6 +329,20 @@ def test_a_mistyped_model_path_is_named_as_the_model(tmp_path, capsys):
     assert f"--model {missing} does not exist" in err and "tokenizer path" not in err
 
 
+def test_a_model_hub_id_that_cannot_be_fetched_says_why(monkeypatch, tmp_path, capsys):
+    """`--model bert-base-uncased` offline said only "does not exist: give ... a hub id", the
+    form just given; the hub's reason (offline, not in the cache) was dropped."""
+    from bertkit.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    assert main(["finetune", "--task", "sst2", "--model", "bert-base-uncased", "--data-dir", str(tmp_path),
+                 "--output-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "--model bert-base-uncased is not a local path" in err and "Hugging Face hub" in err
+    assert "Offline?" in err or "HF_HUB_OFFLINE" in err
+
+
 def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="pass its local directory"):

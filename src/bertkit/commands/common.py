@@ -238,13 +238,15 @@ def load_tokenizer(model_path: str, do_lower_case: bool | None):
 
     try:
         return Tokenizer.from_pretrained(model_path, do_lower_case=do_lower_case)
-    except FileNotFoundError:
+    except FileNotFoundError as err:
         if Path(model_path).exists():
             raise
         # The tokenizer is read first, so a mistyped --model was reported as a "tokenizer path".
-        raise FileNotFoundError(f"--model {model_path} does not exist: give a model directory, a Google TF "
-                                f"checkpoint prefix (DIR/bert_model.ckpt) or a hub id ('name' or "
-                                f"'org/name')") from None
+        forms = "give a model directory, a Google TF checkpoint prefix (DIR/bert_model.ckpt) or a hub id"
+        if "Hugging Face hub" in str(err):  # it has a hub id's form: say why the download failed
+            raise FileNotFoundError(f"--model {model_path} is not a local path ({forms}), and as a hub id: "
+                                    f"{err}") from None
+        raise FileNotFoundError(f"--model {model_path} does not exist: {forms} ('name' or 'org/name')") from None
 
 
 def check_model_fits(config, tokenizer, max_seq_length: int, model_path: str) -> None:
