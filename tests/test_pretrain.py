@@ -300,3 +300,27 @@ def test_each_training_epoch_reads_one_generated_epoch(tmp_path) -> None:
                               "--eval-fraction", "0.05", "--eval-every", "none")) == 0
     start = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert start["total_steps"] == math.ceil((generated == 0).sum() / 16)  # not len(features) / 16
+
+
+def test_a_pretraining_checkpoint_is_a_model_for_finetuning_and_transformers(wiki_records, tmp_path) -> None:
+    """Fine-tuning from an intermediate pre-training checkpoint (`--model RUN/checkpoints/step-N`,
+    the usual way to compare pre-training lengths) failed with "no weights found"."""
+    out = tmp_path / "pre"
+    assert main(pretrain_args(wiki_records, out, *tiny(), "--max-steps", "4", "--save-every", "2",
+                              "--batch-size", "8", "--eval-every", "none")) == 0
+    step2 = out / "checkpoints" / "step-2"
+    saved = torch.load(step2 / "model.pt", weights_only=True)
+    from bertkit.modeling.heads import BertForSequenceClassification
+
+    classifier = BertForSequenceClassification.from_pretrained(step2)
+    assert all(torch.equal(tensor, saved[f"bert.{name}"]) for name, tensor in classifier.bert.state_dict().items())
+    exported = tmp_path / "exported"
+    assert main(["convert", str(step2), str(exported)]) == 0
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.BertForPreTraining.from_pretrained(exported).eval()
+    ours = BertForPreTraining.from_pretrained(step2).eval()
+    batch = Tokenizer.from_pretrained(step2)(["the quick brown fox", "a second , longer sentence here"])
+    real = batch["attention_mask"].bool()  # padded positions' logits are not defined
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).mlm_logits[real], reference(**batch).prediction_logits[real],
+                                   rtol=0, atol=1e-5)

@@ -539,3 +539,32 @@ def test_an_os_error_is_reported_without_a_traceback(monkeypatch, capsys) -> Non
     monkeypatch.setattr(bertkit.commands.info, "run", refuse)
     assert main(["info", "anything"]) == 1
     assert capsys.readouterr().err == "bertkit info: error: [Errno 13] Permission denied: '/runs/locked'\n"
+
+
+def test_a_checkpoint_is_a_model_directory_for_evaluate_predict_and_convert(
+        tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    """`--model RUN/checkpoints/step-N` said "no weights found" (a checkpoint held only model.pt and
+    the training state), so an intermediate model could not be scored or exported. A checkpoint now
+    also holds config.json, the tokenizer and bertkit.json: it evaluates to the score the run logged
+    at that step, predicts, and converts to a directory transformers loads."""
+    out = tmp_path / "run"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", "--eval-every", "6")) == 0
+    logged = {r["step"]: r["eval"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+              if "eval" in r}
+    step6 = out / "checkpoints" / "step-6"
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(step6), "--data-dir", str(sst2_small), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == logged[6]["accuracy"]
+    assert main(["predict", "--model", str(step6), "--data-dir", str(sst2_small), "--split", "dev",
+                 "--output", str(tmp_path / "predictions.tsv"), "--device", "cpu"]) == 0
+    assert len((tmp_path / "predictions.tsv").read_text().splitlines()) == 101  # header + 100 dev rows
+    exported = tmp_path / "exported"
+    assert main(["convert", str(step6), str(exported)]) == 0
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    ours = BertForSequenceClassification.from_pretrained(step6).eval()
+    saved = torch.load(step6 / "model.pt", weights_only=True)
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in ours.state_dict().items())
+    batch = Tokenizer.from_pretrained(step6)(["a gripping , funny film", "dull and lifeless"])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, reference(**batch).logits, rtol=0, atol=1e-5)

@@ -339,11 +339,12 @@ def read_json(path: Path) -> Any:
 
 
 def model_saver(tokenizer: Any, run_info: dict[str, Any]):
-    """The trainer's `save_model(model, directory)`: HF-format weights and tokenizer, plus the run
-    description as bertkit.json."""
+    """The trainer's `save_model(model, directory, weights=True)`: HF-format weights and tokenizer,
+    plus the run description as bertkit.json. weights=False (a training checkpoint) writes all but
+    the weights, so that the checkpoint with its model.pt is a model directory too."""
 
-    def save_model(model: Any, directory: Path) -> None:
-        model.save_pretrained(directory, tokenizer=tokenizer)
+    def save_model(model: Any, directory: Path, weights: bool = True) -> None:
+        model.save_pretrained(directory, tokenizer=tokenizer, weights=weights)
         write_json_atomic(Path(directory) / BERTKIT_JSON, run_info)
 
     return save_model

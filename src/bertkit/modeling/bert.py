@@ -352,7 +352,7 @@ class BertModel(nn.Module):
 
         return load_pretrained(cls, path_or_hub_id, **config_overrides)
 
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, weights: bool = True) -> Path:
         from bertkit.modeling.checkpoints import save_pretrained
 
-        return save_pretrained(self, directory, tokenizer=tokenizer)
+        return save_pretrained(self, directory, tokenizer=tokenizer, weights=weights)

@@ -30,7 +30,7 @@ from bertkit.config import ModelConfig
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+                "pytorch_model.bin.index.json", "model.pt")  # model.pt: a bertkit training checkpoint
 ENCODER_PREFIXES = ("embeddings.", "encoder.")
 
 
@@ -91,7 +91,7 @@ def find_weights(path: Path) -> tuple[str, Path]:
         for name in WEIGHT_FILES:
             if (path / name).is_file():
                 kind = "sharded" if name.endswith(".index.json") else name.rsplit(".", 1)[-1]
-                return ("safetensors" if kind == "safetensors" else kind), path / name
+                return ("safetensors" if kind == "safetensors" else "bin" if kind == "pt" else kind), path / name
     prefix = find_tf_prefix(path)
     if prefix is not None:
         return "tf", prefix
@@ -338,22 +338,34 @@ def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_o
 
 
 # ---- saving -------------------------------------------------------------------------------------
-def save_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> Path:
+def save_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = None, weights: bool = True) -> Path:
     """config.json (with `architectures`) + model.safetensors (+ tokenizer files) in HF format.
     The MLM decoder matrix is the word-embedding matrix; safetensors refuses shared storage and HF
-    re-ties it on load, so it is not written."""
+    re-ties it on load, so it is not written. weights=False writes the rest only (a training
+    checkpoint, whose weights are its model.pt)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config: ModelConfig = model.config
-    config.replace(architectures=[type(model).__name__]).save(directory)
+    config.replace(architectures=[plain_class(model).__name__]).save(directory)
+    if not weights:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+        return directory
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if k != "cls.predictions.decoder.weight" or not config.tie_word_embeddings}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     return directory
+
+
+def plain_class(model: nn.Module) -> type:
+    """The model's own class: FSDP2's fully_shard swaps it for a subclass of (FSDPModule, class)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
 # ---- Google TF checkpoints ----------------------------------------------------------------------

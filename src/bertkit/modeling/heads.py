@@ -79,11 +79,11 @@ class BertPreTrainedModel(nn.Module):
         return load_pretrained(cls, path_or_hub_id, new_head_on_mismatch=new_head_on_mismatch,
                                require_head=require_head, **config_overrides)
 
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, weights: bool = True) -> Path:
         """Write config.json + model.safetensors (+ tokenizer files) in Hugging Face format."""
         from bertkit.modeling.checkpoints import save_pretrained
 
-        return save_pretrained(self, directory, tokenizer=tokenizer)
+        return save_pretrained(self, directory, tokenizer=tokenizer, weights=weights)
 
 
 def _dropout(config: ModelConfig) -> nn.Dropout:

@@ -150,9 +150,10 @@ class MultiTaskModel(nn.Module):
         checkpoints.load_into(model, state, file)
         return model
 
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, weights: bool = True) -> Path:
         """config.json (the encoder's, as a plain BertModel) + one model.safetensors with the
-        encoder (`bert.*`) and every head (`heads.<task>.classifier.*`) + tokenizer files."""
+        encoder (`bert.*`) and every head (`heads.<task>.classifier.*`) + tokenizer files;
+        weights=False leaves out model.safetensors (a training checkpoint has its model.pt)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -161,8 +162,9 @@ class MultiTaskModel(nn.Module):
         # so a base checkpoint's id2label must not leak into it.
         self.config.replace(architectures=["BertModel"], num_labels=2, id2label=None,
                             problem_type=None).save(directory)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        if weights:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(directory))
         return directory

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -350,7 +350,10 @@ def check_output_dir(config: TrainConfig) -> list[Path]:
 
 
 def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state: TrainerState,
-                    info: DistInfo, keep: int) -> None:
+                    info: DistInfo, keep: int, describe: Callable[[Path], None] | None = None) -> None:
+    """checkpoints/step-N: model.pt, training.pt (optimizer, schedule, scaler, every rank's RNG)
+    and the trainer state; `describe(directory)` adds config.json, tokenizer files and bertkit.json,
+    so that `--model RUN/checkpoints/step-N` evaluates, predicts, converts or fine-tunes from it."""
     rng_states = distributed.all_gather_objects(rng_state(), info)  # every rank's RNG, in rank order
     # Unsharded (gathered to rank 0 under FSDP2), so that any run layout can resume from it.
     model_state = distributed.full_state_dict(model, info)
@@ -369,6 +372,8 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, state
                     "scaler": scaler.state_dict() if scaler is not None else None,
                     "rng": rng_states}, tmp / "training.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
+        if describe is not None:
+            describe(tmp)
     except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError of its zip writer
         shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(root).free if root.is_dir() else 0
@@ -677,7 +682,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     def checkpoint() -> None:
         settle_skipped()
         state.pending_loss = (distributed.all_reduce_mean(loss_sum, info).item(), loss_count)
-        save_checkpoint(output_dir, model, optimizer, scheduler, scaler, state, info, config.keep_checkpoints)
+        describe = (lambda directory: save_model(unwrap(model), directory, weights=False)) if save_model else None
+        save_checkpoint(output_dir, model, optimizer, scheduler, scaler, state, info, config.keep_checkpoints,
+                        describe)
         saved_steps.add(state.global_step)
 
     saved_steps: set[int] = set()
