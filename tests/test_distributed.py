@@ -342,6 +342,9 @@ def test_fsdp_checkpoints_hold_the_whole_run_and_resume_exactly(scenarios, work,
     resumed_losses = [r["loss"] for r in log_records(fsdp_resumed) if "loss" in r]
     assert len(resumed_losses) == 4 and max(abs(a - b) for a, b in zip(resumed_losses, ref_losses[4:])) < TOL
     assert (fsdp_resumed / "model.safetensors").is_file()
+    # A checkpoint is a model directory too; config.json names the model's class, not FSDP2's subclass.
+    described = json.loads((fsdp_run / "checkpoints" / "step-4" / "config.json").read_text())
+    assert described["architectures"] == ["BertForSequenceClassification"]
 
     monkeypatch.setenv("BERTKIT_CACHE", str(work["cache"]))
     alone = tmp_path / "alone"
