@@ -568,3 +568,39 @@ def test_a_checkpoint_is_a_model_directory_for_evaluate_predict_and_convert(
     batch = Tokenizer.from_pretrained(step6)(["a gripping , funny film", "dull and lifeless"])
     with torch.no_grad():
         torch.testing.assert_close(ours(**batch).logits, reference(**batch).logits, rtol=0, atol=1e-5)
+
+
+def test_early_stopping_ends_the_run_and_a_resumed_run_stops_at_the_same_step(
+        tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    """--early-stopping-patience 2: the run ends after two evaluations without a better accuracy
+    (a learning rate too small to change a prediction), keeps the best model, and logs why. The
+    count comes from the evaluation history, so a run resumed in between stops at the same step,
+    and a stopped run resumed again does not train on."""
+    flags = ("--eval-every", "2", "--early-stopping-patience", "2", "--keep-checkpoints", "3")
+    straight = tmp_path / "straight"
+    args = finetune_args(tiny_model_dir, sst2_small, straight, "--max-steps", "20")
+    args[args.index("--lr") + 1] = "1e-9"
+    assert main([*args, *flags]) == 0
+    assert "early stop at step 6: accuracy did not improve in the last 2 evaluations" in capsys.readouterr().err
+    metrics = json.loads((straight / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["best_step"] == 2
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval" in r] == [2, 4, 6]
+    assert {"event": "early_stop", "step": 6, "best_step": 2, "patience": 2} in log
+    best = torch.load(straight / "checkpoints" / "step-2" / "model.pt", weights_only=True)
+    assert_identical(weights(straight), best)  # the run directory holds step 2's model, not step 6's
+
+    resumed = tmp_path / "resumed"
+    first = finetune_args(tiny_model_dir, sst2_small, resumed, "--max-steps", "4")
+    first[first.index("--lr") + 1] = "1e-9"
+    assert main([*first, *flags]) == 0  # evaluations at 2 and 4: one without improvement, patience left
+    assert main([*args[:args.index("--output-dir") + 1], str(resumed), *args[args.index("--output-dir") + 2:],
+                 *flags, "--resume"]) == 0
+    assert json.loads((resumed / "metrics.json").read_text())["steps"] == 6
+    before = (straight / "log.jsonl").read_text()
+    assert main([*args, *flags, "--resume"]) == 0  # the stopped run, resumed: nothing more to train
+    after = [json.loads(line) for line in (straight / "log.jsonl").read_text()[len(before):].splitlines()]
+    assert not [r for r in after if "loss" in r or "eval" in r]
+    assert json.loads((straight / "metrics.json").read_text())["steps"] == 6
+    with pytest.raises(ValueError, match="--early-stopping-patience counts evaluations"):
+        TrainConfig(early_stopping_patience=2, eval_every="none")

@@ -197,6 +197,7 @@ class TrainConfig:
     eval_every: str = "epoch"  # "epoch", "none" or a step count
     save_every: int = 0  # checkpoint every N optimizer steps (0: only at eval points and the end)
     keep_checkpoints: int = 2  # step checkpoints kept on disk (the best model is kept apart)
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better main metric (0: never)
     resume: bool = False  # continue from the latest complete checkpoint in output_dir
     overwrite_output_dir: bool = False  # a fresh run may delete the checkpoints an earlier run left there
     group_by_length: bool = False  # sample batches of similar length to cut padding
@@ -244,6 +245,11 @@ class TrainConfig:
         if ev not in ("epoch", "none") and not (ev.isdigit() and int(ev) > 0):
             raise ValueError(f"--eval-every {ev!r}: expected 'epoch', 'none' or a positive step count")
         self.eval_every = ev
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"--early-stopping-patience must be >= 0 (0: off), got {self.early_stopping_patience}")
+        if self.early_stopping_patience and self.eval_every == "none":
+            raise ValueError("--early-stopping-patience counts evaluations, and --eval-every none evaluates "
+                             "nothing; evaluate every epoch or every N steps")
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.num_workers < -1:

@@ -129,6 +129,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", default=d.eval_every, help="'epoch', 'none' or a step count")
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    g.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience, metavar="N",
+                   help="end the run after N evaluations in a row without a better main metric (the best model "
+                        "is kept as usual; 0: never)")
     g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     g.add_argument("--overwrite-output-dir", "--overwrite_output_dir", dest="overwrite_output_dir",
                    action="store_true",

@@ -262,6 +262,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def evaluations_since_best(state: "TrainerState") -> int:
+    """Evaluations after the one that set the best metric (all of them when none did)."""
+    steps = [record["step"] for record in state.history]
+    return len(steps) - 1 - steps.index(state.best_step) if state.best_step in steps else len(steps)
+
+
 def is_better(value: float, best: float | None, greater: bool) -> bool:
     """NaN (a diverged model's loss or correlation) is worse than any number, so that a NaN first
     evaluation cannot stay the best forever."""
@@ -703,7 +709,25 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         skipped_pending.zero_()
     loss_count, t_last, samples_since = state.pending_loss[1], time.perf_counter(), 0
     stopped_early = False
-    while state.global_step < total_steps:
+
+    def patience_exhausted(logged: bool = True) -> bool:
+        """--early-stopping-patience: derived from the evaluation history, so that a resumed run
+        stops where the uninterrupted one did (and a stopped run resumed does not train on)."""
+        patience = config.early_stopping_patience
+        if not patience or evaluations_since_best(state) < patience:
+            return False
+        if info.is_main:
+            best = "no evaluation gave a number" if state.best_step is None else (
+                f"best {state.best_metric:.4f} at step {state.best_step}")
+            print(f"early stop at step {state.global_step}: {task.main_metric} did not improve in the last "
+                  f"{patience} evaluations ({best})", file=sys.stderr)
+            if logged:
+                log.write({"event": "early_stop", "step": state.global_step, "best_step": state.best_step,
+                           "patience": patience})
+        return True
+
+    out_of_patience = patience_exhausted(logged=False)  # a resumed run that had stopped: logged then
+    while state.global_step < total_steps and not out_of_patience:
         epoch_batches = global_batches_of_epoch(task, lengths, n, config, state.epoch, global_batch, info)
         epoch_examples = sum(len(g) for g in epoch_batches)
         # Seek to the saved data position: skip the batches already consumed (nothing is loaded).
@@ -784,6 +808,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                 run_eval(state.epoch)
             if (state.global_step % config.save_every == 0 if config.save_every else evaluated):
                 checkpoint()
+            if evaluated and patience_exhausted():
+                out_of_patience = True
+                break
             if stop_after_steps is not None and state.global_step >= stop_after_steps:
                 stopped_early = True
                 break
@@ -796,7 +823,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             state.examples_in_epoch = 0
             if config.eval_every == "epoch" and eval_set is not None:
                 run_eval(state.epoch - 1)
-                if not config.save_every and state.global_step < total_steps:
+                out_of_patience = patience_exhausted()
+                if not config.save_every and state.global_step < total_steps and not out_of_patience:
                     checkpoint()  # at the end of the run, the final checkpoint below
 
     log.close()
