@@ -290,6 +290,7 @@ def test_pretrain_data_mass_mask_static_and_dynamic_then_pretrain(tmp_path, caps
                      "--max-steps", "3", "--batch-size", "8", "--device", "cpu", "--no-progress"]) == 0
         losses = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert any(np.isfinite(r.get("loss", np.nan)) for r in losses)
+        assert f"masking {name}, MASS fragments at 0.5" in capsys.readouterr().err
 
 
 def test_mass_mask_refuses_other_strategies(tmp_path, capsys):

@@ -95,7 +95,7 @@ def build_model(args: argparse.Namespace, tokenizer: Any, max_seq_length: int):
 
 def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
-    from bertkit.training.pretraining import (PretrainingTask, check_vocabulary, held_out_warning,
+    from bertkit.training.pretraining import (PretrainingTask, check_vocabulary, held_out_warning, masking_description,
                                               split_held_out)
     from bertkit.training.trainer import seed_everything, train
 
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if info.is_main:
         common.eprint(f"pretrain: {len(train_features)} training records, "
                       f"{len(eval_data) if eval_data is not None else 0} held out"
-                      f"{'' if eval_set else ' (not evaluated)'}; masking {task.masking}, "
+                      f"{'' if eval_set else ' (not evaluated)'}; masking {masking_description(data, task.masking)}, "
                       f"{'MLM+NSP' if task.nsp else 'MLM only'}; {config.precision} on {info.device}, "
                       f"global batch {config.batch_size} x {info.world_size} x {config.grad_accum}")
     result = train(task, model, train_features, eval_set, config, info=info, save_model=save_model)

@@ -260,6 +260,19 @@ def builder_settings(data: Any) -> dict[str, Any] | None:
     return settings if isinstance(settings, dict) and isinstance(settings.get("mask"), dict) else None
 
 
+def masking_description(data: Any, masking: str) -> str:
+    """How the records are masked, for the run's first line: "static, MASS fragments of 50%"."""
+    settings = builder_settings(data)
+    if settings is None:
+        return masking
+    mask = settings["mask"]
+    strategy = {"span": "SpanBERT spans", "mass": "MASS fragments"}.get(mask.get("strategy"), "uniform")
+    if strategy == "uniform" and mask.get("whole_word_mask"):
+        strategy = "whole words"
+    targets = " + target words" if settings.get("target_words") else ""
+    return f"{masking}, {strategy}{targets} at {mask.get('masked_lm_prob', 0.15):g}"
+
+
 class PretrainingTask(Task):
     """Masked-LM (+NSP) on pre-training records. Eval metrics: held-out `mlm_loss` (mean over
     masked tokens, nats), `mlm_accuracy`, `perplexity` and, with NSP, `nsp_accuracy`."""
