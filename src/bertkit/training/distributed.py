@@ -276,12 +276,9 @@ def full_model(model: nn.Module, info: DistInfo) -> nn.Module | None:
     state = full_state_dict(model, info)
     if not info.is_main:
         return None
-    cls = type(model)
-    if is_fsdp(model):
-        from torch.distributed.fsdp import FSDPModule
+    from bertkit.modeling.checkpoints import plain_class
 
-        # fully_shard swaps the class for a subclass of (FSDPModule, original class).
-        cls = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule) and issubclass(c, nn.Module))
+    cls = plain_class(model)
     with torch.device("meta"):
         plain = cls(model.config)
     missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
