@@ -720,7 +720,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             best = "no evaluation gave a number" if state.best_step is None else (
                 f"best {state.best_metric:.4f} at step {state.best_step}")
             print(f"early stop at step {state.global_step}: {task.main_metric} did not improve in the last "
-                  f"{patience} evaluations ({best})", file=sys.stderr)
+                  f"{patience} evaluation{'s' if patience > 1 else ''} ({best})", file=sys.stderr)
             if logged:
                 log.write({"event": "early_stop", "step": state.global_step, "best_step": state.best_step,
                            "patience": patience})
