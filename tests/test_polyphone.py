@@ -444,3 +444,26 @@ def test_task_state_round_trips_so_evaluation_needs_no_train_split(tmp_path) -> 
     assert restored.label_names() == trained.label_names()
     assert all(restored.candidates(c) == trained.candidates(c) for c in ("了", "长", "行", "抹"))
     assert len(restored.read("test")) == 11400
+
+
+@needs_data
+def test_cached_features_follow_the_candidate_readings(tmp_path, monkeypatch, tokenizer):
+    """Feature `candidates` come from the training data and dictionary, not from the split being
+    encoded: a dictionary edited in place (same path, same label set) must not reuse features
+    cached with the old readings, or the candidate mask hides a reading the model now allows."""
+    from bertkit.commands.common import encode_cached
+
+    monkeypatch.setenv("BERTKIT_CACHE", str(tmp_path / "cache"))
+    dictionary = tmp_path / "dict.tsv"
+    write(dictionary, "抹\tma1 mo3 mo4\n")  # exactly the readings g2pL train has for 抹
+    before = make_task(polyphone_dict=str(dictionary))
+    dev = [ex for ex in before.read("dev") if ex.char == "抹"]
+    assert len(dev) == 100
+    first = encode_cached(before, "dev", dev, tokenizer, 128)
+
+    write(dictionary, "抹\tma1 mo2 mo3 mo4\n")  # mo2 is already a label (of 模): the label set is unchanged
+    after = make_task(polyphone_dict=str(dictionary))
+    assert after.label_names() == before.label_names()
+    mo2 = after.label_names().index("mo2")
+    assert mo2 not in first[0]["candidates"]
+    assert all(mo2 in f["candidates"] for f in encode_cached(after, "dev", dev, tokenizer, 128))

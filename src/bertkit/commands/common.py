@@ -296,12 +296,15 @@ def encode_cached(task: Task, split: str, examples: list, tokenizer, max_len: in
     # tokenizer, the length or a task option gives a new key. Hashing repr() of 67k SST-2
     # examples takes ~50 ms, far less than tokenizing them again.
     # The tokenizer enters with every setting that changes its output, and the encoding code by
-    # the bytes of its source files, so that a changed encoder never reads stale features.
+    # the bytes of its source files, so that a changed encoder never reads stale features. The
+    # task's learned state enters too: polyphone features carry each character's candidate
+    # readings, taken from the training data and dictionary, not from the split being encoded.
     key = hashlib.sha256()
     tokenizer_settings = {name: getattr(tokenizer, name, None) for name in
                           ("vocab_hash", "do_lower_case", "strip_accents", "tokenize_chinese_chars")}
     for part in (task.name, split, str(max_len), json.dumps(tokenizer_settings, sort_keys=True),
-                 json.dumps(task.options.extra, sort_keys=True, default=str), json.dumps(task.label_names())):
+                 json.dumps(task.options.extra, sort_keys=True, default=str), json.dumps(task.label_names()),
+                 json.dumps(task.state_dict(), sort_keys=True, default=str)):
         key.update(part.encode() + b"\0")
     for source in _encoder_sources(task):
         key.update(source.read_bytes())
