@@ -604,3 +604,34 @@ def test_early_stopping_ends_the_run_and_a_resumed_run_stops_at_the_same_step(
     assert json.loads((straight / "metrics.json").read_text())["steps"] == 6
     with pytest.raises(ValueError, match="--early-stopping-patience counts evaluations"):
         TrainConfig(early_stopping_patience=2, eval_every="none")
+
+
+def test_a_classifier_trained_elsewhere_is_read_in_its_own_label_order(
+        tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    """A model fine-tuned by another tool names its classes in config.json's id2label, in its own
+    order (run_glue's MNLI: entailment, neutral, contradiction; bertkit's: contradiction,
+    entailment, neutral). bertkit read the rows in its own order and silently swapped the classes.
+    Here bertkit's own SST-2 run, saved as another tool would with the rows in the other order and
+    no bertkit.json, scores and predicts as the run itself."""
+    out = tmp_path / "run"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "12", "--eval-every", "none")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data-dir", str(sst2_small), "--device", "cpu"]) == 0
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(out, elsewhere, ignore=shutil.ignore_patterns("bertkit.json", "metrics.json", "checkpoints"))
+    state = weights(elsewhere)
+    for name in ("classifier.weight", "classifier.bias"):
+        state[name] = state[name].flip(0)  # row 0 is now class "1"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(elsewhere / "model.safetensors"))
+    config = json.loads((elsewhere / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "1", "1": "0"}, {"1": 0, "0": 1}
+    (elsewhere / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", "--task", "sst2", "--model", str(elsewhere), "--data-dir", str(sst2_small),
+                 "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "orders its classes 1, 0 (config.json id2label)" in captured.err
+    assert json.loads(captured.out)["accuracy"] == accuracy
+    assert accuracy != 0.5  # the two orders give different scores on this run

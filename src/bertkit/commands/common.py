@@ -252,6 +252,28 @@ def load_tokenizer(model_path: str, do_lower_case: bool | None):
         raise FileNotFoundError(f"--model {model_path} does not exist: {forms} ('name' or 'org/name')") from None
 
 
+def adopt_model_label_order(task: Any, model_path: str) -> None:
+    """A classifier fine-tuned elsewhere says in config.json's id2label which class each output
+    row is, and its order need not be bertkit's: transformers' run_glue orders MNLI entailment,
+    neutral, contradiction, where bertkit (as Google's BERT) has contradiction, entailment,
+    neutral. Read in bertkit's order, its predictions were silently given the wrong names. When
+    the model names exactly the task's labels, the task takes the model's order."""
+    from bertkit.modeling import checkpoints
+
+    labels = task.label_names()
+    if not labels:
+        return
+    try:
+        config = checkpoints.read_config(checkpoints.resolve_model_path(model_path))
+    except (OSError, ValueError):
+        return  # loading the model reports it
+    names = [config.id2label.get(i) for i in range(len(config.id2label))] if config.id2label else []
+    if names != list(labels) and sorted(map(str, names)) == sorted(labels):
+        eprint(f"note: {model_path} orders its classes {', '.join(names)} (config.json id2label), not as "
+               f"bertkit's {task.name} does ({', '.join(labels)}); its order is used")
+        task.set_label_names(names)
+
+
 def check_model_fits(config, tokenizer, max_seq_length: int, model_path: str) -> None:
     """Refuse, before anything is written, a tokenizer or --max-seq-length that the model's
     embeddings cannot take. Unchecked, they fail at the first batch that holds a token id past the

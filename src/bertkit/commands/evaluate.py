@@ -58,6 +58,8 @@ def load_for_inference(args: argparse.Namespace):
         task.set_label_names(heads[name].get("labels"))
     elif saved.get("labels") is not None:
         task.set_label_names(saved["labels"])
+    else:  # not a bertkit run: the model's config says which output is which class
+        common.adopt_model_label_order(task, args.model)
     device_flag = "cpu" if getattr(args, "no_cuda", False) else args.device
     info = distributed.setup(device_flag)
     precision = args.precision or common.default_precision(device_flag)

@@ -64,6 +64,7 @@ def finetune_single(args: argparse.Namespace) -> int:
     max_len = task.options.max_seq_length
 
     train_examples = task.read("train")
+    common.adopt_model_label_order(task, args.model)  # a classifier trained elsewhere keeps its classes' rows
     eval_examples = task.read(args.eval_split) if config.eval_every != "none" else None
     train_features = common.encode_cached(task, "train", train_examples, tokenizer, max_len, info)
     eval_set = None
