@@ -71,8 +71,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
     betas = (config.adam_beta1, config.adam_beta2)
     if config.optimizer == "lamb":
         return Lamb(groups, lr=config.lr, betas=betas, eps=config.adam_eps, weight_decay=config.weight_decay)
-    # Fused AdamW: one kernel for all parameters on CUDA (markedly faster for BERT's ~200 tensors).
-    fused = device.type == "cuda"
+    # Fused AdamW: one kernel for all parameters (markedly faster for BERT's ~200 tensors). On the
+    # CPU too (torch >= 2.4): all-MiniLM-L6-v2's step took 0.11 s as a loop over tensors, 0.02 s fused,
+    # about a quarter of a fine-tuning step. FSDP's sharded (DTensor) parameters keep the loop on the CPU.
+    fused = device.type == "cuda" or (device.type == "cpu" and not config.fsdp)
     return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.adam_eps, fused=fused)
 
 
