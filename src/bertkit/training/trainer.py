@@ -398,6 +398,14 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, info: DistI
     distributed.load_full_state_dict(model, torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     blob = torch.load(path / "training.pt", map_location="cpu", weights_only=False)
     distributed.load_full_optimizer_state(model, optimizer, blob["optimizer"])
+    # Loading restores the saved param groups' implementation flags too: a checkpoint of an
+    # unfused AdamW (FSDP, or a CPU run of an earlier version) made this run's fused one step as a
+    # loop, which refuses the found_inf that optimizer_step gives a fused optimizer. The
+    # implementation is this run's choice, not the checkpoint's.
+    for group in optimizer.param_groups:
+        for flag in ("fused", "foreach"):
+            if flag in optimizer.defaults:
+                group[flag] = optimizer.defaults[flag]
     scheduler.load_state_dict(blob["scheduler"])
     # The restored rates are the saved schedule's; a run resumed to train longer (a higher
     # --max-steps) takes the next step's rate from this run's schedule instead.
