@@ -714,22 +714,20 @@ class _ShardBuilders:
             by_handle[self.processes[w].sentinel] = w
             if w in self.chunk_of:
                 by_handle[self.connections[w]] = w
-        ready = wait(list(by_handle))
-        # A reply first: a worker's sentinel is ready only when it has exited.
-        for handle in sorted(ready, key=lambda h: isinstance(h, int)):
-            worker = by_handle[handle]
-            chunk = self.chunk_of.get(worker)
-            if isinstance(handle, int) or chunk is None:
-                self._died(worker, chunk)
-            try:
-                reply = self.connections[worker].recv()
-            except (EOFError, ConnectionResetError):
-                self._died(worker, chunk)
-            del self.chunk_of[worker]
-            if reply[0] == "failed":
-                raise reply[1] from WorkerFailure(reply[2])
-            return reply[1]
-        raise AssertionError("wait() returned no handle")  # pragma: no cover
+        # A reply first: a worker's sentinel (an int) is ready only when it has exited.
+        handle = min(wait(list(by_handle)), key=lambda h: isinstance(h, int))
+        worker = by_handle[handle]
+        chunk = self.chunk_of.get(worker)
+        if isinstance(handle, int) or chunk is None:
+            self._died(worker, chunk)
+        try:
+            reply = self.connections[worker].recv()
+        except (EOFError, ConnectionResetError):
+            self._died(worker, chunk)
+        del self.chunk_of[worker]
+        if reply[0] == "failed":
+            raise reply[1] from WorkerFailure(reply[2])
+        return reply[1]
 
     def _died(self, worker: int, chunk: int | None) -> None:
         process = self.processes[worker]
@@ -834,6 +832,9 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
 
         n_chunks = built = skipped = 0
 
+        def log_shard(info: dict[str, Any]) -> None:
+            log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+
         def chunks_to_build():
             """(index, documents) of this part's chunks that are not complete on disk yet."""
             nonlocal n_chunks, skipped
@@ -854,9 +855,8 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
         chunks = iter_chunks(shape.count(documents), config.chunk_docs, config.chunk_bytes)
         if workers == 1:
             for c, docs in chunks_to_build():
-                info = build_shard(c, docs, ctx, out_dir, fingerprint)
+                log_shard(build_shard(c, docs, ctx, out_dir, fingerprint))
                 built += 1
-                log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
         else:
             # fork where there is one: workers inherit the loaded tokenizer instead of importing torch
             # and reloading it (seconds per worker). `tokenizers` turns its thread pool off in a
@@ -872,13 +872,11 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
                 for c, docs in chunks_to_build():
                     # The next chunk is read while the workers build: one in hand, one per worker.
                     while not builders.idle:
-                        info = builders.next_result()
-                        log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+                        log_shard(builders.next_result())
                     builders.send((c, docs, str(out_dir), fingerprint))
                     built += 1
                 while builders.busy:
-                    info = builders.next_result()
-                    log(f"{info['name']}: {info['rows']} records from {info['documents']} documents")
+                    log_shard(builders.next_result())
                 builders.close()
             except BaseException:
                 # An error, Ctrl-C or SIGTERM: no chunk in flight is waited for, and the files its
