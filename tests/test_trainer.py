@@ -279,6 +279,77 @@ def test_gradient_accumulation_matches_a_larger_batch_over_an_epoch_with_a_short
             torch.testing.assert_close(results[0][key], other[key], atol=2e-5, rtol=1e-4)
 
 
+def trained_alike_however_split(task, build_model, features, tmp_path: Path, steps: int = 3):
+    """Final weights and logged per-step losses of `steps` optimizer steps of 16 examples, taken as
+    1 x 16, 2 x 8 and 4 x 4 (micro-batch x --grad-accum), dropout off, same seed and order."""
+    runs = []
+    for batch, accum in ((16, 1), (8, 2), (4, 4)):
+        torch.manual_seed(0)
+        model = build_model()
+        config = TrainConfig(output_dir=str(tmp_path / f"b{batch}"), max_steps=steps, batch_size=batch,
+                             grad_accum=accum, lr=1e-3, device="cpu", eval_every="none", progress=False,
+                             max_grad_norm=0, log_every=1, seed=5)
+        state = train(task, model, features, None, config).model.state_dict()
+        log = [json.loads(line) for line in (tmp_path / f"b{batch}" / "log.jsonl").read_text().splitlines()]
+        runs.append((state, [r["loss"] for r in log if "loss" in r]))
+    return runs
+
+
+def assert_same_training(runs) -> None:
+    (reference, reference_losses), *others = runs
+    for state, losses in others:
+        assert losses == pytest.approx(reference_losses, rel=1e-5, abs=1e-6)
+        for key in reference:
+            torch.testing.assert_close(state[key], reference[key], atol=2e-5, rtol=1e-4)
+
+
+def test_token_averaged_ner_loss_is_the_same_however_the_step_is_split(shared_dir, tmp_path) -> None:
+    """NER's loss is a mean over labelled tokens, and CoNLL sentences have 1 to 100+ of them: each
+    micro-batch averaging over its own tokens (weighted by its share of sentences) gave a different
+    gradient for every split of the same 16 sentences. The step now divides by all its tokens."""
+    from bertkit.config import preset
+    from bertkit.modeling.heads import BertForTokenClassification
+
+    task = get_task_class("conll2003")(TaskOptions(data_dir=str(shared_dir / "data" / "conll2003")))
+    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / "bert-base-uncased" / "vocab.txt", do_lower_case=True)
+    features = task.encode(task.read("train")[:48], tokenizer, 128)
+    counts = [sum(int(label >= 0) for label in f["labels"]) for f in features[:16]]
+    assert max(counts) > 3 * min(counts)  # sentences of very different token counts in one step
+
+    def build():
+        return BertForTokenClassification(preset("tiny", vocab_size=30522, hidden_dropout_prob=0.0,
+                                                 attention_probs_dropout_prob=0.0, **task.model_config_updates()))
+
+    assert_same_training(trained_alike_however_split(task, build, features, tmp_path))
+
+
+def test_mlm_and_nsp_losses_are_the_same_however_the_step_is_split(shared_dir, tmp_path) -> None:
+    """Pre-training on static records (the masks are in the records, so every split sees the same
+    ones): the MLM loss is averaged over all masked tokens of the step, the NSP loss over its pairs."""
+    from bertkit.config import preset
+    from bertkit.data.records import open_pretraining_data
+    from bertkit.modeling.heads import BertForPreTraining
+    from bertkit.training.pretraining import PretrainingTask
+
+    vocab = shared_dir / "models" / "bert-base-uncased" / "vocab.txt"
+    records = tmp_path / "records"
+    assert main(["pretrain-data", "--input", str(shared_dir / "data" / "bert_sample_text" / "sample_text.txt"),
+                 "--tokenizer", str(vocab), "--output-dir", str(records), "--max-seq-length", "64",
+                 "--masked-lm-prob", "0.15", "--seed", "3"]) == 0
+    data = open_pretraining_data(records)
+    task = PretrainingTask(data, Tokenizer.from_pretrained(vocab, do_lower_case=True))
+    assert task.masking == "static" and task.nsp
+    features = task.training_view(data)
+    masked = [int((features[i]["masked_positions"] >= 0).sum()) for i in range(16)]
+    assert len(set(masked)) > 1  # rows with different numbers of masked tokens
+
+    def build():
+        return BertForPreTraining(preset("tiny", vocab_size=30522, hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0))
+
+    assert_same_training(trained_alike_however_split(task, build, features, tmp_path))
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_trains_on_cpu(tiny_model_dir, sst2_small, tmp_path, precision) -> None:
     out = tmp_path / precision

@@ -40,6 +40,10 @@ class ModelOutput:
     nsp_loss: torch.Tensor | None = None  # scalar
     mlm_logits: torch.Tensor | None = None  # [B,P,V] at the masked-position slots, or [B,T,V]
     nsp_logits: torch.Tensor | None = None  # [B,2]
+    # [n_terms] fp32: each loss term summed over its labels (not averaged), for heads whose loss is a
+    # mean over a count the batch decides (masked tokens, labelled tokens, class weights); see
+    # BertPreTrainedModel.loss_weights.
+    loss_sums: torch.Tensor | None = None
 
 
 class BertPreTrainedModel(nn.Module):
@@ -85,26 +89,50 @@ class BertPreTrainedModel(nn.Module):
 
         return save_pretrained(self, directory, tokenizer=tokenizer, weights=weights)
 
+    def loss_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[n_terms]: what each term of `loss_sums` is divided by to give this batch's mean loss,
+        computed from the labels alone (no forward pass). The trainer adds them up over the
+        micro-batches and processes of an optimizer step and divides the summed losses by the totals,
+        so that a step's loss is the mean over all its masked or labelled tokens however the global
+        batch is split. None (this default): the loss is a plain mean over the batch's examples, and
+        weighting each micro-batch by its share of the examples is already exact."""
+        return None
+
 
 def _dropout(config: ModelConfig) -> nn.Dropout:
     p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
     return nn.Dropout(p)
 
 
+def _label_weights(labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 weight of each label in a cross-entropy mean: 0 where no label is given (negative, such
+    as -100), else 1 or the label's class weight."""
+    given = labels >= 0
+    if class_weights is None:
+        return given.float()
+    return class_weights.float()[labels.long().clamp(min=0)] * given
+
+
+def _cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor,
+                       class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted sum of the CE over given labels, sum of their weights); logits [M,C], labels [M]."""
+    weights = _label_weights(labels, class_weights)  # [M]
+    labels = labels.long().masked_fill(labels < 0, IGNORE_INDEX)
+    per_token = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")  # [M]
+    return (per_token * weights).sum(), weights.sum()
+
+
+def _mean(total: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # Sum / weight total instead of reduction="mean", so an all-ignored batch gives 0 without asking
+    # the host whether any label exists (a sync per step, and a graph break under torch.compile).
+    return total / weight.clamp(min=torch.finfo(torch.float32).tiny)
+
+
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                    class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean CE over labels != -100 (negative labels also count as "none"); logits [M,C], labels [M].
-    Returns 0 (still attached to the graph) when no label is given, instead of NaN."""
-    labels = labels.long().masked_fill(labels < 0, IGNORE_INDEX)
-    # Sum / weight total instead of reduction="mean", so an all-ignored batch gives 0 without asking
-    # the host whether any label exists (a sync per step, and a graph break under torch.compile).
-    per_token = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")  # [M]
-    given = labels != IGNORE_INDEX  # [M]
-    if class_weights is None:  # the loss runs in fp32
-        weights = given.float()
-    else:
-        weights = class_weights.float()[labels.clamp(min=0)] * given
-    return (per_token * weights).sum() / weights.sum().clamp(min=torch.finfo(torch.float32).tiny)
+    Returns 0 (still attached to the graph) when no label is given, instead of NaN. Runs in fp32."""
+    return _mean(*_cross_entropy_sum(logits, labels, class_weights))
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -163,26 +191,37 @@ def _output_positions(masked_positions: torch.Tensor | None) -> torch.Tensor | N
     return masked_positions.clamp(min=0) if masked_positions is not None else None
 
 
+def _mlm_targets(masked_positions: torch.Tensor | None, masked_ids: torch.Tensor | None,
+                 labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The MLM labels, flat, negative where nothing is predicted: masked_ids at the used
+    masked_positions slots [B*P], or HF-style labels [B*T]; None without either."""
+    if masked_positions is not None:
+        if masked_ids is None:
+            return None
+        return masked_ids.long().masked_fill(masked_positions < 0, IGNORE_INDEX).flatten()
+    return labels.flatten() if labels is not None else None
+
+
 def _mlm(predictions: BertLMPredictionHead, hidden: torch.Tensor, masked_positions: torch.Tensor | None,
          masked_ids: torch.Tensor | None, labels: torch.Tensor | None
-         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """MLM logits and loss. With masked_positions [B,P] (-1 = none), `hidden` [B,P,H] holds the
     final states at the masked slots (the encoder computed only those: `_output_positions`) and the
     decoder runs only on them -> logits [B,P,V] (slots at -1 read column 0 and are left out of the
     loss): the vocabulary projection is most of the pre-training compute (V=30522 vs H=768), and
     only ~15% of tokens are masked. The slots have a fixed count, unlike the valid positions, so the
     step needs no host sync and keeps one shape for torch.compile and CUDA graphs. Without
-    masked_positions: hidden [B,T,H], logits [B,T,V] and HF-style labels [B,T] (-100 = not masked)."""
-    if masked_positions is not None:
-        logits = predictions(hidden)  # [B,P,H] -> [B,P,V]
-        loss = None
-        if masked_ids is not None:
-            targets = masked_ids.long().masked_fill(masked_positions < 0, IGNORE_INDEX)  # [B,P]
-            loss = _cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return logits, loss
-    logits = predictions(hidden)  # [B,T,V]
-    loss = _cross_entropy(logits.flatten(0, 1), labels.flatten()) if labels is not None else None
-    return logits, loss
+    masked_positions: hidden [B,T,H], logits [B,T,V] and HF-style labels [B,T] (-100 = not masked).
+    The loss comes as (sum, count) of the CE over the predicted tokens, None without labels."""
+    logits = predictions(hidden)  # [B,P,H] -> [B,P,V], or [B,T,H] -> [B,T,V]
+    targets = _mlm_targets(masked_positions, masked_ids, labels)
+    return logits, (_cross_entropy_sum(logits.flatten(0, 1), targets) if targets is not None else None)
+
+
+def _no_loss(reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, count) of a loss term the batch has no labels for."""
+    zero = reference.new_zeros((), dtype=torch.float32)
+    return zero, zero
 
 
 class BertForPreTraining(BertPreTrainedModel):
@@ -201,14 +240,24 @@ class BertForPreTraining(BertPreTrainedModel):
                 **layout: torch.Tensor) -> ModelOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
                         output_positions=_output_positions(masked_positions), **layout)
-        mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
-                                    masked_ids, labels)
+        mlm_logits, mlm = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions, masked_ids, labels)
         nsp_logits = self.cls.seq_relationship(out.pooler_output)  # [B,2]
-        nsp_loss = _cross_entropy(nsp_logits, next_sentence_label) if next_sentence_label is not None else None
+        nsp = _cross_entropy_sum(nsp_logits, next_sentence_label) if next_sentence_label is not None else None
+        mlm_loss, nsp_loss = (_mean(*term) if term is not None else None for term in (mlm, nsp))
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
         loss = sum(losses) if losses else None
+        sums = (torch.stack([(term if term is not None else _no_loss(nsp_logits))[0] for term in (mlm, nsp)])
+                if losses else None)
         return ModelOutput(loss=loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss, mlm_logits=mlm_logits,
-                           nsp_logits=nsp_logits, logits=mlm_logits)
+                           nsp_logits=nsp_logits, logits=mlm_logits, loss_sums=sums)
+
+    def loss_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[predicted tokens, NSP labels]: the MLM loss is a mean over masked tokens."""
+        mlm = _mlm_targets(batch.get("masked_positions"), batch.get("masked_ids"), batch.get("labels"))
+        nsp = batch.get("next_sentence_label")
+        reference = batch["input_ids"]
+        return torch.stack([_label_weights(t).sum() if t is not None else _no_loss(reference)[1]
+                            for t in (mlm, nsp)])
 
 
 class BertForMaskedLM(BertPreTrainedModel):
@@ -228,9 +277,15 @@ class BertForMaskedLM(BertPreTrainedModel):
         # next_sentence_label is accepted (and ignored) so pre-training batches with NSP labels run.
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids,
                         output_positions=_output_positions(masked_positions), **layout)
-        mlm_logits, mlm_loss = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions,
-                                    masked_ids, labels)
-        return ModelOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_logits=mlm_logits, logits=mlm_logits)
+        mlm_logits, mlm = _mlm(self.cls.predictions, out.last_hidden_state, masked_positions, masked_ids, labels)
+        mlm_loss = _mean(*mlm) if mlm is not None else None
+        return ModelOutput(loss=mlm_loss, mlm_loss=mlm_loss, mlm_logits=mlm_logits, logits=mlm_logits,
+                           loss_sums=mlm[0][None] if mlm is not None else None)
+
+    def loss_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[predicted tokens]: the MLM loss is a mean over masked tokens."""
+        targets = _mlm_targets(batch.get("masked_positions"), batch.get("masked_ids"), batch.get("labels"))
+        return _label_weights(targets).sum()[None] if targets is not None else None
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
@@ -261,8 +316,17 @@ class BertForSequenceClassification(BertPreTrainedModel):
             elif problem == "multi_label_classification":
                 loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
-                loss = _cross_entropy(logits, labels.view(-1), class_weights)
+                total, weight = _cross_entropy_sum(logits, labels.view(-1), class_weights)
+                return ModelOutput(loss=_mean(total, weight), logits=logits, loss_sums=total[None])
         return ModelOutput(loss=loss, logits=logits)
+
+    def loss_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[class-weight total] for a class-weighted cross entropy (a mean weighted by the labels'
+        classes); None for every other loss (a plain mean over examples)."""
+        problem = self.config.problem_type or ("regression" if self.num_labels == 1 else "single_label_classification")
+        if problem != "single_label_classification" or batch.get("class_weights") is None or "labels" not in batch:
+            return None
+        return _label_weights(batch["labels"].view(-1), batch["class_weights"]).sum()[None]
 
 
 class BertForTokenClassification(BertPreTrainedModel):
@@ -280,10 +344,17 @@ class BertForTokenClassification(BertPreTrainedModel):
         """labels [B,T] with -100 at tokens that carry no label -> logits [B,T,C]."""
         hidden = self.bert(input_ids, attention_mask, token_type_ids, position_ids, **layout).last_hidden_state
         logits = self.classifier(self.dropout(hidden))  # [B,T,C]
-        loss = None
-        if labels is not None:
-            loss = _cross_entropy(logits.flatten(0, 1), labels.flatten(), class_weights)  # [B*T,C]
-        return ModelOutput(loss=loss, logits=logits)
+        if labels is None:
+            return ModelOutput(logits=logits)
+        total, weight = _cross_entropy_sum(logits.flatten(0, 1), labels.flatten(), class_weights)  # [B*T,C]
+        return ModelOutput(loss=_mean(total, weight), logits=logits, loss_sums=total[None])
+
+    def loss_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[labelled tokens] (their class-weight total with class weights): the loss is a mean over
+        tokens, and sentences have different numbers of them."""
+        if "labels" not in batch:
+            return None
+        return _label_weights(batch["labels"].flatten(), batch.get("class_weights")).sum()[None]
 
 
 class BertForQuestionAnswering(BertPreTrainedModel):
@@ -365,8 +436,16 @@ class BertForPolyphone(BertPreTrainedModel):
         logits = self.classifier(self.dropout(target))  # [B,C]
         if candidate_mask is not None:
             logits = logits.masked_fill(~candidate_mask.bool(), -1e4)
-        loss = _cross_entropy(logits, labels, class_weights) if labels is not None else None
-        return ModelOutput(loss=loss, logits=logits)
+        if labels is None:
+            return ModelOutput(logits=logits)
+        total, weight = _cross_entropy_sum(logits, labels, class_weights)
+        return ModelOutput(loss=_mean(total, weight), logits=logits, loss_sums=total[None])
+
+    def loss_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[class-weight total] with class weights (`--class-weights`: a weighted mean), else None."""
+        if batch.get("class_weights") is None or "labels" not in batch:
+            return None
+        return _label_weights(batch["labels"], batch["class_weights"]).sum()[None]
 
 
 HEADS: dict[str, type[BertPreTrainedModel]] = {

@@ -122,6 +122,13 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 @contextlib.contextmanager
 def main_process_first(info: DistInfo) -> Iterator[None]:
     """The first process of each machine (LOCAL_RANK 0) runs the block first (e.g. tokenize and

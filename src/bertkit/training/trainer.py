@@ -1,8 +1,13 @@
 """The one training loop, shared by fine-tuning and pre-training. Read it top to bottom:
 
-    setup -> batch order for the epoch (seeded) -> [micro-steps: forward, backward (no all-reduce
-    until the last micro-step of an accumulation)] -> optimizer step (unscale, non-finite check,
-    clip, step, schedule) -> log / evaluate / checkpoint -> final model + metrics.
+    setup -> batch order for the epoch (seeded) -> load the step's micro-batches (and, for a loss
+    averaged over tokens, sum their token counts over all ranks) -> [micro-steps: forward, backward
+    (no all-reduce until the last micro-step of an accumulation)] -> optimizer step (unscale,
+    non-finite check, clip, step, schedule) -> log / evaluate / checkpoint -> final model + metrics.
+
+A step's loss is the mean over the whole step whatever its split into micro-batches and ranks: the
+mean over its examples (each micro-batch's mean weighted by its share), or for a loss averaged over
+tokens, each micro-batch's summed loss over the step's token count (`loss_term_scales`).
 
 Variation enters only through the Task (collate, head, metrics) and TrainConfig fields. There are
 no callbacks.
@@ -240,6 +245,22 @@ def autocast_context(precision: str, device: torch.device):
 
 def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def loss_term_scales(loss_weights: Callable[[dict], torch.Tensor | None] | None, step_batches: list[dict],
+                     info: DistInfo) -> torch.Tensor | None:
+    """What each micro-batch's `loss_sums` are multiplied by, for a model whose loss terms average over
+    counts the data decides (masked or labelled tokens; `BertPreTrainedModel.loss_weights`): the
+    number of processes over the term's total weight in the whole optimizer step, every micro-batch
+    on every process. None for a loss that is a plain mean over examples."""
+    weights = [loss_weights(batch) for batch in step_batches] if loss_weights is not None else [None]
+    if weights[0] is None:
+        return None
+    totals = torch.stack(weights).sum(0).float()
+    if info.enabled:
+        totals = distributed.all_reduce_sum(totals, info)  # stays on the device: no host sync
+    # A term with no label in the whole step (no NSP labels in MLM-only records) contributes 0.
+    return torch.where(totals > 0, info.world_size / totals.clamp(min=1e-30), torch.zeros_like(totals))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -706,6 +727,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         os.replace(output_dir / "best.old", best_dir)  # killed between the two renames in run_eval
 
     train_model.train()
+    loss_weights = getattr(unwrap(model), "loss_weights", None)
     # Listed once: walking the module tree for clipping costs host time in every step of a
     # launch-bound fine-tune (about 0.2 ms for BERT-base's 201 tensors).
     clipped_parameters = list(model.parameters())
@@ -758,31 +780,39 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         my_batches = [np.array_split(g, info.world_size)[info.rank] for g in global_batches]
         seeds = ([hash((config.seed, state.epoch, first + k, info.rank)) % 2**63
                   for k in range(len(my_batches))] if needs_rng else None)
-        loader = make_loader(train_features, my_batches, task, config, device, seeds, state.epoch)
-        micro = 0  # `first` is a step boundary: a checkpoint is only written after an optimizer step
-        for k, (batch, g) in enumerate(zip(loader, global_batches)):
-            batch = move_to(batch, device)
-            boundary = micro + 1 == config.grad_accum or k == len(global_batches) - 1
-            # Each rank's mean loss x (its examples x ranks / the step's examples): DDP's average over
-            # ranks and the sum over micro-batches then give the mean over the step's examples.
-            local = len(np.array_split(g, info.world_size)[info.rank])
-            weight = local * info.world_size / step_sizes[k // config.grad_accum]
-            sync = (contextlib.nullcontext() if boundary or not info.enabled
-                    else distributed.no_sync(ddp_model if ddp_model is not None else model))
-            if graphs:  # outputs of the last replay (loss, logits) are not read after this point
-                torch.compiler.cudagraph_mark_step_begin()
-            with sync:
-                with autocast_context(config.precision, device):
-                    out = train_model(**batch)
-                loss = out.loss * weight
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-            loss_sum += out.loss.detach() * weight
-            samples_since += len(g)
-            state.examples_in_epoch += len(g)
-            micro += 1
-            if not boundary:
-                continue
-            micro = 0
+        loader = iter(make_loader(train_features, my_batches, task, config, device, seeds, state.epoch))
+        # `first` is a step boundary: a checkpoint is only written after an optimizer step.
+        for step_index, step_size in enumerate(step_sizes):
+            step_groups = global_batches[step_index * config.grad_accum:(step_index + 1) * config.grad_accum]
+            # The step's micro-batches are all loaded first: a loss averaged over tokens needs their
+            # token counts (over every process) before the first backward.
+            step_batches = [move_to(next(loader), device) for _ in step_groups]
+            term_scales = loss_term_scales(loss_weights, step_batches, info)
+            for micro, (batch, g) in enumerate(zip(step_batches, step_groups)):
+                boundary = micro == len(step_groups) - 1
+                sync = (contextlib.nullcontext() if boundary or not info.enabled
+                        else distributed.no_sync(ddp_model if ddp_model is not None else model))
+                if graphs:  # outputs of the last replay (loss, logits) are not read after this point
+                    torch.compiler.cudagraph_mark_step_begin()
+                with sync:
+                    with autocast_context(config.precision, device):
+                        out = train_model(**batch)
+                    if term_scales is not None:
+                        # Each term summed over this micro-batch's tokens x (ranks / the step's tokens on
+                        # all ranks): DDP's average over ranks and the sum over micro-batches then give
+                        # the mean over every token of the step, as one batch on one process would.
+                        loss = (out.loss_sums.float() * term_scales).sum()
+                    else:
+                        # Each rank's mean loss x (its examples x ranks / the step's examples): the
+                        # same sum over micro-batches and average over ranks give the mean over the
+                        # step's examples.
+                        local = len(np.array_split(g, info.world_size)[info.rank])
+                        loss = out.loss * (local * info.world_size / step_size)
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                loss_sum += loss.detach()
+                samples_since += len(g)
+                state.examples_in_epoch += len(g)
+            del step_batches, batch, out, loss
             if scaler is not None:
                 scaler.unscale_(optimizer)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
