@@ -323,6 +323,47 @@ def test_token_averaged_ner_loss_is_the_same_however_the_step_is_split(shared_di
     assert_same_training(trained_alike_however_split(task, build, features, tmp_path))
 
 
+def test_class_weighted_polyphone_loss_is_the_same_however_the_step_is_split(shared_dir, tmp_path) -> None:
+    """--class-weights balanced: the loss is the class-weighted mean, sum(w_y * CE) / sum(w_y), whose
+    denominator depends on which readings the step holds; it is now taken over the whole step."""
+    from bertkit.config import preset
+    from bertkit.modeling.heads import BertForPolyphone
+
+    task = get_task_class("polyphone")(TaskOptions(data_dir=str(shared_dir / "data" / "polyphone" / "g2pL"),
+                                                   extra={"class_weights": "balanced"}))
+    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / "bert-base-chinese")
+    features = task.encode(task.read("train")[:48], tokenizer, 64)
+    weights = task.class_weights()
+    assert len({round(float(weights[f["labels"]]), 3) for f in features[:16]}) > 1  # unequal weights in a step
+
+    def build():
+        return BertForPolyphone(preset("tiny", vocab_size=tokenizer.vocab_size, hidden_dropout_prob=0.0,
+                                       attention_probs_dropout_prob=0.0, **task.model_config_updates()))
+
+    assert_same_training(trained_alike_however_split(task, build, features, tmp_path))
+
+
+def test_ner_dev_loss_is_the_mean_over_all_labelled_tokens(shared_dir) -> None:
+    """Evaluation in batches of 7 sentences reports the loss one batch of all 50 gives: the summed
+    token losses over the labelled-token count of the whole split, not a mean of batch means."""
+    from bertkit.config import preset
+    from bertkit.modeling.heads import BertForTokenClassification
+    from bertkit.training.trainer import evaluate
+
+    task = get_task_class("conll2003")(TaskOptions(data_dir=str(shared_dir / "data" / "conll2003")))
+    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / "bert-base-uncased" / "vocab.txt", do_lower_case=True)
+    examples = task.read("dev")[:50]
+    features = task.encode(examples, tokenizer, 128)
+    torch.manual_seed(0)
+    model = BertForTokenClassification(preset("tiny", vocab_size=30522, **task.model_config_updates())).eval()
+    metrics, _ = evaluate(task, model, examples, features, 7, torch.device("cpu"))
+    with torch.no_grad():
+        whole = model(**task.collate(features)).loss.item()
+        batch_means = [model(**task.collate(features[i:i + 7])).loss.item() for i in range(0, 50, 7)]
+    assert metrics["loss"] == pytest.approx(whole, rel=1e-6)
+    assert abs(sum(batch_means) / len(batch_means) - whole) > 1e-3  # the mean of means would differ
+
+
 def test_mlm_and_nsp_losses_are_the_same_however_the_step_is_split(shared_dir, tmp_path) -> None:
     """Pre-training on static records (the masks are in the records, so every split sees the same
     ones): the MLM loss is averaged over all masked tokens of the step, the NSP loss over its pairs."""
@@ -348,6 +389,50 @@ def test_mlm_and_nsp_losses_are_the_same_however_the_step_is_split(shared_dir, t
                                          attention_probs_dropout_prob=0.0))
 
     assert_same_training(trained_alike_however_split(task, build, features, tmp_path))
+
+
+def test_best_metric_loss_keeps_the_model_with_the_lowest_dev_loss(tiny_model_dir, sst2_small, tmp_path,
+                                                                   capsys) -> None:
+    """Every evaluation reports `loss` (the training objective on dev: the mean cross entropy over its
+    examples); --best-metric loss keeps the model where it is lowest, records it as the run's main
+    metric, and a name the evaluation lacks is an error that lists the ones it has."""
+    out = tmp_path / "by-loss"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "8", "--eval-every", "2",
+                              "--best-metric", "loss", "--keep-checkpoints", "4", "--eval-batch-size", "32")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = {h["step"]: h["eval"]["loss"] for h in metrics["history"]}
+    assert sorted(losses) == [2, 4, 6, 8] and len(set(losses.values())) == 4
+    best = min(losses, key=losses.get)
+    assert metrics["best_step"] == best and metrics["dev"]["loss"] == losses[best]
+    assert json.loads((out / "bertkit.json").read_text())["main_metric"] == "loss"
+    assert_identical(weights(out), torch.load(out / "checkpoints" / f"step-{best}" / "model.pt", weights_only=True))
+
+    # The reported loss is the mean over all dev examples, not a mean of batch means (100 examples
+    # in eval batches of 32 leave a last batch of 4).
+    task = get_task_class("sst2")(TaskOptions(data_dir=str(sst2_small)))
+    dev = task.read("dev")
+    features = task.encode(dev, Tokenizer.from_pretrained(out), 128)
+    model = BertForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        whole = model(**task.collate(features)).loss.item()
+    assert metrics["dev"]["loss"] == pytest.approx(whole, rel=1e-5)
+
+    capsys.readouterr()
+    typo = tmp_path / "typo"
+    assert main(finetune_args(tiny_model_dir, sst2_small, typo, "--max-steps", "4", "--eval-every", "2",
+                              "--best-metric", "acuracy")) == 1
+    assert "--best-metric acuracy: the evaluation at step 2 has no such metric; it has accuracy, loss" in (
+        capsys.readouterr().err)
+    with pytest.raises(ValueError, match="--best-metric loss picks the best of the evaluations"):
+        TrainConfig(best_metric="loss", eval_every="none")
+
+
+def test_resume_refuses_another_best_metric(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "2")) == 0
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "4", "--eval-every", "2",
+                              "--best-metric", "loss", "--resume")) == 1
+    assert "best_metric '' (now 'loss')" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

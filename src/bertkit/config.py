@@ -198,6 +198,7 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N optimizer steps (0: only at eval points and the end)
     keep_checkpoints: int = 2  # step checkpoints kept on disk (the best model is kept apart)
     early_stopping_patience: int = 0  # stop after this many evaluations without a better main metric (0: never)
+    best_metric: str = ""  # dev metric that picks the best model and counts for early stopping ("": the task's)
     resume: bool = False  # continue from the latest complete checkpoint in output_dir
     overwrite_output_dir: bool = False  # a fresh run may delete the checkpoints an earlier run left there
     group_by_length: bool = False  # sample batches of similar length to cut padding
@@ -250,6 +251,9 @@ class TrainConfig:
         if self.early_stopping_patience and self.eval_every == "none":
             raise ValueError("--early-stopping-patience counts evaluations, and --eval-every none evaluates "
                              "nothing; evaluate every epoch or every N steps")
+        if self.best_metric and self.eval_every == "none":
+            raise ValueError(f"--best-metric {self.best_metric} picks the best of the evaluations, and --eval-every none "
+                             f"evaluates nothing; evaluate every epoch or every N steps")
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.num_workers < -1:

@@ -132,6 +132,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience, metavar="N",
                    help="end the run after N evaluations in a row without a better main metric (the best model "
                         "is kept as usual; 0: never)")
+    g.add_argument("--best-metric", default=d.best_metric, metavar="NAME",
+                   help="the dev metric that picks the best model and counts for --early-stopping-patience, a key "
+                        "of the evaluation's metrics (`loss`, `accuracy`, `spearman`, `exact_match`, `rte/f1` ...; "
+                        "lower is better for names ending in loss or perplexity); default: the task's main metric")
     g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     g.add_argument("--overwrite-output-dir", "--overwrite_output_dir", dest="overwrite_output_dir",
                    action="store_true",

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 def finetune_single(args: argparse.Namespace) -> int:
     from bertkit.tasks import get_task_class
     from bertkit.training import distributed
-    from bertkit.training.trainer import seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, seed_everything, train
 
     task_cls = get_task_class(args.task[0])
     config = common.train_config_from_args(args)
@@ -76,6 +76,7 @@ def finetune_single(args: argparse.Namespace) -> int:
         common.eprint(f"note: {output_dir} holds a finished run; it will be overwritten")
         (output_dir / common.BERTKIT_JSON).unlink()
 
+    apply_best_metric(task, config)  # after the reads: MNLI's dev_mismatched sets its own main metric
     seed_everything(config.seed)  # head initialisation is part of the seeded run
     model = load_task_model(task, args.model)
     common.check_model_fits(model.config, tokenizer, max_len, args.model)

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
     from bertkit.training.pretraining import (PretrainingTask, check_vocabulary, held_out_warning, masking_description,
                                               split_held_out)
-    from bertkit.training.trainer import seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, seed_everything, train
 
     config = common.train_config_from_args(args)
     info = distributed.setup(config.device)
@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
             elif left_out:
                 common.eprint(f"note: held out {len(eval_data)} records of whole documents; {left_out} more records "
                               f"that hold text of those documents are left out of training")
+    if config.eval_every != "none" and eval_data is None and config.best_metric:
+        raise ValueError(f"--best-metric {config.best_metric}: there are no held-out records to evaluate "
+                         f"(--eval-fraction 0 and no --eval-data)")
     if config.eval_every != "none" and eval_data is None and info.is_main:
         common.eprint("note: no held-out records (--eval-fraction 0 and no --eval-data): no evaluation")
 
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         check_vocabulary(eval_data, tokenizer, f"--eval-data {args.eval_data}", model.config.vocab_size)
 
     task = PretrainingTask(data, tokenizer, masking=args.masking)
+    apply_best_metric(task, config)
     eval_set = task.eval_set(eval_data) if config.eval_every != "none" else None
     if eval_set is not None and not any(inst["masked_positions"].size for inst in eval_set[1]):
         # Found here, not at the first evaluation after minutes of training.

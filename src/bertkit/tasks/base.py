@@ -172,6 +172,9 @@ class Task:
     head: ClassVar[str] = "sequence_classification"
     main_metric: ClassVar[str] = "accuracy"  # key of metrics() used to keep the best checkpoint
     greater_is_better: ClassVar[bool] = True
+    # Evaluation adds `loss` (the training objective on the split) to metrics() where the split has
+    # labels; False for tasks whose metrics hold their own losses.
+    reports_loss: ClassVar[bool] = True
     splits: ClassVar[tuple[str, ...]] = ("train", "dev", "test")  # names accepted by read()
 
     def __init__(self, options: TaskOptions):

@@ -239,6 +239,7 @@ class MultiTask:
     name = "multitask"
     head = "multitask"
     main_metric = "average"
+    reports_loss = False  # one mean over rows of MSE and cross-entropy losses would mean little
     greater_is_better = True
 
     def __init__(self, tasks: Sequence[Task], train_sizes: Sequence[int], batch_sizes: Sequence[int],
@@ -374,7 +375,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from bertkit.commands import common
     from bertkit.tasks import get_task_class
     from bertkit.training import distributed
-    from bertkit.training.trainer import seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, seed_everything, train
 
     task_classes = [get_task_class(name) for name in args.task]
     names = [cls.name for cls in task_classes]
@@ -417,6 +418,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             eval_examples += [MultiTaskExample(task.name, e) for e in examples]
             eval_features += [{**f, "task_index": k} for f in features]
     multi = MultiTask(tasks, sizes, batch_sizes, config.batch_size, sampling, temperature)
+    apply_best_metric(multi, config)
     eval_set = (eval_examples, eval_features) if config.eval_every != "none" else None
 
     output_dir = Path(config.output_dir)
@@ -428,7 +430,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     model = MultiTaskModel.from_pretrained(args.model, specs)
     common.check_model_fits(model.config, tokenizer, max(t.options.max_seq_length for t in tasks), args.model)
     run_info = {
-        "task": names[0], "tasks": names, "head": "multitask", "main_metric": "average",
+        "task": names[0], "tasks": names, "head": "multitask", "main_metric": multi.main_metric,
         "heads": {s.task: {**dataclasses.asdict(s), "main_metric": t.main_metric,
                            "max_seq_length": t.options.max_seq_length}
                   for s, t in zip(specs, tasks)},

@@ -248,19 +248,21 @@ def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def loss_term_scales(loss_weights: Callable[[dict], torch.Tensor | None] | None, step_batches: list[dict],
-                     info: DistInfo) -> torch.Tensor | None:
+                     info: DistInfo, device: torch.device) -> torch.Tensor | None:
     """What each micro-batch's `loss_sums` are multiplied by, for a model whose loss terms average over
     counts the data decides (masked or labelled tokens; `BertPreTrainedModel.loss_weights`): the
     number of processes over the term's total weight in the whole optimizer step, every micro-batch
-    on every process. None for a loss that is a plain mean over examples."""
+    on every process. None for a loss that is a plain mean over examples. The counts are taken from
+    the loader's (host) batches, which costs a GPU step no kernel launches."""
     weights = [loss_weights(batch) for batch in step_batches] if loss_weights is not None else [None]
     if weights[0] is None:
         return None
-    totals = torch.stack(weights).sum(0).float()
-    if info.enabled:
-        totals = distributed.all_reduce_sum(totals, info)  # stays on the device: no host sync
+    totals = torch.stack(weights).sum(0).double()
+    if info.enabled:  # one all-reduce of a few numbers per step, on the device (NCCL) without a host sync
+        totals = distributed.all_reduce_sum(totals.to(device), info)
     # A term with no label in the whole step (no NSP labels in MLM-only records) contributes 0.
-    return torch.where(totals > 0, info.world_size / totals.clamp(min=1e-30), torch.zeros_like(totals))
+    scales = torch.where(totals > 0, info.world_size / totals.clamp(min=1e-30), torch.zeros_like(totals))
+    return scales.float().to(device, non_blocking=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -287,6 +289,15 @@ def evaluations_since_best(state: "TrainerState") -> int:
     """Evaluations after the one that set the best metric (all of them when none did)."""
     steps = [record["step"] for record in state.history]
     return len(steps) - 1 - steps.index(state.best_step) if state.best_step in steps else len(steps)
+
+
+def apply_best_metric(task, config: TrainConfig) -> None:
+    """--best-metric: make it the task's main metric, the one that keeps the best model, stops early and
+    is saved in bertkit.json; names ending in loss or perplexity are lower-is-better."""
+    name = config.best_metric
+    if name and name != task.main_metric:
+        task.main_metric = name
+        task.greater_is_better = not name.rsplit("/", 1)[-1].endswith(("loss", "perplexity"))
 
 
 def is_better(value: float, best: float | None, greater: bool) -> bool:
@@ -322,14 +333,15 @@ def resume_settings(config: TrainConfig, world_size: int) -> dict[str, Any]:
     """The flags a checkpoint was trained with that matter to a resume (see RESUME_FIXED)."""
     return {"seed": config.seed, "global_batch": config.batch_size * world_size, "grad_accum": config.grad_accum,
             "group_by_length": config.group_by_length, "lr": config.lr, "weight_decay": config.weight_decay,
-            "optimizer": config.optimizer}
+            "optimizer": config.optimizer, "best_metric": config.best_metric}
 
 
 # A resume cannot change these: the seed and length grouping decide which examples the rest of the
 # epoch holds (another seed re-visits some and skips others), and the learning rate and AdamW
 # settings live in the restored optimizer state. The batch may change where it divides the
 # position reached (fewer processes, say).
-RESUME_FIXED = ("seed", "group_by_length", "lr", "weight_decay", "optimizer")
+# The best model so far and the early-stopping count were judged by --best-metric, so it is fixed too.
+RESUME_FIXED = ("seed", "group_by_length", "lr", "weight_decay", "optimizer", "best_metric")
 
 
 def resume_conflicts(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -443,13 +455,21 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, info: DistI
 
 
 # ---- evaluation --------------------------------------------------------------------------------------
-@torch.no_grad()
 def predict_features(task, model: nn.Module, features: Sequence[dict], batch_size: int,
                      device: torch.device, precision: str = "fp32",
                      info: DistInfo | None = None) -> list[Any]:
     """Per-feature outputs (task.gather_outputs) for every feature, in input order. With several
     ranks each evaluates a contiguous slice and the slices are gathered, so the result covers
     exactly the features given (no padding duplicates when the size does not divide)."""
+    return _predict(task, model, features, batch_size, device, precision, info)[0]
+
+
+@torch.no_grad()
+def _predict(task, model: nn.Module, features: Sequence[dict], batch_size: int, device: torch.device,
+             precision: str = "fp32", info: DistInfo | None = None) -> tuple[list[Any], float | None]:
+    """predict_features' outputs, and the model's loss over the features where their batches carry
+    labels: the training objective's mean over every feature (or every labelled token, for a loss
+    averaged over tokens), not a mean of batch means; None without labels."""
     info = info or DistInfo(device=device)
     n = len(features)
     per_rank = math.ceil(n / info.world_size)
@@ -461,6 +481,8 @@ def predict_features(task, model: nn.Module, features: Sequence[dict], batch_siz
     was_training = model.training
     model.eval()
     outputs: dict[int, Any] = {}
+    loss_weights = getattr(unwrap(model), "loss_weights", None)
+    loss_sums = loss_totals = None  # [n_terms] on the device, summed over this rank's batches
     # Every rank runs the same number of forward passes (sharded models run collectives in
     # forward); a rank with a shorter slice repeats a feature and discards the result.
     n_batches = math.ceil(per_rank / batch_size) if info.enabled else math.ceil(len(mine) / batch_size)
@@ -474,21 +496,41 @@ def predict_features(task, model: nn.Module, features: Sequence[dict], batch_siz
             continue
         for i, item in zip(idx, task.gather_outputs(batch, out)):
             outputs[i] = item
+        if out.loss is not None:
+            weights = loss_weights(batch) if loss_weights is not None else None
+            if weights is None or out.loss_sums is None:  # a mean over the batch's rows
+                sums, weights = out.loss.float()[None] * len(idx), torch.tensor([float(len(idx))], device=device)
+            else:
+                sums = out.loss_sums.float()
+            loss_sums = sums if loss_sums is None else loss_sums + sums
+            loss_totals = weights.float() if loss_totals is None else loss_totals + weights
     model.train(was_training)
-    gathered = distributed.all_gather_objects(outputs, info)
+    mine_loss = None if loss_sums is None else (loss_sums.tolist(), loss_totals.tolist())
+    gathered = distributed.all_gather_objects((outputs, mine_loss), info)
     merged: dict[int, Any] = {}
-    for part in gathered:
+    for part, _ in gathered:
         merged.update(part)
-    return [merged[i] for i in range(n)]
+    losses = [np.array(part) for _, part in gathered if part is not None]
+    loss = None
+    if losses:
+        sums, totals = np.sum(losses, axis=0)
+        # Each term's mean (MLM over masked tokens, NSP over pairs, ...) as in training, summed.
+        loss = float(sum(s / t for s, t in zip(sums, totals) if t > 0))
+    return [merged[i] for i in range(n)], loss
 
 
 def evaluate(task, model: nn.Module, examples: list, features: list[dict], batch_size: int,
              device: torch.device, precision: str = "fp32", info: DistInfo | None = None
              ) -> tuple[dict[str, float], list[Any]]:
-    """Metrics and per-example predictions of `model` on one split."""
-    outputs = predict_features(task, model, features, batch_size, device, precision, info)
+    """Metrics and per-example predictions of `model` on one split. The metrics include `loss`, the
+    training objective on the split, where its features carry labels and the task reports no loss
+    of its own (see Task.reports_loss)."""
+    outputs, loss = _predict(task, model, features, batch_size, device, precision, info)
     predictions = task.postprocess(examples, features, outputs)
-    return task.metrics(examples, predictions), predictions
+    metrics = task.metrics(examples, predictions)
+    if loss is not None and getattr(task, "reports_loss", True):
+        metrics["loss"] = loss
+    return metrics, predictions
 
 
 # ---- logging ------------------------------------------------------------------------------------------
@@ -587,6 +629,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
+    apply_best_metric(task, config)
 
     n = len(train_features)
     if n == 0:
@@ -697,6 +740,10 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         metrics, _ = evaluate(task, unwrap(model), eval_set[0], eval_set[1], config.eval_batch_size,
                               device, config.precision, info)
         record = {"step": state.global_step, "epoch": epoch, "eval": metrics}
+        if config.best_metric and config.best_metric not in metrics:
+            log.write(record)
+            raise ValueError(f"--best-metric {config.best_metric}: the evaluation at step {state.global_step} has no "
+                             f"such metric; it has {', '.join(sorted(metrics))}")
         state.history.append(record)
         log.write(record)
         value = metrics.get(task.main_metric)
@@ -786,8 +833,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             step_groups = global_batches[step_index * config.grad_accum:(step_index + 1) * config.grad_accum]
             # The step's micro-batches are all loaded first: a loss averaged over tokens needs their
             # token counts (over every process) before the first backward.
-            step_batches = [move_to(next(loader), device) for _ in step_groups]
-            term_scales = loss_term_scales(loss_weights, step_batches, info)
+            step_batches = [next(loader) for _ in step_groups]
+            term_scales = loss_term_scales(loss_weights, step_batches, info, device)
+            step_batches = [move_to(batch, device) for batch in step_batches]
             for micro, (batch, g) in enumerate(zip(step_batches, step_groups)):
                 boundary = micro == len(step_groups) - 1
                 sync = (contextlib.nullcontext() if boundary or not info.enabled
