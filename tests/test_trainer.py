@@ -343,6 +343,26 @@ def test_class_weighted_polyphone_loss_is_the_same_however_the_step_is_split(sha
     assert_same_training(trained_alike_however_split(task, build, features, tmp_path))
 
 
+def test_polyphone_dev_loss_leaves_unpredictable_rows_out_at_any_batch_size(shared_dir) -> None:
+    """Rows whose character the model has no readings for carry no label (-100): the dev loss is the
+    mean over the labelled rows, the same in batches of 40, 10 or 5 (a mean per batch times its rows
+    counted the unlabelled rows, 0.76 instead of 1.01 here)."""
+    from bertkit.config import preset
+    from bertkit.modeling.heads import BertForPolyphone
+    from bertkit.training.trainer import evaluate
+
+    task = get_task_class("polyphone")(TaskOptions(data_dir=str(shared_dir / "data" / "polyphone" / "g2pL")))
+    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / "bert-base-chinese")
+    examples = task.read("dev")[:40]
+    features = task.encode(examples, tokenizer, 64)
+    shortest = sorted(range(40), key=lambda i: len(features[i]["input_ids"]))[:10]
+    features = [{**f, "labels": -100} if i in shortest else f for i, f in enumerate(features)]
+    torch.manual_seed(0)
+    model = BertForPolyphone(preset("tiny", vocab_size=tokenizer.vocab_size, **task.model_config_updates())).eval()
+    losses = [evaluate(task, model, examples, features, size, torch.device("cpu"))[0]["loss"] for size in (40, 10, 5)]
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
+
+
 def test_ner_dev_loss_is_the_mean_over_all_labelled_tokens(shared_dir) -> None:
     """Evaluation in batches of 7 sentences reports the loss one batch of all 50 gives: the summed
     token losses over the labelled-token count of the whole split, not a mean of batch means."""
@@ -428,11 +448,26 @@ def test_best_metric_loss_keeps_the_model_with_the_lowest_dev_loss(tiny_model_di
 
 
 def test_resume_refuses_another_best_metric(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:
+    """The best model so far was judged by the run's metric: a resume may not switch it, also from a
+    checkpoint written before --best-metric existed. Naming the task's own main metric is no switch."""
+    from bertkit.training.trainer import STATE_FILE
+
     out = tmp_path / "run"
-    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "2")) == 0
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "2",
+                              "--best-metric", "accuracy")) == 0
+    assert json.loads((out / "bertkit.json").read_text())["train"]["best_metric"] == ""
     assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "4", "--eval-every", "2",
                               "--best-metric", "loss", "--resume")) == 1
     assert "best_metric '' (now 'loss')" in capsys.readouterr().err
+    state_path = out / "checkpoints" / "step-2" / STATE_FILE
+    state = json.loads(state_path.read_text())
+    del state["settings"]["best_metric"]  # as a checkpoint of an earlier version holds it
+    state_path.write_text(json.dumps(state))
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "4", "--eval-every", "2",
+                              "--best-metric", "loss", "--resume")) == 1
+    assert "best_metric '' (now 'loss')" in capsys.readouterr().err
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "4", "--eval-every", "2",
+                              "--resume")) == 0
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -442,10 +442,11 @@ class BertForPolyphone(BertPreTrainedModel):
         return ModelOutput(loss=_mean(total, weight), logits=logits, loss_sums=total[None])
 
     def loss_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """[class-weight total] with class weights (`--class-weights`: a weighted mean), else None."""
-        if batch.get("class_weights") is None or "labels" not in batch:
+        """[labelled rows] (their class-weight total with `--class-weights`): rows whose character
+        cannot be predicted carry no label (-100), so the loss is not a plain mean over rows."""
+        if "labels" not in batch:
             return None
-        return _label_weights(batch["labels"], batch["class_weights"]).sum()[None]
+        return _label_weights(batch["labels"], batch.get("class_weights")).sum()[None]
 
 
 HEADS: dict[str, type[BertPreTrainedModel]] = {

@@ -258,11 +258,13 @@ def loss_term_scales(loss_weights: Callable[[dict], torch.Tensor | None] | None,
     if weights[0] is None:
         return None
     totals = torch.stack(weights).sum(0).double()
-    if info.enabled:  # one all-reduce of a few numbers per step, on the device (NCCL) without a host sync
-        totals = distributed.all_reduce_sum(totals.to(device), info)
+    if device.type == "cuda":
+        totals = totals.pin_memory()  # a copy from pageable memory would make the host wait for the GPU
+    totals = totals.to(device, non_blocking=True)
+    if info.enabled:  # one all-reduce of a few numbers per step, queued on the device (NCCL)
+        totals = distributed.all_reduce_sum(totals, info)
     # A term with no label in the whole step (no NSP labels in MLM-only records) contributes 0.
-    scales = torch.where(totals > 0, info.world_size / totals.clamp(min=1e-30), torch.zeros_like(totals))
-    return scales.float().to(device, non_blocking=True)
+    return torch.where(totals > 0, info.world_size / totals.clamp(min=1e-30), torch.zeros_like(totals)).float()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -295,9 +297,14 @@ def apply_best_metric(task, config: TrainConfig) -> None:
     """--best-metric: make it the task's main metric, the one that keeps the best model, stops early and
     is saved in bertkit.json; names ending in loss or perplexity are lower-is-better."""
     name = config.best_metric
-    if name and name != task.main_metric:
-        task.main_metric = name
-        task.greater_is_better = not name.rsplit("/", 1)[-1].endswith(("loss", "perplexity"))
+    if not name or getattr(task, "best_metric_applied", None) == name:  # commands apply it before train() does
+        return
+    if name == task.main_metric:
+        config.best_metric = ""  # saved as "the task's own", so a resume with or without the flag agrees
+        return
+    task.main_metric = name
+    task.greater_is_better = not name.rsplit("/", 1)[-1].endswith(("loss", "perplexity"))
+    task.best_metric_applied = name
 
 
 def is_better(value: float, best: float | None, greater: bool) -> bool:
@@ -345,6 +352,8 @@ RESUME_FIXED = ("seed", "group_by_length", "lr", "weight_decay", "optimizer", "b
 
 
 def resume_conflicts(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    if saved and "best_metric" not in saved:  # written before --best-metric existed: the task's own metric
+        saved = {**saved, "best_metric": ""}
     return [f"{name} {saved[name]!r} (now {now[name]!r})" for name in RESUME_FIXED
             if name in saved and saved[name] != now[name]]
 
