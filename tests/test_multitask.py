@@ -135,10 +135,14 @@ def test_mixed_eval_batch_equals_per_task_batches(tiny_model_dir: Path, glue_sli
             mine = [i for i in order if features[i]["task_index"] == k]
             single_batch = multi.collate([features[i] for i in mine])
             single = model(**single_batch)
-            for pos, item in zip(mine, multi.gather_outputs(single_batch, single)):
-                assert np.allclose(rows[list(order).index(pos)], item, atol=1e-5)
+            single_rows = multi.gather_outputs(single_batch, single)
+            for pos, (logits, loss) in zip(mine, single_rows):
+                assert np.allclose(rows[list(order).index(pos)][0], logits, atol=1e-5)
+                assert rows[list(order).index(pos)][1] == pytest.approx(loss, abs=1e-5)
+            # Each row's loss is its task head's loss: their mean is the task batch's loss.
+            assert np.mean([loss for _, loss in single_rows]) == pytest.approx(single.loss.item(), abs=1e-5)
             losses.append(single.loss * len(mine))
-    assert {r.shape[0] for r in rows} == {1, 2}  # each row cut to its task's label count
+    assert {r[0].shape[0] for r in rows} == {1, 2}  # each row cut to its task's label count
     assert torch.allclose(mixed.loss, sum(losses) / len(features), atol=1e-5)
 
 
@@ -158,8 +162,10 @@ def multitask_run(tiny_model_dir: Path, glue_slices: Path, tmp_path_factory) -> 
 def test_run_reports_per_task_and_average_metrics(multitask_run: Path) -> None:
     metrics = json.loads((multitask_run / "metrics.json").read_text())
     dev = metrics["dev"]
-    for key in ("sst2/accuracy", "rte/accuracy", "stsb/pearson", "stsb/spearman", "average"):
+    for key in ("sst2/accuracy", "rte/accuracy", "stsb/pearson", "stsb/spearman", "average",
+                "sst2/loss", "rte/loss", "stsb/loss"):
         assert key in dev, sorted(dev)
+    assert "loss" not in dev  # cross entropy and squared error are not averaged together
     assert dev["average"] == pytest.approx(np.mean([dev["sst2/accuracy"], dev["rte/accuracy"], dev["stsb/pearson"]]))
     # 96/16 + 48/16 + 64/16 = 6 + 3 + 4 = 13 micro-batches per epoch, 2 epochs
     assert metrics["steps"] == 26
@@ -269,6 +275,9 @@ def test_evaluate_merges_into_metrics_json_by_task(multitask_run: Path, glue_sli
     assert {k: after[k] for k in before} == before  # the training's entries, untouched
     assert after["rte/dev"]["accuracy"] == pytest.approx(before["dev"]["rte/accuracy"], abs=1e-9)
     assert after["stsb/dev"]["pearson"] == pytest.approx(before["dev"]["stsb/pearson"], abs=1e-4)
+    # One task's head evaluated alone has the loss the multi-task evaluation reported for it.
+    assert after["rte/dev"]["loss"] == pytest.approx(before["dev"]["rte/loss"], rel=1e-4)
+    assert after["stsb/dev"]["loss"] == pytest.approx(before["dev"]["stsb/loss"], rel=1e-4)
     assert after["evaluated"]["rte/dev"] == {"task": "rte", "split": "dev", "data_dir": str(glue_slices)}
     # Single-task files keep the layout finetune writes; another task's numbers never replace them.
     from bertkit.commands.evaluate import metrics_key

@@ -239,7 +239,9 @@ class MultiTask:
     name = "multitask"
     head = "multitask"
     main_metric = "average"
-    reports_loss = False  # one mean over rows of MSE and cross-entropy losses would mean little
+    # One mean over rows of MSE and cross-entropy losses would mean little: each task reports its own
+    # (`<task>/loss`, in metrics()).
+    reports_loss = False
     greater_is_better = True
 
     def __init__(self, tasks: Sequence[Task], train_sizes: Sequence[int], batch_sizes: Sequence[int],
@@ -307,11 +309,26 @@ class MultiTask:
     def feature_length(self, feature: dict[str, Any]) -> int:
         return len(feature["input_ids"])
 
-    def gather_outputs(self, batch: dict[str, torch.Tensor], outputs: ModelOutput) -> list[np.ndarray]:
-        """One row of logits per feature, cut to its task's label count: [C_task]."""
-        logits = outputs.logits.detach().float().cpu().numpy()
+    def gather_outputs(self, batch: dict[str, torch.Tensor], outputs: ModelOutput
+                       ) -> list[tuple[np.ndarray, float | None]]:
+        """Per feature: its logits cut to its task's label count [C_task], and its loss under its
+        task's head (cross entropy, or squared error for regression; None without labels)."""
+        logits = outputs.logits.detach().float()
+        task_of_row = batch["task"].to(logits.device)
+        losses = torch.full((logits.shape[0],), float("nan"), device=logits.device)
+        labels = batch.get("labels")
+        if labels is not None:
+            labels = labels.to(logits.device)
+            for k in task_of_row.unique().tolist():
+                rows = (task_of_row == k).nonzero(as_tuple=True)[0]
+                mine = logits[rows, :self._num_labels(k)]  # [N_k, C_k]
+                if self.tasks[k].head == "regression":
+                    losses[rows] = (mine[:, 0] - labels[rows]) ** 2
+                else:
+                    losses[rows] = F.cross_entropy(mine, labels[rows].long(), reduction="none")
         widths = [self._num_labels(k) for k in range(len(self.tasks))]
-        return [row[:widths[int(k)]] for row, k in zip(logits, batch["task"].tolist())]
+        return [(row[:widths[k]], None if labels is None else float(loss)) for row, k, loss in
+                zip(logits.cpu().numpy(), task_of_row.tolist(), losses.tolist())]
 
     def _num_labels(self, k: int) -> int:
         return int(self.tasks[k].model_config_updates().get("num_labels", 1))
@@ -324,17 +341,20 @@ class MultiTask:
 
     def postprocess(self, examples: list[MultiTaskExample], features: list[dict[str, Any]],
                     outputs: list[Any]) -> list[Any]:
-        """Each task postprocesses its own examples; predictions come back in `examples` order."""
+        """Each task postprocesses its own examples; predictions come back in `examples` order, each
+        with its feature's loss: (prediction, loss or None)."""
         per_task = {}
         for k, (name, task) in enumerate(zip(self.names, self.tasks)):
             mine = [i for i, f in enumerate(features) if f["task_index"] == k]
             task_examples = [e.example for e in examples if e.task == name]
-            per_task[name] = iter(task.postprocess(task_examples, [features[i] for i in mine],
-                                                   [outputs[i] for i in mine]))
+            predictions = task.postprocess(task_examples, [features[i] for i in mine], [outputs[i][0] for i in mine])
+            # One feature per example (sequence-level heads only), so losses pair with predictions.
+            per_task[name] = iter(zip(predictions, [outputs[i][1] for i in mine]))
         return [next(per_task[e.task]) for e in examples]
 
     def metrics(self, examples: list[MultiTaskExample], predictions: list[Any]) -> dict[str, float]:
-        """`<task>/<metric>` for every task's metrics and `average` of the tasks' main metrics."""
+        """`<task>/<metric>` for every task's metrics (with `<task>/loss`, its head's mean loss over
+        its examples, where they have labels) and `average` of the tasks' main metrics."""
         ex_by_task = self._split(examples, [e.example for e in examples])
         pred_by_task = self._split(examples, predictions)
         out: dict[str, float] = {}
@@ -342,7 +362,10 @@ class MultiTask:
         for name, task in zip(self.names, self.tasks):
             if not ex_by_task[name]:
                 continue
-            metrics = task.metrics(ex_by_task[name], pred_by_task[name])
+            metrics = task.metrics(ex_by_task[name], [prediction for prediction, _ in pred_by_task[name]])
+            losses = [loss for _, loss in pred_by_task[name]]
+            if all(loss is not None for loss in losses):
+                metrics["loss"] = float(np.mean(losses))
             out.update({f"{name}/{key}": value for key, value in metrics.items()})
             mains.append(metrics[task.main_metric])
         out["average"] = float(np.mean(mains)) if mains else float("nan")
