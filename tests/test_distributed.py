@@ -275,6 +275,10 @@ def test_pretraining_on_two_ranks_equals_one_process_with_the_whole_batch(scenar
     assert [r["loss"] for r in log_records(two) if "loss" in r] == pytest.approx(
         [r["loss"] for r in log_records(one) if "loss" in r], rel=1e-5)
     assert max_diff(load_file(two / "model.safetensors"), load_file(one / "model.safetensors")) < 2e-5
+    # FSDP2's reduce-scatter averages over ranks as DDP's all-reduce does: the same weights.
+    assert ranks[0]["fsdp_rc"] == ranks[1]["fsdp_rc"] == 0
+    sharded = work["root"] / "pretrain-fsdp"
+    assert max_diff(load_file(sharded / "model.safetensors"), load_file(one / "model.safetensors")) < 2e-5
 
 
 def test_torchrun_restart_after_a_killed_worker_resumes_exactly(scenarios, reference) -> None:
@@ -602,7 +606,8 @@ def _scenario_pretrain(work, info: DistInfo) -> dict[str, Any]:
         rc = main(pretrain_args(work, work["root"] / "pretrain", 4))
     finally:
         trainer.make_loader = real_loader
-    return {"rc": rc, "loader_batches": loader_batches}
+    fsdp_rc = main([*pretrain_args(work, work["root"] / "pretrain-fsdp", 4), "--fsdp"])
+    return {"rc": rc, "fsdp_rc": fsdp_rc, "loader_batches": loader_batches}
 
 
 def _scenario_elastic(work, info: DistInfo) -> dict[str, Any]:
