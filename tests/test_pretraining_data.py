@@ -145,6 +145,31 @@ def test_nsp_follows_are_real_continuations(tmp_path, uncased):
     assert checked >= 3
 
 
+def test_special_tokens_written_in_the_corpus_are_read_as_text(tmp_path, uncased):
+    """A corpus about BERT spells out "[MASK]", "[SEP]", ...: google-research/bert tokenizes them as
+    text ("[", "sep", "]"); read as the special tokens they gave rows an unlabelled [MASK] input and
+    extra [SEP]s inside a segment, and a row held [CLS]/[PAD] in its middle."""
+    corpus = tmp_path / "bert.txt"
+    corpus.write_text("BERT replaces 15% of the tokens with [MASK] before training.\n"
+                      "The input is [CLS] sentence A [SEP] sentence B [SEP], padded with [PAD].\n"
+                      "It predicts the masked tokens.\n\nSecond document about cats.\nCats sleep a lot.\n"
+                      "They also eat.\n", encoding="utf-8")
+    _, ds = build(tmp_path, [corpus], dupe_factor=5, short_seq_prob=0.0)
+    specials = [uncased.cls_id, uncased.sep_id, uncased.mask_id, uncased.pad_id]
+    spelled = []
+    for i in range(len(ds)):
+        r = ds[i]
+        ids = r["input_ids"].copy()
+        ids[r["masked_positions"]] = r["masked_ids"]
+        assert ids[0] == uncased.cls_id and np.flatnonzero(ids == uncased.sep_id).size == 2
+        assert np.isin(ids, specials).sum() == 3, "[CLS] A [SEP] B [SEP] and no other special token"
+        unlabelled = np.setdiff1d(np.flatnonzero(r["input_ids"] == uncased.mask_id), r["masked_positions"])
+        assert unlabelled.size == 0, "every [MASK] in the input is a prediction"
+        spelled.append(" ".join(uncased.convert_ids_to_tokens(ids.tolist())))
+    assert any("with [ mask ] before" in row for row in spelled)
+    assert any("is [ cl ##s ] sentence a [ sep ] sentence b [ sep ] , padded with [ pad ]" in row for row in spelled)
+
+
 # ---- masking statistics -----------------------------------------------------------------------
 def test_uniform_masking_rate_and_80_10_10(wiki_rows, vocab):
     rng = np.random.default_rng(0)

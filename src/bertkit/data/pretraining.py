@@ -338,6 +338,29 @@ class _Context:
     sep_id: int
     vocab: VocabInfo
     targets: TargetWords | None
+    spelled: dict[int, np.ndarray] = field(default_factory=dict)  # see literal_specials
+
+
+# Special tokens that corpus text can spell out. [UNK] is not among them: --wikitext reads "<unk>"
+# as the unknown token's text, and "[UNK]" read as [UNK] means what it says anyway.
+LITERAL_SPECIALS = ("[CLS]", "[SEP]", "[MASK]", "[PAD]")
+
+
+def literal_specials(backend: Any) -> dict[int, np.ndarray]:
+    """id of [CLS]/[SEP]/[MASK]/[PAD] -> the word pieces of that text read as ordinary text.
+
+    The tokenizer keeps "[MASK]" in text as the [MASK] token (what `predict` wants); in a corpus,
+    e.g. text about BERT, that made row inputs [MASK] with no label, extra [SEP]s inside a segment,
+    [CLS]/[PAD] mid-row, none of them ever masked. google-research/bert reads the text as text:
+    "[", "sep", "]" (uncased), and so does pretrain-data (tokenize_documents)."""
+    plain = type(backend).from_str(backend.to_str())
+    plain.encode_special_tokens = True  # specials in the text are split like any other text
+    out = {}
+    for token in LITERAL_SPECIALS:
+        token_id = backend.token_to_id(token)
+        if token_id is not None:
+            out[int(token_id)] = np.asarray(plain.encode(token, add_special_tokens=False).ids, dtype=np.int32)
+    return out
 
 
 def make_context(tokenizer: Any, config: PretrainDataConfig) -> _Context:
@@ -354,7 +377,7 @@ def make_context(tokenizer: Any, config: PretrainDataConfig) -> _Context:
             raise DataError("--target-words: the list is empty after tokenization")
         targets = TargetWords(pieces)
     return _Context(config, tokenizer.backend, tokenizer.cls_id, tokenizer.sep_id,
-                    VocabInfo.from_vocab(tokenizer.vocab), targets)
+                    VocabInfo.from_vocab(tokenizer.vocab), targets, literal_specials(tokenizer.backend))
 
 
 def unmatchable_target_words(words: Sequence[str], ctx: _Context) -> list[str]:
@@ -368,14 +391,34 @@ def unmatchable_target_words(words: Sequence[str], ctx: _Context) -> list[str]:
     return never
 
 
-def tokenize_documents(documents: list[list[str]], backend: Any) -> list[list[np.ndarray]]:
-    """Documents of sentences -> documents of int32 id arrays; empty sentences/documents dropped."""
+def _spell_out(ids: np.ndarray, spelled: dict[int, np.ndarray], is_spelled: np.ndarray) -> np.ndarray:
+    """`ids` with each special token that came from the text replaced by its text's word pieces."""
+    if not is_spelled[ids].any():
+        return ids
+    parts, start = [], 0
+    for p in np.flatnonzero(is_spelled[ids]):
+        parts += [ids[start:p], spelled[int(ids[p])]]
+        start = p + 1
+    parts.append(ids[start:])
+    return np.concatenate(parts).astype(np.int32, copy=False)
+
+
+def tokenize_documents(documents: list[list[str]], backend: Any, spelled: dict[int, np.ndarray] | None = None
+                       ) -> list[list[np.ndarray]]:
+    """Documents of sentences -> documents of int32 id arrays; empty sentences/documents dropped.
+    `spelled` (from `literal_specials`): special tokens written in the text become the word
+    pieces of their text, as google-research/bert tokenizes them."""
     flat = [s for doc in documents for s in doc]
     ids: list[np.ndarray] = []
+    is_spelled = np.zeros(max([backend.get_vocab_size(), *(spelled or {})]) + 1, dtype=bool)
+    is_spelled[list(spelled or {})] = True
     # Encodings carry tokens, offsets and masks besides ids (~60 bytes a token in Rust memory):
     # encoding a whole chunk at once cost ~250 MB on WikiText; batches of 2048 keep only the ids.
     for b in range(0, len(flat), 2048):
-        ids.extend(np.asarray(e.ids, dtype=np.int32) for e in backend.encode_batch(flat[b:b + 2048], add_special_tokens=False))
+        batch = [np.asarray(e.ids, dtype=np.int32) for e in backend.encode_batch(flat[b:b + 2048], add_special_tokens=False)]
+        if spelled and batch and is_spelled[np.concatenate(batch)].any():  # rare: one test per batch
+            batch = [_spell_out(x, spelled, is_spelled) for x in batch]
+        ids.extend(batch)
     out: list[list[np.ndarray]] = []
     k = 0
     for doc in documents:
@@ -555,7 +598,7 @@ def shard_stats(tokenized: list[list[np.ndarray]], config: PretrainDataConfig) -
 def build_shard(chunk_index: int, documents: list[list[str]], ctx: _Context, out_dir: Path,
                 fingerprint: str) -> dict[str, Any]:
     """Tokenize one chunk once, generate `dupe_factor` epochs from it, write its shard."""
-    tokenized = tokenize_documents(documents, ctx.backend)
+    tokenized = tokenize_documents(documents, ctx.backend, ctx.spelled)
     epoch_rows: list[int] = []
     stats = shard_stats(tokenized, ctx.config)
 
