@@ -656,6 +656,12 @@ def test_workers_and_machine_parts_give_identical_shards(tmp_path, wiki_corpus):
     with pytest.raises(ValueError, match=r"other settings: seed \(12345, now 1\)"):
         create_pretraining_data([str(wiki_corpus)], str(UNCASED), one, PretrainDataConfig(chunk_docs=60, seed=1),
                                 log=quiet)
+    # Records of an earlier builder (rows made differently from the same settings) are not completed.
+    manifest = json.loads((one / "manifest.json").read_text())
+    del manifest["builder"]
+    (one / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"other settings: builder; use a new --output-dir"):
+        create_pretraining_data([str(wiki_corpus)], str(UNCASED), one, PretrainDataConfig(chunk_docs=60), log=quiet)
 
 
 # ---- bad and odd input ------------------------------------------------------------------------

@@ -341,6 +341,8 @@ class _Context:
     spelled: dict[int, np.ndarray] = field(default_factory=dict)  # see literal_specials
 
 
+BUILDER_VERSION = 2  # see the record header in create_pretraining_data
+
 # Special tokens that corpus text can spell out. [UNK] is not among them: --wikitext reads "<unk>"
 # as the unknown token's text, and "[UNK]" read as [UNK] means what it says anyway.
 LITERAL_SPECIALS = ("[CLS]", "[SEP]", "[MASK]", "[PAD]")
@@ -865,6 +867,10 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
             "settings": config.to_dict(),
             # Names and sizes, not contents: enough to refuse resuming onto a different corpus.
             "inputs": [{"name": p.name, "bytes": p.stat().st_size} for p in paths],
+            # Raised when the same settings would make other rows, so that an interrupted build is
+            # not completed with shards of another version (2: special tokens spelled in the text
+            # are read as text).
+            "builder": BUILDER_VERSION,
         }
         fingerprint = records.fingerprint_for(out_dir, header, "--output-dir")
         tokenizer.save_pretrained(out_dir / "tokenizer")
