@@ -1117,3 +1117,16 @@ def test_span_lengths_are_documented_as_measured(wiki_rows, vocab):
     # 600 WikiText-2 valid rows of 128 tokens; the doc's 3.60 / 27% / 6% are from 2,000 train rows.
     assert 3.4 < words.mean() < 3.8 and 0.23 < (words == 1).mean() < 0.31 and (words == 10).mean() < 0.09
     assert "mean 3.60 words, P(1) 27%, P(10) 6%" in " ".join(masking.__doc__.split())
+
+
+def test_a_document_that_fills_a_chunk_alone_takes_the_next_one_with_it() -> None:
+    """NSP draws random B segments from the chunk's other documents: a chunk of one document would
+    draw them from itself. Mid-stream, a document reaching chunk_bytes alone made such a chunk."""
+    from bertkit.data.pretraining import iter_chunks
+
+    docs = [[c * n] for c, n in zip("abcdef", (5, 5, 100, 5, 5, 5))]
+    chunks = [[d[0][0] for d in chunk] for chunk in iter_chunks(docs, chunk_docs=100, chunk_bytes=10)]
+    assert chunks == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert [[d[0][0] for d in c] for c in iter_chunks(docs[:3], chunk_docs=100, chunk_bytes=10)] == [["a", "b", "c"]]
+    # --no-nsp with --chunk-docs 1 asks for one document per chunk, and gets it.
+    assert len(list(iter_chunks(docs, chunk_docs=1, chunk_bytes=10))) == 6

@@ -303,9 +303,10 @@ class DocumentShape:
 
 
 def iter_chunks(documents: Iterable[list[str]], chunk_docs: int, chunk_bytes: int) -> Iterator[list[list[str]]]:
-    """Documents in chunks of `chunk_docs` documents or `chunk_bytes` of text. A last chunk of a
-    single document joins the one before: NSP takes its random B from another document of the
-    same chunk, and a lone document has none (its random B would be its own text)."""
+    """Documents in chunks of `chunk_docs` documents or `chunk_bytes` of text, never of a single
+    document: NSP takes its random B from another document of the same chunk, and a lone document
+    has none (its random B would be its own text). A document that alone reaches `chunk_bytes` takes
+    the next one with it; a last chunk of a single document joins the one before."""
     chunk: list[list[str]] = []
     full: list[list[str]] | None = None  # a full chunk, held until more than one document follows
     size = 0
@@ -315,7 +316,7 @@ def iter_chunks(documents: Iterable[list[str]], chunk_docs: int, chunk_bytes: in
         if full is not None and len(chunk) > 1:
             yield full
             full = None
-        if len(chunk) >= chunk_docs or size >= chunk_bytes:
+        if (len(chunk) >= chunk_docs or size >= chunk_bytes) and (len(chunk) > 1 or chunk_docs == 1):
             if full is not None:
                 yield full
             full, chunk, size = chunk, [], 0
