@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {}
         if task.head in ("sequence_classification",) and outputs and np.ndim(outputs[0]) == 1:
             kwargs["probabilities"] = [softmax(np.asarray(o)) for o in outputs]
+        elif task.head == "multi_label_classification":  # one independent sigmoid per label
+            kwargs["probabilities"] = [1 / (1 + np.exp(-np.asarray(o, dtype=np.float64))) for o in outputs]
         try:
             written = task.write_predictions(examples, predictions, output, **kwargs)
         except TypeError:  # tasks whose writer takes no probabilities

@@ -34,6 +34,25 @@ def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_classes: int
     return float(np.mean([f1_binary(p, y, c) for c in classes])) if len(y) else 0.0
 
 
+def multilabel_scores(predictions: Sequence[Sequence[float]], labels: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Multi-label scores from 0/1 matrices [N,C]: micro precision/recall/F1 over all (text, label)
+    decisions, macro F1 over the labels present in labels or predictions (as macro_f1), and
+    exact_match, the share of texts whose label set is predicted exactly (scikit-learn's
+    accuracy_score on such matrices)."""
+    p, y = np.asarray(predictions, dtype=bool), np.asarray(labels, dtype=bool)
+    if not len(y):
+        return {"micro_f1": 0.0, "micro_precision": 0.0, "micro_recall": 0.0, "macro_f1": 0.0, "exact_match": 0.0}
+    tp, fp, fn = (p & y).sum(0), (p & ~y).sum(0), (~p & y).sum(0)  # [C] each
+    present = (tp + fp + fn) > 0
+    per_label = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
+    TP, FP, FN = int(tp.sum()), int(fp.sum()), int(fn.sum())
+    return {"micro_f1": 2 * TP / (2 * TP + FP + FN) if TP else 0.0,
+            "micro_precision": TP / (TP + FP) if TP else 0.0,
+            "micro_recall": TP / (TP + FN) if TP else 0.0,
+            "macro_f1": float(per_label.mean()) if present.any() else 0.0,
+            "exact_match": float((p == y).all(1).mean())}
+
+
 def matthews_corrcoef(predictions: Sequence[int], labels: Sequence[int]) -> float:
     """Binary MCC = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)); 0 when undefined."""
     p, y = np.asarray(predictions) == 1, np.asarray(labels) == 1

@@ -5,7 +5,8 @@
 |----------------------------------------|--------------------------------|
 | pretraining                            | BertForPreTraining (MLM + NSP) |
 | masked_lm                              | BertForMaskedLM                |
-| sequence_classification, regression    | BertForSequenceClassification  |
+| sequence_classification, regression,   | BertForSequenceClassification  |
+| multi_label_classification             |                                |
 | token_classification                   | BertForTokenClassification     |
 | question_answering                     | BertForQuestionAnswering       |
 | multiple_choice                        | BertForMultipleChoice          |
@@ -454,6 +455,7 @@ HEADS: dict[str, type[BertPreTrainedModel]] = {
     "masked_lm": BertForMaskedLM,
     "sequence_classification": BertForSequenceClassification,
     "regression": BertForSequenceClassification,
+    "multi_label_classification": BertForSequenceClassification,
     "token_classification": BertForTokenClassification,
     "question_answering": BertForQuestionAnswering,
     "multiple_choice": BertForMultipleChoice,

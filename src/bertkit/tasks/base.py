@@ -219,7 +219,7 @@ class Task:
         Default: input_ids/token_type_ids/attention_mask [B, T] and `labels` [B]."""
         batch = padded_inputs(features)
         if "labels" in features[0]:
-            dtype = torch.float if self.head == "regression" else torch.long
+            dtype = torch.float if self.head in ("regression", "multi_label_classification") else torch.long
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
         return batch
 

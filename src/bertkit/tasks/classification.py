@@ -5,6 +5,9 @@ Custom data example:
     bertkit finetune --task classification --train-file train.csv --dev-file dev.csv \
         --text-column review --label-column stars --model M --output-dir O
 The label set is inferred from the training file (sorted) and saved with the model (bertkit.json).
+`--task multilabel` reads any number of labels per row (a JSON list, or one cell split at
+`--label-separator`) and trains independent sigmoid outputs (BCE), as transformers' multi-label
+`BertForSequenceClassification` does.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bertkit.metrics.glue import accuracy, glue_metrics, macro_f1
+from bertkit.metrics.glue import accuracy, glue_metrics, macro_f1, multilabel_scores
 from bertkit.tasks.base import DataError, Task, open_for_writing, read_data_text, register
 
 
@@ -176,13 +179,8 @@ class CustomTask(SentencePairTask):
                 if column is not None and column not in row:
                     raise DataError(f"{source}: no column {column!r} (columns: {', '.join(map(str, row))})")
             label = row.get(label_col)
-            if label is not None and self.head == "regression":
-                try:
-                    label = float(label)
-                except (TypeError, ValueError):
-                    raise DataError(f"{source}: {label_col}={label!r} is not a number") from None
-            elif label is not None:
-                label = str(label)
+            if label is not None:
+                label = self.parse_label(label, source)
             if isinstance(label, str) and not label.strip() and split in ("train", "dev"):
                 raise DataError(f"{source}: empty {label_col!r} (every {split} row needs a label)")
             # dev too: it is scored, and without labels fine-tuning failed at its first evaluation,
@@ -194,10 +192,24 @@ class CustomTask(SentencePairTask):
                 guid=str(row[id_col]) if id_col else str(len(examples)), text_a=str(row[text]),
                 text_b=str(row[pair]) if pair else None, label=label, source=source))
         if split == "train" and self.head != "regression" and self._labels is None:
-            self._labels = sorted({e.label for e in examples})
-            if len(self._labels) < 2:
-                raise DataError(f"{path}: only one label ({self._labels[0]!r}) in the training file")
+            self._labels = self.label_set(examples, path)
         return examples
+
+    def parse_label(self, value: Any, source: str) -> Any:
+        """A label cell as the example keeps it: a float for regression, else the class name."""
+        if self.head != "regression":
+            return str(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{source}: {self.options.get('label_column', 'label')}={value!r} is not a number") from None
+
+    def label_set(self, examples: list[PairExample], path: Path) -> list[str]:
+        """The classes, from the training examples (sorted)."""
+        labels = sorted({e.label for e in examples})
+        if len(labels) < 2:
+            raise DataError(f"{path}: only one label ({labels[0]!r}) in the training file")
+        return labels
 
     def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
         """JSONL: id, prediction and (for classification) the probability of each label; a path
@@ -241,3 +253,86 @@ class CustomRegression(CustomTask):
     head = "regression"
     main_metric = "pearson"
     metric_kind = "corr"
+
+
+@register("multilabel", "multi-label")
+class CustomMultiLabel(CustomTask):
+    """Any number of labels per text (none included). A label is predicted where its sigmoid
+    probability exceeds 0.5. Main metric: micro-averaged F1 over all (text, label) decisions."""
+
+    head = "multi_label_classification"
+    main_metric = "micro_f1"
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--label-separator", default=",",
+                            help="--task multilabel: splits a CSV/TSV label cell into labels (JSONL: a list)")
+
+    def label_set(self, examples: list[PairExample], path: Path) -> list[str]:
+        labels = sorted({label for e in examples for label in e.label})
+        if not labels:
+            raise DataError(f"{path}: no row has a label")
+        return labels
+
+    def parse_label(self, value: Any, source: str) -> tuple[str, ...]:
+        """A JSON list (JSONL) or a cell split at --label-separator; an empty cell is no label."""
+        if isinstance(value, list):
+            labels = [str(v).strip() for v in value]
+        elif isinstance(value, str):
+            labels = [part.strip() for part in value.split(self.options.get("label_separator", ","))]
+            labels = [label for label in labels if label]
+        else:
+            raise DataError(f"{source}: {self.options.get('label_column', 'label')}={value!r}: expected a list of "
+                            f"labels or a text of labels separated by --label-separator")
+        if len(set(labels)) != len(labels):
+            raise DataError(f"{source}: a label is given twice ({', '.join(labels)})")
+        return tuple(labels)
+
+    def label_index(self, example: PairExample) -> list[float]:
+        """The multi-hot target [C]."""
+        names = self.label_names() or []
+        unknown = [label for label in example.label if label not in names]
+        if unknown:
+            raise DataError(f"{example.source}: label {unknown[0]!r} is not in the label set of the training "
+                            f"file ({', '.join(names)})")
+        return [float(name in example.label) for name in names]
+
+    def model_config_updates(self) -> dict[str, Any]:
+        labels = self.label_names() or []
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "problem_type": "multi_label_classification"}
+
+    def postprocess(self, examples, features, outputs) -> list[list[int]]:
+        logits = np.stack(outputs)  # [N,C]; sigmoid(x) > 0.5 exactly where x > 0
+        return [np.flatnonzero(row > 0).tolist() for row in logits]
+
+    def metrics(self, examples, predictions) -> dict[str, float]:
+        gold = self.gold(examples)
+        predicted = [[float(i in p) for i in range(len(self.label_names() or []))] for p in predictions]
+        return multilabel_scores(predicted, gold)
+
+    def prediction_label(self, prediction) -> list[str]:
+        names = self.label_names() or []
+        return [names[i] for i in prediction]
+
+    def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
+        """JSONL: id, the predicted labels (a list) and each label's probability; a path ending in
+        .tsv gets id, the labels joined by --label-separator, and p_<label> columns."""
+        path = Path(path)
+        names = self.label_names() or []
+        separator = self.options.get("label_separator", ",")
+        with open_for_writing(path, newline="") as f:
+            if path.suffix.lower() == ".tsv":
+                f.write("\t".join(["id", "prediction", *(f"p_{n}" for n in names if probabilities is not None)]) + "\n")
+            for i, (example, prediction) in enumerate(zip(examples, predictions)):
+                chosen = self.prediction_label(prediction)
+                if path.suffix.lower() == ".tsv":
+                    cells = [] if probabilities is None else [f"{float(p):.6f}" for p in probabilities[i]]
+                    f.write("\t".join([example.guid, separator.join(chosen), *cells]) + "\n")
+                    continue
+                record: dict[str, Any] = {"id": example.guid, "prediction": chosen}
+                if probabilities is not None:
+                    record["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probabilities[i])}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return path
