@@ -181,6 +181,23 @@ def test_quantity_templates_give_value_and_unit(wikitext, expected):
     assert wikitext_to_paragraphs(f"The value is {wikitext} here.") == [f"The value is {expected} here."]
 
 
+def test_templates_that_print_a_character_keep_words_apart():
+    """{{ndash}}, {{nbsp}}, {{snd}}, {{mdashb}}, {{'s}} ... (31 in the shared dump) were dropped: "(17751783)",
+    "on 15September 1972", "computersfollowing the IBM PC", "Eagle footpads"."""
+    wikitext = ("The war (1775{{ndash}}1783) began on 15{{nbsp}}September in ''Eagle''{{'s}} path{{snd}}and "
+                "more{{mdashb}}here, ''GQ''{{'}}s critic{{spaced ndash}}he wrote.")
+    assert wikitext_to_paragraphs(wikitext) == ["The war (1775–1783) began on 15 September in Eagle's path – and "
+                                                "more—here, GQ's critic – he wrote."]
+
+
+def test_real_dump_keeps_character_templates(extracted):
+    lines = extracted[0].read_text(encoding="utf-8").splitlines()
+    assert any(l.startswith("The American Revolutionary War (1775–1783), also known as") for l in lines)
+    assert any("in The Times Literary Supplement on 15 September 1972" in l for l in lines)
+    assert any("standard on computers—following the IBM PC (1981)" in l for l in lines)
+    assert not any(re.search(r"\(17751783\)|15September|computersfollowing", l) for l in lines)
+
+
 def test_real_dump_has_no_separator_debris_or_one_word_sentences(extracted):
     """Removed pronunciation/{{lang}} templates and <math> left "Achilles (;, Akhilleus, )" and "Thus,."
     (58 lines before, and 6 one-word lines)."""

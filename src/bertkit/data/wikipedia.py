@@ -55,6 +55,12 @@ _TEXT_TEMPLATES = frozenset(["lang", "transl", "transliteration", "nowrap", "nob
 # Quantities: {{convert|9,833,520|km2|sqmi}} in "the United States with {{convert...}} of total area"
 # (436 in the shared dump) and {{val|6.241|e=18}} (10); dropping them left "with of total area".
 _VALUE_TEMPLATES = frozenset(["convert", "cvt", "val"])
+# Templates that print one character between words or digits: dropped, they glued them together,
+# "(1775{{ndash}}1783)" -> "(17751783)", "15{{nbsp}}September" -> "15September", "''Eagle''{{'s}}
+# footpads" -> "Eagle footpads" (31 in the shared dump).
+_CHARACTER_TEMPLATES = {"nbsp": "\u00a0", "ndash": "–", "mdash": "—", "mdashb": "—", "snd": " – ", "snds": " – ",
+                        "spaced ndash": " – ", "spaced en dash": " – ", "spaced mdash": " — ", "'s": "'s", "'": "'",
+                        "' \"": "'\"", "\" '": "\"'"}
 _LEFTOVER_QUOTES = re.compile(r"'{2,}")  # an unbalanced bold/italic run, which plain_text() keeps
 _MAGIC = re.compile(r"__[A-Z]+__")
 _HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
@@ -164,6 +170,8 @@ def _val_text(values: list[str], named: dict[str, str]) -> str | None:
 def _template_text(template: wtp.Template) -> str | None:
     """Replacement of a template in plain_text(): None (dropped) unless it displays running text."""
     name = template.normal_name().lower()
+    if name in _CHARACTER_TEMPLATES:
+        return _CHARACTER_TEMPLATES[name]
     if name in _VALUE_TEMPLATES:
         values = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
         named = {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional}
