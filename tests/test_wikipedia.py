@@ -198,6 +198,31 @@ def test_real_dump_keeps_character_templates(extracted):
     assert not any(re.search(r"\(17751783\)|15September|computersfollowing", l) for l in lines)
 
 
+@pytest.mark.parametrize("wikitext, expected", [
+    ("{{e|24}}", "5.98×10^24 kg"), ("{{e|-20}}", "5.98×10^-20 kg"),
+])
+def test_exponent_template_keeps_the_power_of_ten(wikitext, expected):
+    """{{e|24}} was dropped: "The mass of the Earth is approximately 5.98 kg" (3 in the shared dump)."""
+    assert wikitext_to_paragraphs(f"The mass is 5.98{wikitext}&nbsp;kg here.") == [f"The mass is {expected} here."]
+
+
+@pytest.mark.parametrize("wikitext, expected", [
+    ("{{frac|3}}", "1/3"), ("{{frac|3|2}}", "3/2"), ("{{sfrac|1|4}}", "1/4"), ("{{frac|1|1|4}}", "1 1/4"),
+    ("1{{sfrac|1|4}}", "1 1/4"),
+])
+def test_fraction_templates_keep_the_number(wikitext, expected):
+    """{{frac}}/{{sfrac}} were dropped: "the angle of cos−1(−) ≈ 109.47°", "(1 days short)"."""
+    assert wikitext_to_paragraphs(f"The value is {wikitext} here.") == [f"The value is {expected} here."]
+
+
+def test_real_dump_keeps_exponents_and_fractions(extracted):
+    lines = extracted[0].read_text(encoding="utf-8").splitlines()
+    assert "The mass of the Earth is approximately 5.98×10^24 kg." in lines
+    assert any("petroleum reserves estimated at around 300 million tons (~300×10^9 kg)" in l for l in lines)
+    assert any("the angle of cos−1(−1/3) ≈ 109.47° between them" in l for l in lines)
+    assert any("approximate a year (1 1/4 days short)" in l for l in lines)
+
+
 def test_real_dump_has_no_separator_debris_or_one_word_sentences(extracted):
     """Removed pronunciation/{{lang}} templates and <math> left "Achilles (;, Akhilleus, )" and "Thus,."
     (58 lines before, and 6 one-word lines)."""

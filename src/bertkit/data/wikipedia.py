@@ -55,6 +55,10 @@ _TEXT_TEMPLATES = frozenset(["lang", "transl", "transliteration", "nowrap", "nob
 # Quantities: {{convert|9,833,520|km2|sqmi}} in "the United States with {{convert...}} of total area"
 # (436 in the shared dump) and {{val|6.241|e=18}} (10); dropping them left "with of total area".
 _VALUE_TEMPLATES = frozenset(["convert", "cvt", "val"])
+# {{e|24}} (3 in the shared dump) and {{frac|3}}/{{sfrac|1|4}} (9) print a number too; dropped, they
+# left "The mass of the Earth is approximately 5.98 kg" and "the angle of cos−1(−) ≈ 109.47°".
+_NUMBER_TEMPLATES = frozenset(["e", "frac", "sfrac"])
+_DIGIT_BEFORE_FRACTION = re.compile(r"(\d)(?=\{\{\s*s?frac\s*\|)", re.I)  # "1{{sfrac|1|4}}" is "1 1/4", not "11/4"
 # Templates that print one character between words or digits: dropped, they glued them together,
 # "(1775{{ndash}}1783)" -> "(17751783)", "15{{nbsp}}September" -> "15September", "''Eagle''{{'s}}
 # footpads" -> "Eagle footpads" (31 in the shared dump).
@@ -172,6 +176,16 @@ def _template_text(template: wtp.Template) -> str | None:
     name = template.normal_name().lower()
     if name in _CHARACTER_TEMPLATES:
         return _CHARACTER_TEMPLATES[name]
+    if name in _NUMBER_TEMPLATES:
+        values = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
+        if not values:
+            return None
+        if name == "e":
+            return f"×10^{values[0]}"  # as {{val|..|e=}} is written
+        # {{frac|3}} = 1/3, {{frac|3|2}} = 3/2, {{frac|1|1|4}} = 1 1/4
+        if len(values) == 1:
+            return f"1/{values[0]}"
+        return "/".join(values) if len(values) == 2 else f"{values[0]} {values[1]}/{values[2]}"
     if name in _VALUE_TEMPLATES:
         values = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
         named = {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional}
@@ -184,7 +198,7 @@ def _template_text(template: wtp.Template) -> str | None:
 
 def _plain_text(wikitext: str) -> str:
     """wikitextparser's plain_text(), after blanking what it would keep but is not prose."""
-    parsed = wtp.parse(wikitext)
+    parsed = wtp.parse(_DIGIT_BEFORE_FRACTION.sub(r"\1 ", wikitext))
     drop = [t for t in parsed.get_tags() if t.name.lower() in _DROP_TAGS]
     drop += [w for w in parsed.wikilinks if _is_non_prose_link(w)]
     # Innermost (later-starting) first: blanking an inner element keeps the outer one's span valid.
