@@ -58,6 +58,9 @@ _VALUE_TEMPLATES = frozenset(["convert", "cvt", "val"])
 # {{e|24}} (3 in the shared dump) and {{frac|3}}/{{sfrac|1|4}} (9) print a number too; dropped, they
 # left "The mass of the Earth is approximately 5.98 kg" and "the angle of cos−1(−) ≈ 109.47°".
 _NUMBER_TEMPLATES = frozenset(["e", "frac", "sfrac"])
+# {{as of|2011}} prints "As of 2011" (30 in the shared dump); dropped, it left sentences that begin
+# ", 50.7% of Alaska's population ..." and "diagnosed with ASD, a 30% increase" without their year.
+_MONTHS = ("January February March April May June July August September October November December").split()
 _DIGIT_BEFORE_FRACTION = re.compile(r"(\d)(?=\{\{\s*s?frac\s*\|)", re.I)  # "1{{sfrac|1|4}}" is "1 1/4", not "11/4"
 # Templates that print one character between words or digits: dropped, they glued them together,
 # "(1775{{ndash}}1783)" -> "(17751783)", "15{{nbsp}}September" -> "15September", "''Eagle''{{'s}}
@@ -171,11 +174,32 @@ def _val_text(values: list[str], named: dict[str, str]) -> str | None:
     return text + named.get("s", "")
 
 
+def _as_of_text(values: list[str], named: dict[str, str]) -> str | None:
+    """{{as of|2013|6|8}} -> "As of 8 June 2013"; lc=y writes "as of", df=US "June 8, 2013", alt= replaces it."""
+    if named.get("alt"):
+        return named["alt"]
+    if not values:
+        return None
+    year, month, day = (values + ["", ""])[:3]
+    if month.isdigit() and 1 <= int(month) <= 12:
+        month = _MONTHS[int(month) - 1]
+    date = " ".join(p for p in (day, month, year) if p)
+    if day and month and named.get("df", "").lower() == "us":
+        date = f"{month} {day}, {year}"
+    if named.get("bare", "").lower() in ("y", "yes"):
+        return date
+    text = f"{'since' if named.get('since') else 'as of'} {date}"
+    return text if named.get("lc", "").lower() in ("y", "yes") else text[0].upper() + text[1:]
+
+
 def _template_text(template: wtp.Template) -> str | None:
     """Replacement of a template in plain_text(): None (dropped) unless it displays running text."""
     name = template.normal_name().lower()
     if name in _CHARACTER_TEMPLATES:
         return _CHARACTER_TEMPLATES[name]
+    if name == "as of":
+        return _as_of_text([_plain_text(a.value).strip() for a in template.arguments if a.positional],
+                           {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional})
     if name in _NUMBER_TEMPLATES:
         values = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
         if not values:
