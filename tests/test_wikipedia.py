@@ -270,6 +270,26 @@ def test_real_dump_keeps_block_quotations(extracted):
     assert any(l.startswith("The Euclidean method of demonstration has brought forth from its own womb") for l in lines)
 
 
+@pytest.mark.parametrize("wikitext, expected", [
+    ("{{Nihongo|'''Aikido'''|合気道|Aikidō|lead=yes}} is an art.", "Aikido (合気道, Aikidō) is an art."),
+    ("{{Nihongo|''Ukemi''|受身}} refers to it.", "Ukemi (受身) refers to it."),
+    ("It is the {{Nihongo|[[bayonet]]|銃剣|jūken}} here.", "It is the bayonet (銃剣, jūken) here."),
+    ("It is the {{nihongo||銃剣|jūken}} here.", "It is the jūken (銃剣) here."),
+])
+def test_nihongo_template_keeps_the_english_term(wikitext, expected):
+    assert wikitext_to_paragraphs(wikitext) == [expected]
+
+
+def test_real_dump_keeps_nihongo_terms(extracted):
+    """{{Nihongo|English|kanji|romaji}} (46 in Aikido) was dropped with its English term: the article began
+    "is a modern Japanese martial art", and "refers to the act of receiving a technique" lost "Ukemi"."""
+    articles = extracted[0].read_text(encoding="utf-8").split("\n\n")
+    aikido = next(a for a in articles if "Morihei Ueshiba" in a.split("\n", 1)[0]).splitlines()
+    assert aikido[0].startswith("Aikido (合気道, Aikidō) is a modern Japanese martial art developed by Morihei Ueshiba")
+    assert "Ukemi (受身) refers to the act of receiving a technique." in aikido
+    assert not any(l[0].islower() for l in aikido)
+
+
 def test_real_dump_has_no_separator_debris_or_one_word_sentences(extracted):
     """Removed pronunciation/{{lang}} templates and <math> left "Achilles (;, Akhilleus, )" and "Thus,."
     (58 lines before, and 6 one-word lines)."""

@@ -72,6 +72,9 @@ _CHARACTER_TEMPLATES = {"nbsp": "\u00a0", "ndash": "–", "mdash": "—", "mdash
 # {{quote|...}} (34 in the shared dump, about 3,600 words: Lincoln's letters, Swift, Schopenhauer). The
 # text is text=/quote= or the first argument; the author and source after it are not prose.
 _QUOTE_TEMPLATES = frozenset(["quote", "quotation", "blockquote", "cquote", "quote box", "bq"])
+# {{Nihongo|English|kanji|romaji}} prints "English (kanji, romaji)"; dropped, 46 Japanese terms of Aikido
+# went with their English words ("is a modern Japanese martial art", "refers to the act of receiving").
+_NIHONGO_TEMPLATES = frozenset(["nihongo"])
 _LEFTOVER_QUOTES = re.compile(r"'{2,}")  # an unbalanced bold/italic run, which plain_text() keeps
 _MAGIC = re.compile(r"__[A-Z]+__")
 _HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
@@ -206,6 +209,12 @@ def _template_text(template: wtp.Template) -> str | None:
         positional = [a.value for a in template.arguments if a.positional]
         quotation = named.get("text") or named.get("quote") or (positional[0] if positional else "")
         return f"\n\n{_plain_text(quotation).strip()}\n\n"  # a paragraph of its own, as the page shows it
+    if name in _NIHONGO_TEMPLATES:
+        english, kanji, romaji = ([_plain_text(a.value).strip() for a in template.arguments if a.positional] + [""] * 3)[:3]
+        if not english:  # {{nihongo||銃剣|jūken}} -> "jūken (銃剣)"
+            english, romaji = romaji, ""
+        inside = ", ".join(p for p in (kanji, romaji) if p)
+        return f"{english} ({inside})" if english and inside else english or kanji or None
     if name == "as of":
         return _as_of_text([_plain_text(a.value).strip() for a in template.arguments if a.positional],
                            {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional})
