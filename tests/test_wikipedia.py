@@ -326,6 +326,13 @@ def test_real_dump_sentences_do_not_break_after_initials_or_list_numbers(extract
                             "and 3. Franklin D. Roosevelt, although") for l in lines)
 
 
+def test_real_dump_sentences_end_after_a_unit(extracted):
+    """10 lines held two sentences joined at a unit after a number ("is 1,996 m. These are dissected ...")."""
+    lines = [l for l in extracted[0].read_text(encoding="utf-8").splitlines() if l]
+    assert [l for l in lines if re.search(r"\d (m|g|s|ft)\. [A-Z]", l)] == []
+    assert "The highest mountain is Korab situated in the district of Dibër, reaching up to 2,764 m." in lines
+
+
 @pytest.mark.parametrize("text, expected", [
     ("It was built by R.S. Owens and Company.", ["It was built by R.S. Owens and Company."]),
     ("J.R.R. Tolkien wrote it.", ["J.R.R. Tolkien wrote it."]),
@@ -343,6 +350,10 @@ def test_real_dump_sentences_do_not_break_after_initials_or_list_numbers(extract
     ("Made Bvt. Brig. Gen. in 1865. Maj. Reno followed.", ["Made Bvt. Brig. Gen. in 1865.", "Maj. Reno followed."]),
     ("lower case. after a period stays", ["lower case. after a period stays"]),
     ("Cited at 475 (7th Cir. 2007). It held.", ["Cited at 475 (7th Cir. 2007).", "It held."]),
+    ("The elevation is 1,996 m. These are valleys.", ["The elevation is 1,996 m.", "These are valleys."]),
+    ("It rises to 2,413 ft. Alabama is flat.", ["It rises to 2,413 ft.", "Alabama is flat."]),
+    ("It weighs 200–350 g. The young are born.", ["It weighs 200–350 g.", "The young are born."]),
+    ("He was 6 ft. 4 in. tall, said A. m. Smith.", ["He was 6 ft. 4 in. tall, said A. m. Smith."]),
     ("他来了。她走了！", ["他来了。", "她走了！"]),
     ("   ", []),
 ])
