@@ -18,6 +18,8 @@
   holding {{ }} [[ ]] | '' <ref or &nbsp; are the same 3 (two quote "|" as prose, one "|" is in the
   source). The dump takes 3.6-4.2 s against 1.8-2.2 s before. (mwparserfromhell's strip_code,
   tried first, gave 17,952 sentences: text after malformed tables was lost.)
+- {{quote}} blocks are kept as a paragraph (as <blockquote> is); {{as of}}, {{Nihongo}}, {{e}}, {{frac}} and
+  the one-character templates ({{ndash}}, {{nbsp}}, {{'s}}, ...) give what they print, not a hole.
 - {{convert}} and {{val}} give their value and input unit ("9,833,520 km2"); disambiguation pages
   are skipped and counted like redirects; separators left by removed templates ("Achilles (;,
   Akhilleus, )") are cleaned, and sentences of fewer than 2 words ("Thus.") dropped.
