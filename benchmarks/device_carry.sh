@@ -19,7 +19,7 @@ tar cJf "$repo/.device-carry/data.tar.xz.part" -C "$root" "${files[@]}"
 mv "$repo/.device-carry/data.tar.xz.part" "$repo/.device-carry/data.tar.xz"
 # Real pre-training records for gpu_suite.sh graphs-pretrain-records, built here (prepare-wiki
 # needs wikitextparser, which the device image may lack): the shared Wikipedia dump's articles as
-# NSP pairs of up to 128 tokens, masks drawn at batch time (5,645 records, 0.9 MB as xz).
+# NSP pairs of up to 128 tokens, masks drawn at batch time (about 5,600 records, 0.9 MB as xz).
 dump=$(ls "$root"/shared/data/wikipedia_dump/*.xml*.bz2 | head -1)
 work=$(mktemp -d)
 bertkit prepare-wiki "$dump" --output "$work/wiki.txt" > /dev/null
