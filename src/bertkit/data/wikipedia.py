@@ -201,27 +201,40 @@ def _as_of_text(values: list[str], named: dict[str, str]) -> str | None:
     return text if named.get("lc", "").lower() in ("y", "yes") else text[0].upper() + text[1:]
 
 
+# Templates whose text is built from their arguments (read as plain text by _arguments).
+_ARGUMENT_TEMPLATES = _QUOTE_TEMPLATES | _NIHONGO_TEMPLATES | _NUMBER_TEMPLATES | _VALUE_TEMPLATES | {"as of"}
+
+
+def _arguments(template: wtp.Template) -> tuple[list[str], dict[str, str]]:
+    """A template's positional and named arguments as plain text."""
+    positional = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
+    named = {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional}
+    return positional, named
+
+
 def _template_text(template: wtp.Template) -> str | None:
     """Replacement of a template in plain_text(): None (dropped) unless it displays running text."""
     name = template.normal_name().lower()
     if name in _CHARACTER_TEMPLATES:
         return _CHARACTER_TEMPLATES[name]
+    if name in _TEXT_TEMPLATES:
+        positional = [a for a in template.arguments if a.positional]
+        return _plain_text(positional[-1].value) if positional else None
+    if name not in _ARGUMENT_TEMPLATES:
+        return None
+    values, named = _arguments(template)
     if name in _QUOTE_TEMPLATES:
-        named = {a.name.strip(): a.value for a in template.arguments if not a.positional}
-        positional = [a.value for a in template.arguments if a.positional]
-        quotation = named.get("text") or named.get("quote") or (positional[0] if positional else "")
-        return f"\n\n{_plain_text(quotation).strip()}\n\n"  # a paragraph of its own, as the page shows it
+        quotation = named.get("text") or named.get("quote") or (values[0] if values else "")
+        return f"\n\n{quotation}\n\n"  # a paragraph of its own, as the page shows it
     if name in _NIHONGO_TEMPLATES:
-        english, kanji, romaji = ([_plain_text(a.value).strip() for a in template.arguments if a.positional] + [""] * 3)[:3]
+        english, kanji, romaji = (values + [""] * 3)[:3]
         if not english:  # {{nihongo||銃剣|jūken}} -> "jūken (銃剣)"
             english, romaji = romaji, ""
         inside = ", ".join(p for p in (kanji, romaji) if p)
         return f"{english} ({inside})" if english and inside else english or kanji or None
     if name == "as of":
-        return _as_of_text([_plain_text(a.value).strip() for a in template.arguments if a.positional],
-                           {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional})
+        return _as_of_text(values, named)
     if name in _NUMBER_TEMPLATES:
-        values = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
         if not values:
             return None
         if name == "e":
@@ -230,14 +243,7 @@ def _template_text(template: wtp.Template) -> str | None:
         if len(values) == 1:
             return f"1/{values[0]}"
         return "/".join(values) if len(values) == 2 else f"{values[0]} {values[1]}/{values[2]}"
-    if name in _VALUE_TEMPLATES:
-        values = [_plain_text(a.value).strip() for a in template.arguments if a.positional]
-        named = {a.name.strip(): _plain_text(a.value).strip() for a in template.arguments if not a.positional}
-        return _convert_text(values) if name in ("convert", "cvt") else _val_text(values, named)
-    if name not in _TEXT_TEMPLATES:
-        return None
-    positional = [a for a in template.arguments if a.positional]
-    return _plain_text(positional[-1].value) if positional else None
+    return _convert_text(values) if name in ("convert", "cvt") else _val_text(values, named)
 
 
 def _plain_text(wikitext: str) -> str:

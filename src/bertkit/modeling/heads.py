@@ -256,9 +256,8 @@ class BertForPreTraining(BertPreTrainedModel):
         """[predicted tokens, NSP labels]: the MLM loss is a mean over masked tokens."""
         mlm = _mlm_targets(batch.get("masked_positions"), batch.get("masked_ids"), batch.get("labels"))
         nsp = batch.get("next_sentence_label")
-        reference = batch["input_ids"]
-        return torch.stack([_label_weights(t).sum() if t is not None else _no_loss(reference)[1]
-                            for t in (mlm, nsp)])
+        none = batch["input_ids"].new_zeros((), dtype=torch.float32)
+        return torch.stack([_label_weights(t).sum() if t is not None else none for t in (mlm, nsp)])
 
 
 class BertForMaskedLM(BertPreTrainedModel):

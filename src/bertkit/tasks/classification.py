@@ -211,6 +211,10 @@ class CustomTask(SentencePairTask):
             raise DataError(f"{path}: only one label ({labels[0]!r}) in the training file")
         return labels
 
+    def prediction_cell(self, prediction: Any) -> str:
+        """A prediction as a TSV prediction file's cell."""
+        return str(prediction)
+
     def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
         """JSONL: id, prediction and (for classification) the probability of each label; a path
         ending in .tsv gets the same as tab-separated columns (id, prediction, p_<label>...)."""
@@ -230,7 +234,7 @@ class CustomTask(SentencePairTask):
                 with_probabilities = probabilities is not None and bool(names)
                 f.write("\t".join(["id", "prediction", *(f"p_{n}" for n in names if with_probabilities)]) + "\n")
                 for r in records:
-                    f.write("\t".join([str(r["id"]), str(r["prediction"]),
+                    f.write("\t".join([str(r["id"]), self.prediction_cell(r["prediction"]),
                                        *(str(v) for v in r.get("probabilities", {}).values())]) + "\n")
             else:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -316,23 +320,6 @@ class CustomMultiLabel(CustomTask):
         names = self.label_names() or []
         return [names[i] for i in prediction]
 
-    def write_predictions(self, examples, predictions, path, probabilities=None) -> Path:
-        """JSONL: id, the predicted labels (a list) and each label's probability; a path ending in
-        .tsv gets id, the labels joined by --label-separator, and p_<label> columns."""
-        path = Path(path)
-        names = self.label_names() or []
-        separator = self.options.get("label_separator", ",")
-        with open_for_writing(path, newline="") as f:
-            if path.suffix.lower() == ".tsv":
-                f.write("\t".join(["id", "prediction", *(f"p_{n}" for n in names if probabilities is not None)]) + "\n")
-            for i, (example, prediction) in enumerate(zip(examples, predictions)):
-                chosen = self.prediction_label(prediction)
-                if path.suffix.lower() == ".tsv":
-                    cells = [] if probabilities is None else [f"{float(p):.6f}" for p in probabilities[i]]
-                    f.write("\t".join([example.guid, separator.join(chosen), *cells]) + "\n")
-                    continue
-                record: dict[str, Any] = {"id": example.guid, "prediction": chosen}
-                if probabilities is not None:
-                    record["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probabilities[i])}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return path
+    def prediction_cell(self, prediction: list[str]) -> str:
+        """The predicted labels joined by --label-separator (JSONL files hold them as a list)."""
+        return self.options.get("label_separator", ",").join(prediction)
