@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -486,25 +487,47 @@ def test_stsb_regression_learns(shared_dir: Path, tmp_path: Path) -> None:
     assert config["problem_type"] == "regression" and config["num_labels"] == 1
 
 
-def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path) -> None:
-    """The google-research / pytorch-pretrained-bert command line runs unchanged."""
+def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    """The google-research / pytorch-pretrained-bert command line runs unchanged, with their meaning."""
     data = tmp_path / "RTE"
     lines = (shared_dir / "data" / "glue" / "RTE" / "train.tsv").read_text().splitlines()
     write(data / "train.tsv", lines[:33])
     write(data / "dev.tsv", lines[:1] + lines[33:49])
     out = tmp_path / "seed"
+    model = str(shared_dir / "models" / "all-MiniLM-L6-v2")
     argv = ["finetune", "--task_name", "RTE", "--do_train", "--do_eval", "--do_lower_case",
-            "--data_dir", str(data), "--bert_model", str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+            "--data_dir", str(data), "--bert_model", model,
             "--max_seq_length", "64", "--train_batch_size", "16", "--eval_batch_size", "8",
-            "--learning_rate", "2e-5", "--num_train_epochs", "1.0", "--warmup_proportion", "0.1",
+            "--learning_rate", "2e-5", "--num_train_epochs", "2.0", "--warmup_proportion", "0.1",
             "--gradient_accumulation_steps", "2", "--seed", "3", "--output_dir", str(out), "--no_cuda",
             "--local_rank", "-1", "--no-progress"]
     assert main(argv) == 0
     info = json.loads((out / "bertkit.json").read_text())
     train = info["train"]
+    # --train_batch_size is a whole optimizer step's examples, as those scripts read it (they divide it by
+    # --gradient_accumulation_steps): micro-batches of 8, two per step, 32 rows in 2 steps (not 1 of 32).
     assert (info["task"], train["batch_size"], train["lr"], train["grad_accum"], train["warmup_ratio"],
-            train["device"], info["max_seq_length"]) == ("rte", 16, 2e-5, 2, 0.1, "cpu", 64)
-    assert "accuracy" in json.loads((out / "metrics.json").read_text())["dev"]
+            train["device"], info["max_seq_length"]) == ("rte", 8, 2e-5, 2, 0.1, "cpu", 64)
+    # --do_train --do_eval: train, then score the final model once (not each epoch, keeping the best).
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert train["eval_every"] == "end" and [r["step"] for r in metrics["history"]] == [4]
+    assert metrics["best_step"] == 4 and "accuracy" in metrics["dev"]
+    capsys.readouterr()
+    # --do_eval alone evaluates the given model, in --eval_batch_size batches (it used to crash).
+    assert main(["finetune", "--task_name", "RTE", "--do_eval", "--data_dir", str(data), "--bert_model", str(out),
+                 "--output_dir", str(out), "--eval_batch_size", "8", "--no_cuda"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["dev"]["accuracy"] == metrics["dev"]["accuracy"]
+    # --do_train alone scores nothing, so a data directory without dev.tsv is fine.
+    (data / "dev.tsv").unlink()
+    alone = [a for a in argv if a != "--do_eval"]
+    alone[alone.index(str(out))] = str(tmp_path / "train-only")
+    assert main(alone) == 0
+    assert json.loads((tmp_path / "train-only" / "bertkit.json").read_text())["train"]["eval_every"] == "none"
+    capsys.readouterr()
+    assert main(argv[:argv.index("16")] + ["15"] + argv[argv.index("16") + 1:] + ["--overwrite-output-dir"]) == 1
+    assert re.search(r"--train_batch_size 15 .* must be a positive multiple of 2", capsys.readouterr().err)
+    assert main(argv + ["--batch-size", "8", "--overwrite-output-dir"]) == 1
+    assert re.search("--batch-size 8 .* and --train_batch_size 16 .* are both given", capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

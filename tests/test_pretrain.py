@@ -129,6 +129,13 @@ def test_errors_about_eval_data_name_eval_data(wiki_records, tmp_path, capsys) -
     assert f"error: --eval-data {tmp_path / 'none'}: no such file" in capsys.readouterr().err
 
 
+def test_seed_script_do_eval_alone_is_refused_not_trained(wiki_records, tmp_path, capsys) -> None:
+    """run_pretraining.py --do_eval alone scores a checkpoint; pretrain used to ignore the flag and train."""
+    assert main(pretrain_args(wiki_records, tmp_path / "run", *tiny(), "--do_eval=True", "--max-steps", "1")) == 1
+    assert "pretrain --do_eval without --do_train" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_with_dynamic_masking_is_bit_identical(wiki_records, tmp_path, monkeypatch) -> None:
     common = [*tiny(), "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--save-every", "3",
               "--eval-every", "none", "--eval-fraction", "0.05"]

@@ -745,6 +745,27 @@ def test_gzip_and_jsonl_inputs(tmp_path, uncased):
         build(tmp_path, [bad], "bad", text_field="body")
 
 
+def test_google_create_pretraining_data_spellings(tmp_path):
+    """create_pretraining_data.py's command line: --input_file takes a comma-separated list, and
+    --do_whole_word_mask=true a value (it was refused: "ignored explicit argument")."""
+    need(SAMPLE, UNCASED)
+    from bertkit.cli import main
+
+    documents = SAMPLE.read_text(encoding="utf-8").split("\n\n")
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n\n".join(documents[:4]), encoding="utf-8")
+    second.write_text("\n\n".join(documents[4:]), encoding="utf-8")
+    runs = {}
+    for name, inputs, wwm in (("google", [f"--input_file={first},{second}"], ["--do_whole_word_mask=true"]),
+                              ("bertkit", ["--input", str(first), str(second)], ["--whole-word-mask"]),
+                              ("off", [f"--input_file={first},{second}"], ["--do_whole_word_mask=false"])):
+        runs[name] = tmp_path / name
+        assert main(["pretrain-data", *inputs, f"--vocab_file={UNCASED}", f"--output_dir={runs[name]}", *wwm,
+                     "--random_seed=3"]) == 0
+    assert [d for _, d in shard_digests(runs["google"])] == [d for _, d in shard_digests(runs["bertkit"])]
+    assert [d for _, d in shard_digests(runs["off"])] != [d for _, d in shard_digests(runs["bertkit"])]
+
+
 # ---- commands ---------------------------------------------------------------------------------
 def test_cli_pretrain_data_then_inspect(tmp_path, capsys):
     need(SAMPLE, UNCASED)

@@ -795,6 +795,10 @@ def test_early_stopping_ends_the_run_and_a_resumed_run_stops_at_the_same_step(
     assert json.loads((straight / "metrics.json").read_text())["steps"] == 6
     with pytest.raises(ValueError, match="--early-stopping-patience counts evaluations"):
         TrainConfig(early_stopping_patience=2, eval_every="none")
+    with pytest.raises(ValueError, match="--eval-every end evaluates once, at the end"):
+        TrainConfig(early_stopping_patience=2, eval_every="end")
+    with pytest.raises(ValueError, match="expected 'epoch', a positive step count, 'end' or 'none'"):
+        TrainConfig(eval_every="last")
 
 
 def test_a_classifier_trained_elsewhere_is_read_in_its_own_label_order(

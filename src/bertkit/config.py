@@ -194,7 +194,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # clip total gradient norm; 0 disables
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a dynamic loss scaler)
     seed: int = 42  # seeds init, data order and dropout: the same seed gives the same run
-    eval_every: str = "epoch"  # "epoch", "none" or a step count
+    eval_every: str = "epoch"  # "epoch", a step count, "end" (once, after the last step) or "none"
     save_every: int = 0  # checkpoint every N optimizer steps (0: only at eval points and the end)
     keep_checkpoints: int = 2  # step checkpoints kept on disk (the best model is kept apart)
     early_stopping_patience: int = 0  # stop after this many evaluations without a better main metric (0: never)
@@ -243,14 +243,15 @@ class TrainConfig:
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"--attention-dropout must be in [0, 1), got {self.attention_dropout}")
         ev = str(self.eval_every)
-        if ev not in ("epoch", "none") and not (ev.isdigit() and int(ev) > 0):
-            raise ValueError(f"--eval-every {ev!r}: expected 'epoch', 'none' or a positive step count")
+        if ev not in ("epoch", "end", "none") and not (ev.isdigit() and int(ev) > 0):
+            raise ValueError(f"--eval-every {ev!r}: expected 'epoch', a positive step count, 'end' or 'none'")
         self.eval_every = ev
         if self.early_stopping_patience < 0:
             raise ValueError(f"--early-stopping-patience must be >= 0 (0: off), got {self.early_stopping_patience}")
-        if self.early_stopping_patience and self.eval_every == "none":
-            raise ValueError("--early-stopping-patience counts evaluations, and --eval-every none evaluates "
-                             "nothing; evaluate every epoch or every N steps")
+        if self.early_stopping_patience and self.eval_every in ("none", "end"):
+            raise ValueError(f"--early-stopping-patience counts evaluations, and --eval-every {self.eval_every} "
+                             f"evaluates {'nothing' if self.eval_every == 'none' else 'once, at the end'}; evaluate "
+                             f"every epoch or every N steps")
         if self.best_metric and self.eval_every == "none":
             raise ValueError(f"--best-metric {self.best_metric} picks the best of the evaluations, and --eval-every none "
                              f"evaluates nothing; evaluate every epoch or every N steps")

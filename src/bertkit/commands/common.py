@@ -111,8 +111,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float, default=d.epochs)
     g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (overrides --epochs)")
     g.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=d.lr)
-    g.add_argument("--batch-size", "--train_batch_size", dest="batch_size", type=int, default=d.batch_size,
-                   help="examples per device per micro-step")
+    g.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help=f"examples per device per micro-step (default {d.batch_size})")
+    g.add_argument("--train_batch_size", dest="step_batch_size", type=int, default=None,
+                   help="the BERT scripts' batch, as they read it: examples per optimizer step per process, "
+                        "split into --gradient_accumulation_steps micro-batches")
     g.add_argument("--eval-batch-size", "--eval_batch_size", dest="eval_batch_size", type=int,
                    default=d.eval_batch_size)
     g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=int, default=d.grad_accum)
@@ -126,7 +129,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="default: bf16 on GPUs that support it, else fp32")
     g.add_argument("--fp16", action="store_true", help="alias of --precision fp16 (seed scripts)")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--eval-every", default=d.eval_every, help="'epoch', 'none' or a step count")
+    g.add_argument("--eval-every", default=None,
+                   help=f"'epoch', a step count, 'end' (once, after the last step: the last model is the run's) or "
+                        f"'none' (default {d.eval_every}; with the BERT scripts' --do_train: 'end' with --do_eval, "
+                        f"else 'none')")
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     g.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience, metavar="N",
@@ -164,8 +170,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="DataLoader worker processes (default: on CUDA half the CPU cores, at most 4; 0 on CPU)")
     g.add_argument("--log-every", type=int, default=d.log_every)
     g.add_argument("--no-progress", dest="progress", action="store_false")
-    # Seed-script switches: accepted; --do_eval alone means evaluate only. Google's scripts spell
-    # them --do_train=true.
+    # Seed-script switches (Google's scripts spell them --do_train=true): --do_eval alone evaluates the
+    # model; --do_train trains and, as there, scores only the final model, with --do_eval (see
+    # seed_script_eval_every).
     g.add_argument("--do_train", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
     g.add_argument("--do_eval", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
@@ -180,11 +187,44 @@ def default_precision(device_flag: str) -> str:
     return "fp32"
 
 
+def seed_script_eval_every(args: argparse.Namespace) -> str:
+    """--eval-every, or for a command line of the BERT scripts (--do_train) their protocol: train, then
+    score the final model once with --do_eval ('end'), or not at all ('none'). bertkit's own default
+    (every epoch, the best epoch's model kept) would report a model those scripts never score."""
+    if args.eval_every is not None:
+        return args.eval_every
+    if getattr(args, "do_train", False):
+        return "end" if getattr(args, "do_eval", False) else "none"
+    return TrainConfig.eval_every
+
+
+def micro_batch_size(args: argparse.Namespace) -> int:
+    """--batch-size is one micro-batch. --train_batch_size is read as pytorch-pretrained-bert's and
+    NVIDIA's scripts read it, the examples of a whole optimizer step, split into
+    --gradient_accumulation_steps micro-batches (their `train_batch_size // gradient_accumulation_steps`):
+    taken as the micro-batch, their command lines would train with k times their batch and 1/k of
+    their steps, without a word."""
+    step_batch = getattr(args, "step_batch_size", None)
+    if step_batch is None:
+        return args.batch_size if args.batch_size is not None else TrainConfig.batch_size
+    if args.batch_size is not None:
+        raise ValueError(f"--batch-size {args.batch_size} (examples per micro-step) and --train_batch_size "
+                         f"{step_batch} (examples per optimizer step, as the BERT scripts read it) are both given; "
+                         f"pass one of them")
+    accum = args.grad_accum
+    if step_batch < 1 or accum < 1 or step_batch % accum:
+        raise ValueError(f"--train_batch_size {step_batch} is the examples of one optimizer step (as in the BERT "
+                         f"scripts), split into --gradient_accumulation_steps {accum} micro-batches: it must be a "
+                         f"positive multiple of {accum}")
+    return step_batch // accum
+
+
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     device = "cpu" if getattr(args, "no_cuda", False) else args.device
     precision = args.precision or ("fp16" if args.fp16 else default_precision(device))
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
-    fields.update(device=device, precision=precision)
+    fields.update(device=device, precision=precision, batch_size=micro_batch_size(args),
+                  eval_every=seed_script_eval_every(args))
     compile_mode = getattr(args, "compile", None)
     fields.update(compile=compile_mode is not None, compile_mode=compile_mode or "default")
     config = TrainConfig(**fields)

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.do_eval and not args.do_train:  # seed-script semantics: evaluate the model only
         from bertkit.commands import evaluate
 
-        return evaluate.run(argparse.Namespace(**{**vars(args), "split": args.eval_split, "output": None}))
+        return evaluate.run(argparse.Namespace(**{**vars(args), "split": args.eval_split, "output": None,
+                                                  "batch_size": args.eval_batch_size}))
     return finetune_single(args)
 
 

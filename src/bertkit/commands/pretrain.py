@@ -99,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
                                               split_held_out)
     from bertkit.training.trainer import apply_best_metric, seed_everything, train
 
+    if args.do_eval and not args.do_train:
+        # run_pretraining.py --do_eval alone scores a checkpoint; this command would train one instead.
+        raise ValueError("pretrain --do_eval without --do_train: pretrain trains (and with --do_train --do_eval "
+                         "scores the held-out records at the end); it has no evaluation-only mode")
     config = common.train_config_from_args(args)
     info = distributed.setup(config.device)
     data = load_data(args.data, args.verify)

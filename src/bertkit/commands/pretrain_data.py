@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-predictions-per-seq", "--max_predictions_per_seq", type=int, default=None,
                    help="cap on masked tokens per row (default: max(20, round(max_seq_length x masked_lm_prob)): "
                         "20 at length 128, 77 at 512); a run warns when the cap holds rows below --masked-lm-prob")
-    p.add_argument("--whole-word-mask", "--do_whole_word_mask", action="store_true")
+    p.add_argument("--whole-word-mask", "--do_whole_word_mask", dest="whole_word_mask", nargs="?", const=True,
+                   default=False, type=common.parse_bool,
+                   help="mask whole words (Google's spelling --do_whole_word_mask=true also works)")
     p.add_argument("--span-mask", action="store_true",
                    help="SpanBERT spans of whole words: lengths drawn from Geometric(0.2) clipped at 10 words "
                         "(mean 4.46), then shortened to fit the row's budget of 15%%: measured mean 3.6 words "

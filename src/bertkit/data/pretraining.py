@@ -110,9 +110,11 @@ class PretrainDataConfig:
 
 # ---- reading the corpus -------------------------------------------------------------------------
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files and globs -> sorted existing files (each pattern must match something)."""
+    """Files and globs -> sorted existing files (each pattern must match something). A value that is
+    no file and holds commas is a list, as create_pretraining_data.py's --input_file=a.txt,b.txt."""
     out: list[Path] = []
-    for pattern in patterns:
+    for pattern in [part for given in patterns
+                    for part in ([given] if "," not in given or Path(given).exists() else given.split(",")) if part]:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matches or not all(Path(m).is_file() for m in matches):
             raise FileNotFoundError(f"--input {pattern}: no such file (or the glob matched nothing)")
