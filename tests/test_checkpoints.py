@@ -394,3 +394,29 @@ def test_convert_writes_the_tokenizer_so_transformers_keeps_a_cased_vocab(shared
     assert json.loads((dst / "tokenizer_config.json").read_text())["do_lower_case"] is False
     tokenizer = transformers.AutoTokenizer.from_pretrained(dst)
     assert tokenizer.tokenize("Paris") == ["Paris"]
+
+
+def test_loading_copies_every_weight_and_initialises_only_what_the_file_lacks(minilm_dir: Path) -> None:
+    """Models are built without values (meta device) and filled from the file: loaded tensors equal
+    the file's, a complete checkpoint draws no random numbers, and each tensor the file lacks gets
+    BERT's init (not whatever the fresh memory held)."""
+    file_state = to_bertkit_names(load_state_dict(minilm_dir / "model.safetensors"))
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    encoder = BertModel.from_pretrained(minilm_dir)
+    assert torch.equal(torch.random.get_rng_state(), before)  # nothing was initialised only to be overwritten
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor, file_state[f"bert.{name}"]), name
+
+    pretraining = BertForPreTraining.from_pretrained(minilm_dir)  # MiniLM has no cls.* tensors
+    predictions = pretraining.cls.predictions
+    assert torch.equal(predictions.transform.LayerNorm.weight, torch.ones(384))
+    assert torch.equal(predictions.transform.LayerNorm.bias, torch.zeros(384))
+    assert torch.equal(predictions.bias, torch.zeros(30522))
+    assert abs(predictions.transform.dense.weight.std().item() - 0.02) < 1e-3
+    assert predictions.decoder.weight is pretraining.bert.embeddings.word_embeddings.weight
+    assert torch.equal(pretraining.cls.seq_relationship.bias, torch.zeros(2))
+    assert abs(pretraining.cls.seq_relationship.weight.std().item() - 0.02) < 5e-3
+    assert torch.isfinite(torch.cat([p.flatten() for p in pretraining.parameters()])).all()
+    for name, tensor in pretraining.bert.state_dict().items():
+        assert torch.equal(tensor, file_state[f"bert.{name}"]), name

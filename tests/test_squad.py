@@ -450,8 +450,9 @@ def test_encode_leaves_a_truncating_tokenizer_alone(v1_dev):
 # ---- a real fine-tune -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_minilm_learns_span_qa_on_held_out_articles(tmp_path, tokenizer):
-    """200 questions of the first 3 dev articles, scored on 120 questions of later articles.
-    Measured (shared 2-core CPU): F1 6.3 -> 27.5, EM 0 -> 16.7; 64 steps, ~15 min under heavy load."""
+    """200 questions of the first 3 dev articles, scored on 120 questions of later articles, 8 epochs
+    (128 steps, about 2 minutes on 2 cores). Over three seeds of the new QA head: F1 6.6-7.1 -> 36.2-43.8,
+    EM 23.3-32.5. After 4 epochs the same seeds ended anywhere from 13 to 34 F1, too close to a bar."""
     torch = pytest.importorskip("torch")
     trainer = pytest.importorskip("bertkit.training.trainer")
     from bertkit.config import TrainConfig
@@ -466,12 +467,12 @@ def test_minilm_learns_span_qa_on_held_out_articles(tmp_path, tokenizer):
     model = BertForQuestionAnswering.from_pretrained(MINILM)
     device = torch.device("cpu")
     before, _ = trainer.evaluate(task, model, dev_examples, dev_features, 64, device)
-    config = TrainConfig(output_dir=str(tmp_path), epochs=4, lr=3e-4, batch_size=16, warmup_ratio=0.1,
+    config = TrainConfig(output_dir=str(tmp_path), epochs=8, lr=3e-4, batch_size=16, warmup_ratio=0.1,
                          eval_every="none", progress=False, device="cpu")
     trainer.train(task, model, train_features, None, config)
     after, _ = trainer.evaluate(task, model, dev_examples, dev_features, 64, device)
-    assert after["f1"] > before["f1"] + 12, (before, after)
-    assert after["exact_match"] > 8.0, after
+    assert after["f1"] > before["f1"] + 20, (before, after)
+    assert after["exact_match"] > 15.0, after
 
 
 def test_evaluate_and_predict_take_the_saved_tasks_flags_without_task(tmp_path):

@@ -214,20 +214,24 @@ class BertPooler(nn.Module):
 
 
 def init_bert_weights(module: nn.Module, config: ModelConfig) -> None:
-    """BERT's init: weights ~ N(0, initializer_range), biases 0, LayerNorm 1/0, the [PAD] row 0."""
-    std = config.initializer_range
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
-        if module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    """BERT's init of `module`'s own parameters (see init_bert_parameter)."""
+    for name, _ in module.named_parameters(recurse=False):
+        init_bert_parameter(module, name, config.initializer_range)
+
+
+def init_bert_parameter(module: nn.Module, name: str, std: float) -> None:
+    """BERT's init of one parameter: weights ~ N(0, std), biases 0, LayerNorm 1/0, the [PAD] row 0.
+    Per parameter, so that a loader can initialise exactly the tensors a checkpoint lacks."""
+    tensor = getattr(module, name)
+    with torch.no_grad():
+        if isinstance(module, nn.LayerNorm):
+            tensor.fill_(1.0 if name == "weight" else 0.0)
+        elif name == "bias":
+            tensor.zero_()
+        else:
+            tensor.normal_(mean=0.0, std=std)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                tensor[module.padding_idx].zero_()
 
 
 def check_input_shapes(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -19,7 +19,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -267,13 +267,23 @@ def check_consistency(config: ModelConfig, state: dict[str, torch.Tensor], sourc
                          f"weights ({source}) hold {max(layers) + 1} layers")
 
 
+def uninitialised(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` with CPU storage for its parameters but no initial values: built on the meta device,
+    then given memory. For a model whose weights load_into fills from a checkpoint (it initialises
+    the ones the checkpoint lacks): BERT-base's random init was 2.1 of the 2.4 s a load took."""
+    with torch.device("meta"):
+        model = build()
+    return model.to_empty(device="cpu")
+
+
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
               new_head_on_mismatch: bool = False, require_head: bool = False) -> None:
     """Copy canonical-named tensors into model. Missing encoder weights and shape mismatches are
     errors; missing head weights are logged as newly initialised; extra heads are logged and dropped.
     With new_head_on_mismatch, a task head whose shape differs (a checkpoint fine-tuned with another
-    label set) is initialised anew instead — what fine-tuning on a new task wants."""
-    from bertkit.modeling.bert import BertModel
+    label set) is initialised anew instead — what fine-tuning on a new task wants. The model may be
+    `uninitialised`: every tensor is either copied from `state` or given BERT's init here."""
+    from bertkit.modeling.bert import BertModel, init_bert_parameter
 
     is_encoder = isinstance(model, BertModel)
     if is_encoder:
@@ -314,6 +324,13 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
     with torch.no_grad():
         for name, tensor in loadable.items():
             expected[name].copy_(tensor.to(expected[name].dtype))
+    modules = dict(model.named_modules())
+    config = getattr(model, "config", None)
+    std = config.initializer_range if config is not None else ModelConfig().initializer_range
+    for name in expected:
+        if name not in loadable and name not in tied:
+            owner, _, attribute = name.rpartition(".")
+            init_bert_parameter(modules[owner], attribute, std)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
 
@@ -332,7 +349,7 @@ def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_o
         config = config.replace(**config_overrides)
     state = to_bertkit_names(load_state_dict(file))
     check_consistency(config, state, file)
-    model = cls(config)
+    model = uninitialised(lambda: cls(config))
     load_into(model, state, file, new_head_on_mismatch=new_head_on_mismatch, require_head=require_head)
     return model.eval()  # as transformers returns it: dropout off until .train() (the trainer calls it)
 
@@ -614,7 +631,7 @@ def convert(src: str | Path, dst: str | Path, src_format: str | None = None) -> 
     state = to_bertkit_names(load_state_dict(file))
     config = read_config(file if kind != "tf" else file.parent)
     cls = convert_class(_heads_present(set(state)), config.architectures)
-    model = cls(config)
+    model = uninitialised(lambda: cls(config))
     expected = set(model.state_dict())
     names = {k.removeprefix("bert.") for k in state} if cls.__name__ == "BertModel" else set(state)
     tied = {"cls.predictions.decoder.weight"} if config.tie_word_embeddings else set()

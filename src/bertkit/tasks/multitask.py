@@ -146,7 +146,7 @@ class MultiTaskModel(nn.Module):
         config = checkpoints.read_config(file if kind != "tf" else file.parent)
         state = checkpoints.to_bertkit_names(checkpoints.load_state_dict(file))
         checkpoints.check_consistency(config, state, file)
-        model = cls(config, specs)
+        model = checkpoints.uninitialised(lambda: cls(config, specs))
         checkpoints.load_into(model, state, file)
         return model
 
@@ -202,7 +202,7 @@ def load_head_model(model_dir: str | Path, task_name: str, task: Task) -> nn.Mod
                          f"{BERTKIT_JSON} lists for {task_name})")
     single = {k: v for k, v in state.items() if k.startswith("bert.")} | head_state
     checkpoints.check_consistency(config, single, file)
-    model = model_class_for_head(info["head"])(config)
+    model = checkpoints.uninitialised(lambda: model_class_for_head(info["head"])(config))
     checkpoints.load_into(model, single, file)
     return model
 
