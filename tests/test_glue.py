@@ -530,6 +530,37 @@ def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path, capsys
     assert re.search("--batch-size 8 .* and --train_batch_size 16 .* are both given", capsys.readouterr().err)
 
 
+def test_google_run_classifier_readme_command_runs(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    """google-research/bert's README command for MRPC, flag for flag, on a TF checkpoint (a tiny one,
+    with a vocab.txt beside it as in Google's downloads) and a slice of the real MRPC files."""
+    fixture = shared_dir / "models" / "tf-bert-fixture"
+    if not (fixture / "bert_model.ckpt.index").is_file():
+        pytest.skip(f"{fixture} is absent")
+    bert_dir = tmp_path / "uncased_L-2_H-64_A-2"
+    bert_dir.mkdir()
+    for item in fixture.glob("bert_*"):
+        (bert_dir / item.name).write_bytes(item.read_bytes())
+    vocab = (shared_dir / "models" / "bert-base-uncased" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab[:1024]) + "\n", encoding="utf-8")  # the fixture's 1,024 rows
+    data = tmp_path / "MRPC"
+    for split, rows in (("train", 49), ("dev", 17)):
+        write(data / f"{split}.tsv", (shared_dir / "data" / "glue" / "MRPC" / f"{split}.tsv").read_text().splitlines()[:rows])
+    out = tmp_path / "mrpc_output"
+    argv = ["finetune", "--task_name=MRPC", "--do_train=true", "--do_eval=true", f"--data_dir={data}",
+            f"--vocab_file={bert_dir}/vocab.txt", f"--bert_config_file={bert_dir}/bert_config.json",
+            f"--init_checkpoint={bert_dir}/bert_model.ckpt", "--max_seq_length=128", "--train_batch_size=32",
+            "--learning_rate=2e-5", "--num_train_epochs=3.0", f"--output_dir={out}/", "--no-progress"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["history"]] == [6] and "f1" in metrics["dev"]  # 48 pairs x 3 epochs / 32
+    # A vocabulary or config elsewhere that is not the checkpoint's would be ignored: refused instead.
+    other = tmp_path / "other_vocab.txt"
+    other.write_text("\n".join(vocab[:1024][::-1]) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main([a if not a.startswith("--vocab_file=") else f"--vocab_file={other}" for a in argv]) == 1
+    assert f"--vocab_file {other}: bertkit reads the vocab.txt beside the checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_evaluation_batch_flag_takes_the_finetune_spelling(command) -> None:
     from bertkit.cli import build_parser

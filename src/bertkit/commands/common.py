@@ -279,6 +279,26 @@ def task_options_from_args(args: argparse.Namespace, task_cls: type[Task], saved
                        dev_file=args.dev_file, test_file=args.test_file, max_seq_length=max_len, extra=extra)
 
 
+def check_files_beside_model(model: str, vocab_file: str | None, config_file: str | None) -> None:
+    """google-research/bert's run_classifier.py takes the vocabulary and config of --init_checkpoint as
+    flags of their own (--vocab_file, --bert_config_file). bertkit reads the files beside the
+    checkpoint, where Google's downloads keep them, so its command line runs unchanged; a named file
+    that is not the one bertkit would read is refused rather than ignored."""
+    where = Path(model) if Path(model).is_dir() else Path(model).parent
+    for flag, given, names in (("--vocab_file", vocab_file, ("vocab.txt",)),
+                               ("--bert_config_file", config_file, ("config.json", "bert_config.json"))):
+        if given is None:
+            continue
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"{flag} {given}: no such file")
+        beside = next((where / name for name in names if (where / name).is_file()), None)
+        if beside is None or Path(given).read_bytes() != beside.read_bytes():
+            found = f"{beside} differs from it" if beside is not None else f"{where} holds no {names[0]}"
+            raise ValueError(f"{flag} {given}: bertkit reads the {names[0]} beside the checkpoint ({model}), and "
+                             f"{found}; put the checkpoint, its {names[0]} and vocab.txt in one directory, as "
+                             f"Google's downloads are, and pass that checkpoint")
+
+
 def load_tokenizer(model_path: str, do_lower_case: bool | None):
     """The tokenizer of --model (its directory, the vocab beside a TF checkpoint, or a hub id)."""
     from bertkit.tokenization import Tokenizer

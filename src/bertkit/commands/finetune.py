@@ -15,8 +15,12 @@ from bertkit.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    parser.add_argument("--model", "--bert_model", dest="model", required=True,
-                        help="checkpoint: a local directory (HF or Google TF) or a hub id")
+    parser.add_argument("--model", "--bert_model", "--init_checkpoint", dest="model", required=True,
+                        help="checkpoint: a local directory (HF or Google TF), a TF checkpoint prefix "
+                             "(DIR/bert_model.ckpt) or a hub id")
+    # run_classifier.py names the checkpoint's vocabulary and config apart; see check_files_beside_model.
+    parser.add_argument("--vocab_file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--bert_config_file", default=None, help=argparse.SUPPRESS)
     common.add_task_arguments(parser, argv)
     common.add_train_arguments(parser)
     parser.add_argument("--eval-split", default="dev", help="split evaluated during training")
@@ -29,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_files_beside_model(args.model, vocab_file=args.vocab_file, config_file=args.bert_config_file)
     # Options that would otherwise do nothing without a word.
     if len(args.task) == 1:
         given = [flag for flag, value in (("--task-sampling", args.task_sampling), ("--temperature", args.temperature),
