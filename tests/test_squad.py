@@ -475,6 +475,35 @@ def test_minilm_learns_span_qa_on_held_out_articles(tmp_path, tokenizer):
     assert after["exact_match"] > 15.0, after
 
 
+def test_run_squad_command_line_runs_unchanged(tmp_path, capsys):
+    """pytorch-pretrained-bert's README command for run_squad.py (no --task: its --train_file and
+    --predict_file are SQuAD files), on slices of the real dev file: it trains, then --do_predict writes
+    predictions.json and nbest_predictions.json into --output_dir, as the script does."""
+    data = json.loads(need(V1_DEV).read_text(encoding="utf-8"))
+
+    def sliced(article: int, questions: int) -> dict:
+        paragraph = dict(data["data"][article]["paragraphs"][0])
+        paragraph["qas"] = paragraph["qas"][:questions]
+        return {"version": data["version"], "data": [{"title": data["data"][article]["title"], "paragraphs": [paragraph]}]}
+
+    train_file, predict_file = tmp_path / "train-v1.1.json", tmp_path / "dev-v1.1.json"
+    train_file.write_text(json.dumps(sliced(0, 12)), encoding="utf-8")
+    predict_file.write_text(json.dumps(sliced(1, 6)), encoding="utf-8")
+    out = tmp_path / "debug_squad"
+    from bertkit.cli import main
+
+    assert main(["finetune", "--bert_model", str(need(MINILM)), "--do_train", "--do_predict", "--do_lower_case",
+                 "--train_file", str(train_file), "--predict_file", str(predict_file), "--train_batch_size", "12",
+                 "--learning_rate", "3e-5", "--num_train_epochs", "2.0", "--max_seq_length", "128", "--doc_stride", "64",
+                 "--output_dir", f"{out}/", "--no-progress"]) == 0
+    info = json.loads((out / "bertkit.json").read_text())
+    assert info["task"] == "squad" and info["extra"]["doc_stride"] == 64 and info["train"]["eval_every"] == "none"
+    predictions = json.loads((out / "predictions.json").read_text())
+    qids = [qa["id"] for qa in sliced(1, 6)["data"][0]["paragraphs"][0]["qas"]]
+    assert sorted(predictions) == sorted(qids) and all(isinstance(t, str) for t in predictions.values())
+    assert sorted(json.loads((out / "nbest_predictions.json").read_text())) == sorted(qids)
+
+
 def test_evaluate_and_predict_take_the_saved_tasks_flags_without_task(tmp_path):
     """A run directory names its task in bertkit.json; its flags need no repeated --task."""
     import argparse

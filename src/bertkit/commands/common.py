@@ -87,8 +87,10 @@ def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], require
                              f"GLUE's diagnostic set, predicted with an MNLI run: `bertkit predict --task ax "
                              f"--model MNLI_RUN --data-dir glue_data --split test --output DIR/` writes AX.tsv")
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", help="the benchmark's data directory")
-    parser.add_argument("--train-file", help="training file (overrides --data-dir layout)")
-    parser.add_argument("--dev-file", help="dev/validation file")
+    parser.add_argument("--train-file", "--train_file", dest="train_file",
+                        help="training file (overrides --data-dir layout)")
+    # run_squad.py's --predict_file is the file it predicts and scores: the dev split here.
+    parser.add_argument("--dev-file", "--predict_file", dest="dev_file", help="dev/validation file")
     parser.add_argument("--test-file", help="test file")
     parser.add_argument("--max-seq-length", "--max_seq_length", dest="max_seq_length", type=int, default=None,
                         help="tokens per sequence incl. [CLS]/[SEP] (default: the task's, usually 128)")
@@ -116,7 +118,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train_batch_size", dest="step_batch_size", type=int, default=None,
                    help="the BERT scripts' batch, as they read it: examples per optimizer step per process, "
                         "split into --gradient_accumulation_steps micro-batches")
-    g.add_argument("--eval-batch-size", "--eval_batch_size", dest="eval_batch_size", type=int,
+    g.add_argument("--eval-batch-size", "--eval_batch_size", "--predict_batch_size", dest="eval_batch_size", type=int,
                    default=d.eval_batch_size)
     g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=int, default=d.grad_accum)
     g.add_argument("--warmup-ratio", "--warmup_proportion", dest="warmup_ratio", type=float, default=d.warmup_ratio)

@@ -21,8 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     # run_classifier.py names the checkpoint's vocabulary and config apart; see check_files_beside_model.
     parser.add_argument("--vocab_file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--bert_config_file", default=None, help=argparse.SUPPRESS)
-    common.add_task_arguments(parser, argv)
+    # run_squad.py's command lines name no task; their --train_file/--predict_file are SQuAD files.
+    squad_script = not common.task_names_in(argv) and any(
+        arg.split("=")[0] in ("--train_file", "--predict_file") for arg in argv)
+    common.add_task_arguments(parser, argv, required=not squad_script,
+                              implied_tasks=["squad"] if squad_script else None)
+    if squad_script:
+        parser.set_defaults(task=["squad"])
     common.add_train_arguments(parser)
+    parser.add_argument("--do_predict", nargs="?", const=True, default=False, type=common.parse_bool,
+                        help="the BERT scripts' switch: after training (or alone: with --bert_model), write the "
+                             "predictions for --predict_file (SQuAD) or the test split into --output_dir, in the "
+                             "benchmark's format")
     parser.add_argument("--eval-split", default="dev", help="split evaluated during training")
     parser.add_argument("--task-sampling", choices=("proportional", "uniform", "temperature"),
                         default=None, help="multi-task: how tasks are sampled (default proportional)")
@@ -49,12 +59,32 @@ def run(args: argparse.Namespace) -> int:
         from bertkit.tasks import multitask
 
         return multitask.run_finetune(args)
-    if args.do_eval and not args.do_train:  # seed-script semantics: evaluate the model only
-        from bertkit.commands import evaluate
+    if (args.do_eval or args.do_predict) and not args.do_train:  # seed-script semantics: no training
+        status = 0
+        if args.do_eval:
+            from bertkit.commands import evaluate
 
-        return evaluate.run(argparse.Namespace(**{**vars(args), "split": args.eval_split, "output": None,
-                                                  "batch_size": args.eval_batch_size}))
-    return finetune_single(args)
+            status = evaluate.run(argparse.Namespace(**{**vars(args), "split": args.eval_split, "output": None,
+                                                        "batch_size": args.eval_batch_size}))
+        return status or (predict_like_the_scripts(args, args.model) if args.do_predict else 0)
+    status = finetune_single(args)
+    if status == 0 and args.do_predict:
+        status = predict_like_the_scripts(args, args.output_dir)
+    return status
+
+
+def predict_like_the_scripts(args: argparse.Namespace, model: str) -> int:
+    """--do_predict: the split those scripts predict (run_squad.py's --predict_file, here the dev split;
+    else the test split, as run_classifier.py's), written into --output_dir under the benchmark's name
+    (predictions.json with nbest_predictions.json, SST-2.tsv, ...)."""
+    from bertkit.commands import predict
+    from bertkit.tasks import get_task_class
+
+    split = "dev" if args.dev_file else "test"
+    name = getattr(get_task_class(args.task[0]), "submission_name", "")
+    output = str(Path(args.output_dir) / name) if split == "dev" and name else args.output_dir.rstrip("/") + "/"
+    return predict.run(argparse.Namespace(**{**vars(args), "model": model, "split": split, "output": output,
+                                             "batch_size": args.eval_batch_size}))
 
 
 def finetune_single(args: argparse.Namespace) -> int:

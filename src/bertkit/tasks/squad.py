@@ -153,16 +153,26 @@ class SquadTask(Task):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        from bertkit.commands.common import parse_bool
+
         g = parser.add_argument_group("SQuAD")
-        g.add_argument("--doc-stride", type=int, default=128,
+        # The underscore spellings are run_squad.py's (Google's and pytorch-pretrained-bert's), same meaning.
+        g.add_argument("--doc-stride", "--doc_stride", dest="doc_stride", type=int, default=128,
                        help="tokens between the starts of consecutive context windows (default 128)")
-        g.add_argument("--max-query-length", type=int, default=64,
+        g.add_argument("--max-query-length", "--max_query_length", dest="max_query_length", type=int, default=64,
                        help="question tokens kept; longer questions are cut (default 64)")
-        g.add_argument("--n-best-size", type=int, default=20,
+        g.add_argument("--n-best-size", "--n_best_size", dest="n_best_size", type=int, default=20,
                        help="start and end candidates per window, and answers in nbest_predictions.json")
-        g.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
-        g.add_argument("--null-score-diff-threshold", type=float, default=0.0,
+        g.add_argument("--max-answer-length", "--max_answer_length", dest="max_answer_length", type=int, default=30,
+                       help="longest answer in tokens (default 30)")
+        g.add_argument("--null-score-diff-threshold", "--null_score_diff_threshold", dest="null_score_diff_threshold",
+                       type=float, default=0.0,
                        help="v2: answer '' when null score - best span score exceeds this (default 0.0)")
+        # run_squad.py switches that bertkit does not need: v2 is read from the data (is_impossible).
+        g.add_argument("--version_2_with_negative", nargs="?", const=True, default=False, type=parse_bool,
+                       help=argparse.SUPPRESS)
+        g.add_argument("--verbose_logging", nargs="?", const=True, default=False, type=parse_bool,
+                       help=argparse.SUPPRESS)
         g.add_argument("--article-split", type=int, default=None, metavar="K",
                        help="use the dev file only: split 'train' = its first K articles, 'dev' = the rest")
 
