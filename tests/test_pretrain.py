@@ -136,6 +136,32 @@ def test_seed_script_do_eval_alone_is_refused_not_trained(wiki_records, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_google_run_pretraining_readme_command_runs(tmp_path, capsys) -> None:
+    """google-research/bert's README command for run_pretraining.py, flag for flag, on the shared
+    TFRecord in create_pretraining_data.py's format; MiniLM (same uncased vocabulary) stands in for
+    $BERT_BASE_DIR, so its config.json is the --bert_config_file beside the checkpoint. One flag is
+    added: --eval-fraction 0.25, since 1% of 28 records holds out none for --do_eval to score."""
+    minilm, record = SHARED / "models" / "all-MiniLM-L6-v2", FORMATS / "google_create_pretraining_data_format.tfrecord"
+    if not (minilm / "model.safetensors").is_file() or not record.is_file():
+        pytest.skip("the shared MiniLM checkpoint or TFRecord fixture is absent")
+    out = tmp_path / "pretraining_output"
+    argv = ["pretrain", f"--input_file={record}", f"--output_dir={out}", "--do_train=True", "--do_eval=True",
+            f"--bert_config_file={minilm}/config.json", f"--init_checkpoint={minilm}", "--train_batch_size=32",
+            "--max_seq_length=128", "--max_predictions_per_seq=20", "--num_train_steps=4", "--num_warmup_steps=2",
+            "--learning_rate=2e-5", "--eval-fraction=0.25", "--no-progress"]
+    assert main(argv) == 0
+    info = json.loads((out / "bertkit.json").read_text())
+    assert (info["train"]["max_steps"], info["train"]["warmup_steps"], info["train"]["eval_every"]) == (4, 2, "end")
+    assert info["base_model"] == str(minilm) and info["config"] is None
+    assert [r["step"] for r in json.loads((out / "metrics.json").read_text())["history"]] == [4]
+    capsys.readouterr()
+    assert main([a.replace("=20", "=76") for a in argv] + ["--overwrite-output-dir"]) == 1
+    assert "--max_predictions_per_seq 76: the records in --data" in capsys.readouterr().err
+    assert main([a.replace("config.json", "tokenizer.json") if a.startswith("--bert_config_file") else a
+                 for a in argv] + ["--overwrite-output-dir"]) == 1
+    assert "bertkit reads the config.json beside the checkpoint" in capsys.readouterr().err
+
+
 def test_resume_with_dynamic_masking_is_bit_identical(wiki_records, tmp_path, monkeypatch) -> None:
     common = [*tiny(), "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--save-every", "3",
               "--eval-every", "none", "--eval-fraction", "0.05"]

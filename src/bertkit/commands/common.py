@@ -111,7 +111,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True, help="run directory")
     g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float, default=d.epochs)
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--max-steps", "--num_train_steps", dest="max_steps", type=int, default=d.max_steps,
+                   help="optimizer steps (overrides --epochs)")
     g.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=d.lr)
     g.add_argument("--batch-size", dest="batch_size", type=int, default=None,
                    help=f"examples per device per micro-step (default {d.batch_size})")
@@ -122,7 +123,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    default=d.eval_batch_size)
     g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=int, default=d.grad_accum)
     g.add_argument("--warmup-ratio", "--warmup_proportion", dest="warmup_ratio", type=float, default=d.warmup_ratio)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--warmup-steps", "--num_warmup_steps", dest="warmup_steps", type=int, default=d.warmup_steps)
     g.add_argument("--schedule", choices=("linear", "constant", "cosine"), default=d.schedule)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--optimizer", choices=("adamw", "lamb"), default=d.optimizer)

@@ -26,11 +26,14 @@ from bertkit.tasks.base import DataError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", "--input_file", dest="data", required=True,
                         help="bertkit record directory (pretrain-data), TFRecord file/glob or HDF5 shards")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", "--bert_model", dest="model",
-                        help="continue pre-training this checkpoint (directory or hub id)")
-    source.add_argument("--config", "--bert_config_file", dest="config",
-                        help="pre-train from scratch: tiny|mini|small|medium|base|large or a config.json")
+    parser.add_argument("--model", "--bert_model", "--init_checkpoint", dest="model",
+                        help="continue pre-training this checkpoint (directory, TF checkpoint prefix or hub id)")
+    parser.add_argument("--config", "--bert_config_file", dest="config",
+                        help="pre-train from scratch: tiny|mini|small|medium|base|large or a config.json (with "
+                             "--model only as run_pretraining.py passes it: the config beside the checkpoint)")
+    # run_pretraining.py states the records' shape; the records fix it, so these are checked against them.
+    parser.add_argument("--max_seq_length", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max_predictions_per_seq", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", "--vocab_file", dest="tokenizer", default=None,
                         help="with --config: vocab.txt or tokenizer directory (default: the one saved "
                              "with bertkit records)")
@@ -93,6 +96,17 @@ def build_model(args: argparse.Namespace, tokenizer: Any, max_seq_length: int):
     return model
 
 
+def check_stated_shape(args: argparse.Namespace, data: Any) -> None:
+    """run_pretraining.py's --max_seq_length and --max_predictions_per_seq describe its records; here
+    the records say it themselves, and a command line that states another shape is refused."""
+    for flag, stated, key in (("--max_seq_length", args.max_seq_length, "max_seq_length"),
+                              ("--max_predictions_per_seq", args.max_predictions_per_seq, "max_predictions")):
+        actual = data.manifest.get(key)
+        if stated is not None and actual and int(actual) != stated:
+            raise ValueError(f"{flag} {stated}: the records in --data {args.data} have {key} {actual}; the "
+                             f"records fix it (rebuild them with pretrain-data to change it)")
+
+
 def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
     from bertkit.training.pretraining import (PretrainingTask, check_vocabulary, held_out_warning, masking_description,
@@ -103,9 +117,16 @@ def run(args: argparse.Namespace) -> int:
         # run_pretraining.py --do_eval alone scores a checkpoint; this command would train one instead.
         raise ValueError("pretrain --do_eval without --do_train: pretrain trains (and with --do_train --do_eval "
                          "scores the held-out records at the end); it has no evaluation-only mode")
+    if args.model is None and args.config is None:
+        raise ValueError("pretrain needs --model (continue pre-training a checkpoint) or --config (from scratch)")
+    if args.model is not None and args.config is not None:
+        # run_pretraining.py names the checkpoint's config beside --init_checkpoint: only that file is accepted.
+        common.check_files_beside_model(args.model, vocab_file=None, config_file=args.config)
+        args.config = None
     config = common.train_config_from_args(args)
     info = distributed.setup(config.device)
     data = load_data(args.data, args.verify)
+    check_stated_shape(args, data)
     tokenizer = load_tokenizer(args, data)
     eval_data = None
     if args.eval_data is not None:
