@@ -162,6 +162,26 @@ def test_google_run_pretraining_readme_command_runs(tmp_path, capsys) -> None:
     assert "bertkit reads the config.json beside the checkpoint" in capsys.readouterr().err
 
 
+def test_pytorch_pretrained_bert_lm_finetuning_commands_run(tmp_path) -> None:
+    """pytorch-pretrained-bert's lm_finetuning README: pregenerate_training_data.py, then
+    finetune_on_pregenerated.py, flag for flag (MiniLM for bert-base-uncased: the same vocabulary)."""
+    minilm, corpus = SHARED / "models" / "all-MiniLM-L6-v2", SHARED / "data" / "bert_sample_text" / "sample_text.txt"
+    if not (minilm / "model.safetensors").is_file() or not corpus.is_file():
+        pytest.skip("the shared MiniLM checkpoint or sample text is absent")
+    training, finetuned = tmp_path / "training", tmp_path / "finetuned_lm"
+    assert main(["pretrain-data", "--train_corpus", str(corpus), "--bert_model", str(minilm), "--do_lower_case",
+                 "--output_dir", f"{training}/", "--epochs_to_generate", "3", "--max_seq_len", "256",
+                 "--reduce_memory"]) == 0
+    manifest = json.loads((training / "manifest.json").read_text())
+    assert manifest["max_seq_length"] == 256 and len(manifest["shards"][0]["epoch_rows"]) == 3
+    assert main(["pretrain", "--pregenerated_data", f"{training}/", "--bert_model", str(minilm), "--do_lower_case",
+                 "--output_dir", f"{finetuned}/", "--epochs", "3", "--reduce_memory", "--loss_scale", "0",
+                 "--no-progress"]) == 0
+    info = json.loads((finetuned / "bertkit.json").read_text())
+    assert info["base_model"] == str(minilm) and info["train"]["epochs"] == 3
+    assert (finetuned / "model.safetensors").is_file()
+
+
 def test_resume_with_dynamic_masking_is_bit_identical(wiki_records, tmp_path, monkeypatch) -> None:
     common = [*tiny(), "--max-steps", "6", "--batch-size", "8", "--lr", "1e-3", "--save-every", "3",
               "--eval-every", "none", "--eval-fraction", "0.05"]

@@ -131,6 +131,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="default: bf16 on GPUs that support it, else fp32")
     g.add_argument("--fp16", action="store_true", help="alias of --precision fp16 (seed scripts)")
+    # pytorch-pretrained-bert's --loss_scale: 0 is its dynamic scaling, which --precision fp16 always uses.
+    g.add_argument("--loss_scale", type=float, default=None, help=argparse.SUPPRESS)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--eval-every", default=None,
                    help=f"'epoch', a step count, 'end' (once, after the last step: the last model is the run's) or "
@@ -223,6 +225,9 @@ def micro_batch_size(args: argparse.Namespace) -> int:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if getattr(args, "loss_scale", None):
+        eprint(f"note: --loss_scale {args.loss_scale:g}: bertkit's fp16 scales the loss dynamically (the scripts' "
+               f"--loss_scale 0); a fixed scale is not used")
     device = "cpu" if getattr(args, "no_cuda", False) else args.device
     precision = args.precision or ("fp16" if args.fp16 else default_precision(device))
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}

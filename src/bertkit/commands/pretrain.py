@@ -24,7 +24,7 @@ from bertkit.tasks.base import DataError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", "--input_file", dest="data", required=True,
+    parser.add_argument("--data", "--input_file", "--pregenerated_data", dest="data", required=True,
                         help="bertkit record directory (pretrain-data), TFRecord file/glob or HDF5 shards")
     parser.add_argument("--model", "--bert_model", "--init_checkpoint", dest="model",
                         help="continue pre-training this checkpoint (directory, TF checkpoint prefix or hub id)")
@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--model only as run_pretraining.py passes it: the config beside the checkpoint)")
     # run_pretraining.py states the records' shape; the records fix it, so these are checked against them.
     parser.add_argument("--max_seq_length", type=int, default=None, help=argparse.SUPPRESS)
+    # finetune_on_pregenerated.py's switch: records are memory-mapped, never loaded whole.
+    parser.add_argument("--reduce_memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max_predictions_per_seq", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", "--vocab_file", dest="tokenizer", default=None,
                         help="with --config: vocab.txt or tokenizer directory (default: the one saved "
