@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     args.task_sampling = args.task_sampling or "proportional"
     args.temperature = 2.0 if args.temperature is None else args.temperature
     if len(args.task) > 1:
+        if args.do_predict:
+            raise ValueError("--do_predict is the single-task scripts' switch; for a multi-task run, `bertkit "
+                             "predict --task T --model RUN` writes each task's predictions")
         from bertkit.tasks import multitask
 
         return multitask.run_finetune(args)

@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--model only as run_pretraining.py passes it: the config beside the checkpoint)")
     # run_pretraining.py states the records' shape; the records fix it, so these are checked against them.
     parser.add_argument("--max_seq_length", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max_predictions_per_seq", type=int, default=None, help=argparse.SUPPRESS)
     # finetune_on_pregenerated.py's switch: records are memory-mapped, never loaded whole.
     parser.add_argument("--reduce_memory", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--max_predictions_per_seq", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", "--vocab_file", dest="tokenizer", default=None,
                         help="with --config: vocab.txt or tokenizer directory (default: the one saved "
                              "with bertkit records)")

@@ -12,9 +12,11 @@ from bertkit.tasks.base import DataError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", "--input_file", "--train_corpus", dest="input", nargs="+", required=True, metavar="FILE",
+    p.add_argument("--input", "--input_file", "--train_corpus", dest="input", nargs="+", required=True,
+                   metavar="FILE",
                    help="text files or globs (one sentence per line, blank line between documents; .gz/.bz2 ok)")
-    p.add_argument("--tokenizer", "--vocab_file", "--bert_model", dest="tokenizer", required=True, help="vocab.txt, model directory or hub id")
+    p.add_argument("--tokenizer", "--vocab_file", "--bert_model", dest="tokenizer", required=True,
+                   help="vocab.txt, model directory or hub id")
     common.add_casing_arguments(p, "the tokenizer's files")
     p.add_argument("--output-dir", "--output_dir", required=True, help="record directory to write")
     p.add_argument("--text-field", default=None, help="read JSONL documents, taking the text from this field")
@@ -24,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="WikiText-2/103 files (wiki.*.tokens or .raw): one document per article (from each "
                         "' = Title = ' line), headings dropped, paragraphs split into sentences, "
                         "' @-@ ' joins undone, <unk> read as the tokenizer's unknown token")
-    p.add_argument("--max-seq-length", "--max_seq_length", "--max_seq_len", dest="max_seq_length", type=int, default=128)
+    p.add_argument("--max-seq-length", "--max_seq_length", "--max_seq_len", dest="max_seq_length", type=int,
+                   default=128)
     p.add_argument("--short-seq-prob", "--short_seq_prob", type=float, default=0.1)
     p.add_argument("--dupe-factor", "--dupe_factor", "--epochs-to-generate", "--epochs_to_generate", dest="dupe_factor",
                    type=int, default=1, help="epochs to generate, each with different pairings and masks; "
