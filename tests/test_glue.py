@@ -517,6 +517,12 @@ def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path, capsys
     assert main(["finetune", "--task_name", "RTE", "--do_eval", "--data_dir", str(data), "--bert_model", str(out),
                  "--output_dir", str(out), "--eval_batch_size", "8", "--no_cuda"]) == 0
     assert json.loads((out / "metrics.json").read_text())["dev"]["accuracy"] == metrics["dev"]["accuracy"]
+    # --do_predict alone (as run_classifier.py's): the test split's submission file, into --output_dir.
+    write(data / "test.tsv", (shared_dir / "data" / "glue" / "RTE" / "test.tsv").read_text().splitlines()[:6])
+    assert main(["finetune", "--task_name", "RTE", "--do_predict", "--data_dir", str(data), "--bert_model", str(out),
+                 "--output_dir", str(out), "--no_cuda"]) == 0
+    assert (out / "RTE.tsv").read_text().splitlines()[0] == "index\tprediction"
+    assert len((out / "RTE.tsv").read_text().splitlines()) == 6
     # --do_train alone scores nothing, so a data directory without dev.tsv is fine.
     (data / "dev.tsv").unlink()
     alone = [a for a in argv if a != "--do_eval"]
