@@ -585,6 +585,16 @@ def test_google_run_classifier_spellings_parse() -> None:
     parser, _ = build_parser(argv)
     args = parser.parse_args(argv)
     assert (args.do_train, args.do_eval, args.do_lower_case) == (True, False, False)
+    # absl's negation, the checkpoint cadence and the TPU switch of run_classifier.py / run_squad.py.
+    argv = ["finetune", "--task_name=RTE", "--bert_model=m", "--output_dir=o", "--nodo_lower_case",
+            "--save_checkpoints_steps=1000", "--use_tpu=False"]
+    parser, _ = build_parser(argv)
+    args = parser.parse_args(argv)
+    assert (args.do_lower_case, args.save_every, args.use_tpu) == (False, 1000, False)
+    from bertkit.commands.common import train_config_from_args
+
+    with pytest.raises(ValueError, match="--use_tpu: bertkit trains on GPUs"):
+        train_config_from_args(parser.parse_args([*argv, "--use_tpu=True"]))
     argv = ["evaluate", "--model", "run", "--no-cuda", "--local_rank", "0"]
     parser, _ = build_parser(argv)
     args = parser.parse_args(argv)

@@ -73,8 +73,9 @@ def add_casing_arguments(parser: argparse.ArgumentParser, source: str) -> None:
     casing.add_argument("--do_lower_case", "--do-lower-case", dest="do_lower_case", nargs="?", const=True,
                         default=None, type=parse_bool, metavar="BOOL",
                         help=f"lower-case the input (default: as {source} says)")
-    casing.add_argument("--cased", dest="do_lower_case", action="store_const", const=False,
-                        help="keep case and accents, whatever the tokenizer's files say (a cased vocab)")
+    casing.add_argument("--cased", "--nodo_lower_case", dest="do_lower_case", action="store_const", const=False,
+                        help="keep case and accents, whatever the tokenizer's files say (a cased vocab); "
+                             "--nodo_lower_case is absl's spelling in Google's scripts")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], required: bool = True,
@@ -138,7 +139,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"'epoch', a step count, 'end' (once, after the last step: the last model is the run's) or "
                         f"'none' (default {d.eval_every}; with the BERT scripts' --do_train: 'end' with --do_eval, "
                         f"else 'none')")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps")
+    g.add_argument("--save-every", "--save_checkpoints_steps", dest="save_every", type=int, default=d.save_every,
+                   help="checkpoint every N steps")
+    # Google's TPU switches: --use_tpu=False (what GPU and CPU command lines pass) is accepted, True refused.
+    g.add_argument("--use_tpu", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     g.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience, metavar="N",
                    help="end the run after N evaluations in a row without a better main metric (the best model "
@@ -225,6 +229,9 @@ def micro_batch_size(args: argparse.Namespace) -> int:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if getattr(args, "use_tpu", False):
+        raise ValueError("--use_tpu: bertkit trains on GPUs (torchrun for several) and CPUs, not TPUs; drop the flag "
+                         "or pass --use_tpu=False")
     if getattr(args, "loss_scale", None):
         eprint(f"note: --loss_scale {args.loss_scale:g}: bertkit's fp16 scales the loss dynamically (the scripts' "
                f"--loss_scale 0); a fixed scale is not used")
