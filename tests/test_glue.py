@@ -567,6 +567,27 @@ def test_google_run_classifier_readme_command_runs(shared_dir: Path, tmp_path: P
     assert f"--vocab_file {other}: bertkit reads the vocab.txt beside the checkpoint" in capsys.readouterr().err
 
 
+def test_transformers_run_glue_readme_command_runs_with_a_data_dir(shared_dir: Path, tmp_path: Path) -> None:
+    """transformers' run_glue.py README command (its Trainer's flags), plus the --data_dir it does not need
+    (it downloads GLUE from the hub): micro-batches of --per_device_train_batch_size, one evaluation after
+    training (its --do_eval with the default eval_strategy "no"), --bf16 as --precision bf16."""
+    data = tmp_path / "RTE"
+    lines = (shared_dir / "data" / "glue" / "RTE" / "train.tsv").read_text().splitlines()
+    write(data / "train.tsv", lines[:17])
+    write(data / "dev.tsv", lines[:1] + lines[17:25])
+    out = tmp_path / "rte"
+    assert main(["finetune", "--model_name_or_path", str(shared_dir / "models" / "all-MiniLM-L6-v2"),
+                 "--task_name", "rte", "--do_train", "--do_eval", "--max_seq_length", "128",
+                 "--per_device_train_batch_size", "8", "--learning_rate", "2e-5", "--num_train_epochs", "3",
+                 "--output_dir", f"{out}/", "--data_dir", str(data), "--bf16", "--weight_decay", "0",
+                 "--warmup_ratio", "0.1", "--logging_steps", "2", "--save_total_limit", "1", "--no_cuda",
+                 "--no-progress"]) == 0
+    train = json.loads((out / "bertkit.json").read_text())["train"]
+    assert (train["batch_size"], train["grad_accum"], train["precision"], train["weight_decay"], train["warmup_ratio"],
+            train["log_every"], train["keep_checkpoints"], train["eval_every"]) == (8, 1, "bf16", 0.0, 0.1, 2, 1, "end")
+    assert [r["step"] for r in json.loads((out / "metrics.json").read_text())["history"]] == [6]  # 16 rows x 3 / 8
+
+
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_evaluation_batch_flag_takes_the_finetune_spelling(command) -> None:
     from bertkit.cli import build_parser

@@ -91,7 +91,8 @@ def add_task_arguments(parser: argparse.ArgumentParser, argv: list[str], require
     parser.add_argument("--train-file", "--train_file", dest="train_file",
                         help="training file (overrides --data-dir layout)")
     # run_squad.py's --predict_file is the file it predicts and scores: the dev split here.
-    parser.add_argument("--dev-file", "--predict_file", dest="dev_file", help="dev/validation file")
+    parser.add_argument("--dev-file", "--predict_file", "--validation_file", dest="dev_file",
+                        help="dev/validation file")
     parser.add_argument("--test-file", help="test file")
     parser.add_argument("--max-seq-length", "--max_seq_length", dest="max_seq_length", type=int, default=None,
                         help="tokens per sequence incl. [CLS]/[SEP] (default: the task's, usually 128)")
@@ -112,26 +113,28 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True, help="run directory")
     g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float, default=d.epochs)
-    g.add_argument("--max-steps", "--num_train_steps", dest="max_steps", type=int, default=d.max_steps,
+    g.add_argument("--max-steps", "--num_train_steps", "--max_steps", dest="max_steps", type=int, default=d.max_steps,
                    help="optimizer steps (overrides --epochs)")
     g.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=d.lr)
-    g.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+    g.add_argument("--batch-size", "--per_device_train_batch_size", dest="batch_size", type=int, default=None,
                    help=f"examples per device per micro-step (default {d.batch_size})")
     g.add_argument("--train_batch_size", dest="step_batch_size", type=int, default=None,
                    help="the BERT scripts' batch, as they read it: examples per optimizer step per process, "
                         "split into --gradient_accumulation_steps micro-batches")
-    g.add_argument("--eval-batch-size", "--eval_batch_size", "--predict_batch_size", dest="eval_batch_size", type=int,
+    g.add_argument("--eval-batch-size", "--eval_batch_size", "--predict_batch_size", "--per_device_eval_batch_size",
+                   dest="eval_batch_size", type=int,
                    default=d.eval_batch_size)
     g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=int, default=d.grad_accum)
-    g.add_argument("--warmup-ratio", "--warmup_proportion", dest="warmup_ratio", type=float, default=d.warmup_ratio)
-    g.add_argument("--warmup-steps", "--num_warmup_steps", dest="warmup_steps", type=int, default=d.warmup_steps)
+    g.add_argument("--warmup-ratio", "--warmup_proportion", "--warmup_ratio", dest="warmup_ratio", type=float, default=d.warmup_ratio)
+    g.add_argument("--warmup-steps", "--num_warmup_steps", "--warmup_steps", dest="warmup_steps", type=int, default=d.warmup_steps)
     g.add_argument("--schedule", choices=("linear", "constant", "cosine"), default=d.schedule)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=d.weight_decay)
     g.add_argument("--optimizer", choices=("adamw", "lamb"), default=d.optimizer)
-    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
+    g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=float, default=d.max_grad_norm)
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="default: bf16 on GPUs that support it, else fp32")
     g.add_argument("--fp16", action="store_true", help="alias of --precision fp16 (seed scripts)")
+    g.add_argument("--bf16", action="store_true", help="alias of --precision bf16 (transformers' Trainer scripts)")
     # pytorch-pretrained-bert's --loss_scale: 0 is its dynamic scaling, which --precision fp16 always uses.
     g.add_argument("--loss_scale", type=float, default=None, help=argparse.SUPPRESS)
     g.add_argument("--seed", type=int, default=d.seed)
@@ -139,11 +142,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"'epoch', a step count, 'end' (once, after the last step: the last model is the run's) or "
                         f"'none' (default {d.eval_every}; with the BERT scripts' --do_train: 'end' with --do_eval, "
                         f"else 'none')")
-    g.add_argument("--save-every", "--save_checkpoints_steps", dest="save_every", type=int, default=d.save_every,
+    g.add_argument("--save-every", "--save_checkpoints_steps", "--save_steps", dest="save_every", type=int, default=d.save_every,
                    help="checkpoint every N steps")
     # Google's TPU switches: --use_tpu=False (what GPU and CPU command lines pass) is accepted, True refused.
     g.add_argument("--use_tpu", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
-    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    g.add_argument("--keep-checkpoints", "--save_total_limit", dest="keep_checkpoints", type=int,
+                   default=d.keep_checkpoints)
     g.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience, metavar="N",
                    help="end the run after N evaluations in a row without a better main metric (the best model "
                         "is kept as usual; 0: never)")
@@ -175,9 +179,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "the unpadded path use the flash varlen kernel with no re-padding")
     g.add_argument("--fsdp", action="store_true",
                    help="shard the model across processes (FSDP2; torchrun with >= 2 processes)")
-    g.add_argument("--num-workers", type=int, default=d.num_workers,
+    g.add_argument("--num-workers", "--dataloader_num_workers", dest="num_workers", type=int, default=d.num_workers,
                    help="DataLoader worker processes (default: on CUDA half the CPU cores, at most 4; 0 on CPU)")
-    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--log-every", "--logging_steps", dest="log_every", type=int, default=d.log_every)
     g.add_argument("--no-progress", dest="progress", action="store_false")
     # Seed-script switches (Google's scripts spell them --do_train=true): --do_eval alone evaluates the
     # model; --do_train trains and, as there, scores only the final model, with --do_eval (see
@@ -236,7 +240,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         eprint(f"note: --loss_scale {args.loss_scale:g}: bertkit's fp16 scales the loss dynamically (the scripts' "
                f"--loss_scale 0); a fixed scale is not used")
     device = "cpu" if getattr(args, "no_cuda", False) else args.device
-    precision = args.precision or ("fp16" if args.fp16 else default_precision(device))
+    if getattr(args, "bf16", False) and args.fp16:
+        raise ValueError("--bf16 and --fp16 are both given; pass one (or --precision)")
+    precision = args.precision or ("fp16" if args.fp16 else "bf16" if getattr(args, "bf16", False)
+                                   else default_precision(device))
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     fields.update(device=device, precision=precision, batch_size=micro_batch_size(args),
                   eval_every=seed_script_eval_every(args))

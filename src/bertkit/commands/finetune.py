@@ -15,7 +15,8 @@ from bertkit.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    parser.add_argument("--model", "--bert_model", "--init_checkpoint", dest="model", required=True,
+    parser.add_argument("--model", "--bert_model", "--init_checkpoint", "--model_name_or_path", dest="model",
+                        required=True,
                         help="checkpoint: a local directory (HF or Google TF), a TF checkpoint prefix "
                              "(DIR/bert_model.ckpt) or a hub id")
     # run_classifier.py names the checkpoint's vocabulary and config apart; see check_files_beside_model.
