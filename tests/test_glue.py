@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bertkit.cli import main
 from bertkit.metrics.glue import f1_binary, glue_metrics, macro_f1, matthews_corrcoef
@@ -586,6 +587,38 @@ def test_transformers_run_glue_readme_command_runs_with_a_data_dir(shared_dir: P
     assert (train["batch_size"], train["grad_accum"], train["precision"], train["weight_decay"], train["warmup_ratio"],
             train["log_every"], train["keep_checkpoints"], train["eval_every"]) == (8, 1, "bf16", 0.0, 0.1, 2, 1, "end")
     assert [r["step"] for r in json.loads((out / "metrics.json").read_text())["history"]] == [6]  # 16 rows x 3 / 8
+
+
+def test_trainer_eval_strategy_keeps_the_last_model_unless_told_to_load_the_best(shared_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    """run_glue.py with --eval_strategy epoch evaluates every epoch and ends with the last model;
+    --load_best_model_at_end (with --metric_for_best_model eval_NAME) keeps the best, as bertkit does."""
+    from bertkit.modeling.heads import BertForSequenceClassification
+
+    data = tmp_path / "RTE"
+    lines = (shared_dir / "data" / "glue" / "RTE" / "train.tsv").read_text().splitlines()
+    write(data / "train.tsv", lines[:17])
+    write(data / "dev.tsv", lines[:1] + lines[17:25])
+    common = ["finetune", "--model_name_or_path", str(shared_dir / "models" / "all-MiniLM-L6-v2"), "--task_name", "rte",
+              "--do_train", "--do_eval", "--per_device_train_batch_size", "8", "--learning_rate", "1e-4",
+              "--num_train_epochs", "3", "--data_dir", str(data), "--eval_strategy", "epoch", "--no_cuda", "--no-progress"]
+    last, best = tmp_path / "last", tmp_path / "best"
+    assert main([*common, "--output_dir", str(last)]) == 0
+    metrics = json.loads((last / "metrics.json").read_text())
+    assert [r["step"] for r in metrics["history"]] == [2, 4, 6]
+    assert metrics["dev"] == metrics["history"][-1]["eval"]  # the last model's scores, whichever epoch was best
+    kept = BertForSequenceClassification.from_pretrained(last).state_dict()
+    final = BertForSequenceClassification.from_pretrained(last / "checkpoints" / "step-6").state_dict()
+    assert all(torch.equal(kept[k], final[k]) for k in kept) and not (last / "best").exists()
+    assert json.loads((last / "bertkit.json").read_text())["train"]["keep_best"] is False
+
+    assert main([*common, "--output_dir", str(best), "--load_best_model_at_end", "--metric_for_best_model",
+                 "eval_loss"]) == 0
+    train = json.loads((best / "bertkit.json").read_text())["train"]
+    assert train["keep_best"] is True and train["best_metric"] == "loss"
+    metrics = json.loads((best / "metrics.json").read_text())
+    lowest = min(metrics["history"], key=lambda r: r["eval"]["loss"])
+    assert metrics["best_step"] == lowest["step"] and metrics["dev"] == lowest["eval"]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

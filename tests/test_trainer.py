@@ -799,6 +799,14 @@ def test_early_stopping_ends_the_run_and_a_resumed_run_stops_at_the_same_step(
         TrainConfig(early_stopping_patience=2, eval_every="end")
     with pytest.raises(ValueError, match="expected 'epoch', a positive step count, 'end' or 'none'"):
         TrainConfig(eval_every="last")
+    with pytest.raises(ValueError, match="--keep-last keeps the last one"):
+        TrainConfig(early_stopping_patience=2, keep_best=False)
+    from bertkit.training.trainer import resume_conflicts, resume_settings
+
+    saved = resume_settings(TrainConfig(), 1)
+    assert resume_conflicts(saved, resume_settings(TrainConfig(keep_best=False), 1)) == ["keep_best True (now False)"]
+    older = {k: v for k, v in saved.items() if k != "keep_best"}  # a checkpoint from before --keep-last
+    assert resume_conflicts(older, resume_settings(TrainConfig(keep_best=False), 1)) == ["keep_best True (now False)"]
 
 
 def test_a_classifier_trained_elsewhere_is_read_in_its_own_label_order(

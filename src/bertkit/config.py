@@ -199,6 +199,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # step checkpoints kept on disk (the best model is kept apart)
     early_stopping_patience: int = 0  # stop after this many evaluations without a better main metric (0: never)
     best_metric: str = ""  # dev metric that picks the best model and counts for early stopping ("": the task's)
+    keep_best: bool = True  # the run directory gets the best evaluated model; False: the last one
     resume: bool = False  # continue from the latest complete checkpoint in output_dir
     overwrite_output_dir: bool = False  # a fresh run may delete the checkpoints an earlier run left there
     group_by_length: bool = False  # sample batches of similar length to cut padding
@@ -252,6 +253,9 @@ class TrainConfig:
             raise ValueError(f"--early-stopping-patience counts evaluations, and --eval-every {self.eval_every} "
                              f"evaluates {'nothing' if self.eval_every == 'none' else 'once, at the end'}; evaluate "
                              f"every epoch or every N steps")
+        if not self.keep_best and self.early_stopping_patience:
+            raise ValueError("--early-stopping-patience stops at the best model so far, and --keep-last keeps the "
+                             "last one; drop one of them")
         if self.best_metric and self.eval_every == "none":
             raise ValueError(f"--best-metric {self.best_metric} picks the best of the evaluations, and --eval-every none "
                              f"evaluates nothing; evaluate every epoch or every N steps")

@@ -151,6 +151,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stopping-patience", type=int, default=d.early_stopping_patience, metavar="N",
                    help="end the run after N evaluations in a row without a better main metric (the best model "
                         "is kept as usual; 0: never)")
+    g.add_argument("--keep-last", dest="keep_best", action="store_false",
+                   help="the run directory gets the last model, not the best evaluated one (evaluations are still "
+                        "run and logged)")
+    # transformers' Trainer: --eval_strategy epoch|steps keeps the last model unless --load_best_model_at_end.
+    g.add_argument("--eval_strategy", "--evaluation_strategy", dest="trainer_eval_strategy", default=None,
+                   choices=("no", "steps", "epoch"), help=argparse.SUPPRESS)
+    g.add_argument("--eval_steps", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--load_best_model_at_end", nargs="?", const=True, default=False, type=parse_bool,
+                   help=argparse.SUPPRESS)
+    g.add_argument("--metric_for_best_model", default=None, help=argparse.SUPPRESS)
     g.add_argument("--best-metric", default=d.best_metric, metavar="NAME",
                    help="the dev metric that picks the best model and counts for --early-stopping-patience, a key "
                         "of the evaluation's metrics (`loss`, `accuracy`, `spearman`, `exact_match`, `rte/f1` ...; "
@@ -206,6 +216,13 @@ def seed_script_eval_every(args: argparse.Namespace) -> str:
     (every epoch, the best epoch's model kept) would report a model those scripts never score."""
     if args.eval_every is not None:
         return args.eval_every
+    strategy = getattr(args, "trainer_eval_strategy", None)
+    if strategy == "epoch":
+        return "epoch"
+    if strategy == "steps":
+        if not args.eval_steps:
+            raise ValueError("--eval_strategy steps: give --eval_steps N (bertkit's --eval-every N)")
+        return str(args.eval_steps)
     if getattr(args, "do_train", False):
         return "end" if getattr(args, "do_eval", False) else "none"
     return TrainConfig.eval_every
@@ -247,6 +264,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     fields.update(device=device, precision=precision, batch_size=micro_batch_size(args),
                   eval_every=seed_script_eval_every(args))
+    if getattr(args, "trainer_eval_strategy", None) in ("epoch", "steps"):
+        # The Trainer keeps its last model unless told to load the best one at the end.
+        fields["keep_best"] = bool(args.load_best_model_at_end) and args.keep_best
+    if getattr(args, "metric_for_best_model", None) and not fields.get("best_metric"):
+        fields["best_metric"] = args.metric_for_best_model.removeprefix("eval_")  # the Trainer's eval_accuracy
     compile_mode = getattr(args, "compile", None)
     fields.update(compile=compile_mode is not None, compile_mode=compile_mode or "default")
     config = TrainConfig(**fields)

@@ -340,20 +340,23 @@ def resume_settings(config: TrainConfig, world_size: int) -> dict[str, Any]:
     """The flags a checkpoint was trained with that matter to a resume (see RESUME_FIXED)."""
     return {"seed": config.seed, "global_batch": config.batch_size * world_size, "grad_accum": config.grad_accum,
             "group_by_length": config.group_by_length, "lr": config.lr, "weight_decay": config.weight_decay,
-            "optimizer": config.optimizer, "best_metric": config.best_metric}
+            "optimizer": config.optimizer, "best_metric": config.best_metric, "keep_best": config.keep_best}
 
 
 # A resume cannot change these: the seed and length grouping decide which examples the rest of the
 # epoch holds (another seed re-visits some and skips others), and the learning rate and AdamW
 # settings live in the restored optimizer state. The batch may change where it divides the
 # position reached (fewer processes, say).
-# The best model so far and the early-stopping count were judged by --best-metric, so it is fixed too.
-RESUME_FIXED = ("seed", "group_by_length", "lr", "weight_decay", "optimizer", "best_metric")
+# The best model so far and the early-stopping count were judged by --best-metric, so it is fixed too,
+# and so is --keep-last (a run that kept no best model cannot start keeping one halfway).
+RESUME_FIXED = ("seed", "group_by_length", "lr", "weight_decay", "optimizer", "best_metric", "keep_best")
 
 
 def resume_conflicts(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     if saved and "best_metric" not in saved:  # written before --best-metric existed: the task's own metric
         saved = {**saved, "best_metric": ""}
+    if saved and "keep_best" not in saved:  # written before --keep-last existed
+        saved = {**saved, "keep_best": True}
     return [f"{name} {saved[name]!r} (now {now[name]!r})" for name in RESUME_FIXED
             if name in saved and saved[name] != now[name]]
 
@@ -758,8 +761,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         value = metrics.get(task.main_metric)
         if value is not None and is_better(value, state.best_metric, task.greater_is_better):
             state.best_metric, state.best_step = float(value), state.global_step
-            plain = distributed.full_model(model, info) if config.fsdp else unwrap(model)
-            if info.is_main and save_model is not None:
+            plain = distributed.full_model(model, info) if config.fsdp and config.keep_best else unwrap(model)
+            if info.is_main and save_model is not None and config.keep_best:
                 tmp, old = output_dir / "best.tmp", output_dir / "best.old"
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_model(plain, tmp)
@@ -935,8 +938,10 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     final_metrics, model_kept = None, False
     # Rank 0's disk decides which model the run directory gets; under FSDP the other ranks must know,
     # since gathering this model to save it is a collective.
-    from_best_dir = state.best_step is not None and best_dir.is_dir()
-    kept_earlier = state.best_step is not None and promoted_before and (output_dir / "config.json").is_file()
+    # --keep-last: the model as trained; the best step stays in metrics.json as information.
+    from_best_dir = config.keep_best and state.best_step is not None and best_dir.is_dir()
+    kept_earlier = config.keep_best and state.best_step is not None and promoted_before and \
+        (output_dir / "config.json").is_file()
     saves_this_model = distributed.broadcast_object(not (from_best_dir or kept_earlier), info)
     plain = distributed.full_model(model, info) if config.fsdp and saves_this_model else unwrap(model)
     if info.is_main:
@@ -957,7 +962,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             final_metrics = next(r["eval"] for r in state.history if r["step"] == state.best_step)
             model_kept = True
         else:
-            if state.best_step is not None:  # best/ is gone (a copied checkpoint, a deleted folder)
+            if state.best_step is not None and config.keep_best:  # best/ is gone (a copied checkpoint, deleted)
                 last = state.history[-1]
                 print(f"warning: the best model (step {state.best_step}) is not in {best_dir}; the run directory "
                       f"gets the last evaluated one (step {last['step']})", file=sys.stderr)
