@@ -112,9 +112,11 @@ class PretrainDataConfig:
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
     """Files and globs -> sorted existing files (each pattern must match something). A value that is
     no file and holds commas is a list, as create_pretraining_data.py's --input_file=a.txt,b.txt."""
+    listed: list[str] = []
+    for given in patterns:
+        listed += [given] if "," not in given or Path(given).exists() else [p for p in given.split(",") if p]
     out: list[Path] = []
-    for pattern in [part for given in patterns
-                    for part in ([given] if "," not in given or Path(given).exists() else given.split(",")) if part]:
+    for pattern in listed:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matches or not all(Path(m).is_file() for m in matches):
             raise FileNotFoundError(f"--input {pattern}: no such file (or the glob matched nothing)")

@@ -761,8 +761,10 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         value = metrics.get(task.main_metric)
         if value is not None and is_better(value, state.best_metric, task.greater_is_better):
             state.best_metric, state.best_step = float(value), state.global_step
-            plain = distributed.full_model(model, info) if config.fsdp and config.keep_best else unwrap(model)
-            if info.is_main and save_model is not None and config.keep_best:
+            if not config.keep_best:  # --keep-last: the best step is recorded, its model is not kept
+                return metrics
+            plain = distributed.full_model(model, info) if config.fsdp else unwrap(model)
+            if info.is_main and save_model is not None:
                 tmp, old = output_dir / "best.tmp", output_dir / "best.old"
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_model(plain, tmp)
