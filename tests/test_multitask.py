@@ -356,6 +356,9 @@ def test_bad_multitask_requests_fail_up_front(tiny_model_dir: Path, glue_slices:
     assert "--dev-file names one file" in capsys.readouterr().err
     assert main([*base, "--task", "rte", "--task", "squad"]) == 1
     assert "multi-task training supports" in capsys.readouterr().err
+    assert main([*base, "--task", "rte", "--task", "stsb", "--best-metric", "stsb/pearsn"]) == 1
+    assert ("--best-metric stsb/pearsn: the evaluations of this run report average, rte/accuracy, rte/loss, "
+            "stsb/corr, stsb/loss, stsb/pearson, stsb/spearman (did you mean stsb/pearson?)") in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="`task`"):
         MultiTaskModel(preset("tiny", vocab_size=100), [HeadSpec("a", "regression", 1, None, "regression")])(

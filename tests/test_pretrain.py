@@ -397,3 +397,8 @@ def test_best_metric_for_pretraining_is_checked_and_kept(wiki_records, tmp_path,
     assert main(pretrain_args(wiki_records, tmp_path / "none", *tiny(), "--max-steps", "2",
                               "--eval-fraction", "0", "--best-metric", "loss")) == 1
     assert "--best-metric loss: there are no held-out records to evaluate" in capsys.readouterr().err
+    assert main(pretrain_args(wiki_records, tmp_path / "typo", *tiny(), "--max-steps", "2",
+                              "--eval-fraction", "0.05", "--best-metric", "nsp_acc")) == 1
+    assert ("--best-metric nsp_acc: the evaluations of this run report loss, masked_tokens, mlm_accuracy, mlm_loss, "
+            "nsp_accuracy, perplexity, records (did you mean nsp_accuracy?)") in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

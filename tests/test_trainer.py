@@ -441,10 +441,48 @@ def test_best_metric_loss_keeps_the_model_with_the_lowest_dev_loss(tiny_model_di
     typo = tmp_path / "typo"
     assert main(finetune_args(tiny_model_dir, sst2_small, typo, "--max-steps", "4", "--eval-every", "2",
                               "--best-metric", "acuracy")) == 1
-    assert "--best-metric acuracy: the evaluation at step 2 has no such metric; it has accuracy, loss" in (
-        capsys.readouterr().err)
+    assert ("--best-metric acuracy: the evaluations of this run report accuracy, loss (did you mean accuracy?)"
+            in capsys.readouterr().err)
+    assert not typo.exists()  # refused before training, before anything was written
     with pytest.raises(ValueError, match="--best-metric loss picks the best of the evaluations"):
         TrainConfig(best_metric="loss", eval_every="none")
+
+
+# (task, data files under shared/data, tokenizer under shared/models)
+EVALUATED_TASKS = [
+    ("sst2", {"data_dir": "glue/SST-2"}, "bert-base-uncased"),
+    ("stsb", {"data_dir": "glue/STS-B"}, "bert-base-uncased"),
+    ("cola", {"data_dir": "glue/CoLA"}, "bert-base-uncased"),
+    ("mrpc", {"data_dir": "glue/MRPC"}, "bert-base-uncased"),
+    ("conll2003", {"data_dir": "conll2003"}, "bert-base-cased"),
+    ("squad", {"dev_file": "squad_v1.1/dev-v1.1.json"}, "bert-base-uncased"),
+    ("squad", {"dev_file": "squad_v2.0/dev-v2.0.json"}, "bert-base-uncased"),
+    ("atsc", {"data_dir": "semeval2014_absa"}, "bert-base-uncased"),
+    ("polyphone", {"data_dir": "polyphone/g2pL"}, "bert-base-chinese"),
+]
+
+
+@pytest.mark.parametrize("name, files, vocab", EVALUATED_TASKS, ids=[f"{t}-{next(iter(f.values()))}"
+                                                                     for t, f, _ in EVALUATED_TASKS])
+def test_placeholder_predictions_name_the_metrics_an_evaluation_reports(shared_dir, name, files, vocab) -> None:
+    """--best-metric is checked before training against metrics() of placeholder predictions; those
+    names are the ones an evaluation of a model reports (besides its loss), task by task on real dev
+    data (SQuAD v2's HasAns/NoAns and best-threshold numbers included)."""
+    from bertkit.config import preset
+    from bertkit.training.trainer import evaluate
+
+    task = get_task_class(name)(TaskOptions(**{k: str(shared_dir / "data" / v) for k, v in files.items()},
+                                            max_seq_length=64, extra={"doc_stride": 32} if name == "squad" else {}))
+    if "data_dir" in files:
+        task.read("train")  # the label set, where the training data decides it
+    dev = task.read("dev")
+    dev = dev[:24] + dev[-24:]
+    tokenizer = Tokenizer.from_pretrained(shared_dir / "models" / vocab)
+    torch.manual_seed(0)
+    model = task.build_model(preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+    metrics, _ = evaluate(task, model, dev, task.encode(dev, tokenizer, 64), 16, torch.device("cpu"))
+    placeholder = task.metrics(dev, task.placeholder_predictions(dev))
+    assert set(metrics) - {"loss"} == set(placeholder) and len(placeholder) >= 1
 
 
 def test_resume_refuses_another_best_metric(tiny_model_dir, sst2_small, tmp_path, capsys) -> None:

@@ -94,7 +94,7 @@ def predict_like_the_scripts(args: argparse.Namespace, model: str) -> int:
 def finetune_single(args: argparse.Namespace) -> int:
     from bertkit.tasks import get_task_class
     from bertkit.training import distributed
-    from bertkit.training.trainer import apply_best_metric, seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, check_best_metric_reported, seed_everything, train
 
     task_cls = get_task_class(args.task[0])
     config = common.train_config_from_args(args)
@@ -111,12 +111,14 @@ def finetune_single(args: argparse.Namespace) -> int:
     if eval_examples is not None:
         eval_set = (eval_examples, common.encode_cached(task, args.eval_split, eval_examples, tokenizer, max_len, info))
 
+    apply_best_metric(task, config)  # after the reads: MNLI's dev_mismatched sets its own main metric
+    check_best_metric_reported(task, config, eval_set)  # before a finished run in --output-dir is touched
+
     output_dir = Path(config.output_dir)
     if (output_dir / common.BERTKIT_JSON).exists() and not config.resume and info.is_main:
         common.eprint(f"note: {output_dir} holds a finished run; it will be overwritten")
         (output_dir / common.BERTKIT_JSON).unlink()
 
-    apply_best_metric(task, config)  # after the reads: MNLI's dev_mismatched sets its own main metric
     seed_everything(config.seed)  # head initialisation is part of the seeded run
     model = load_task_model(task, args.model)
     common.check_model_fits(model.config, tokenizer, max_len, args.model)

@@ -258,6 +258,12 @@ class Task:
             return [float(x) for x in logits.reshape(-1)]
         return [int(i) for i in logits.argmax(-1)]
 
+    def placeholder_predictions(self, examples: list[Any]) -> list[Any]:
+        """One prediction per example, of the type postprocess() returns, made without a model:
+        metrics() of them names the metrics an evaluation of `examples` reports, so that a
+        --best-metric no evaluation has is refused before training, not at the first evaluation."""
+        return [0.0 if self.head == "regression" else 0] * len(examples)
+
     def metrics(self, examples: list[Any], predictions: list[Any]) -> dict[str, float]:
         raise NotImplementedError
 

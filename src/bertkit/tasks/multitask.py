@@ -352,6 +352,11 @@ class MultiTask:
             per_task[name] = iter(zip(predictions, [outputs[i][1] for i in mine]))
         return [next(per_task[e.task]) for e in examples]
 
+    def placeholder_predictions(self, examples: list[MultiTaskExample]) -> list[Any]:
+        per_task = {name: iter(task.placeholder_predictions([e.example for e in examples if e.task == name]))
+                    for name, task in zip(self.names, self.tasks)}
+        return [(next(per_task[e.task]), None) for e in examples]
+
     def metrics(self, examples: list[MultiTaskExample], predictions: list[Any]) -> dict[str, float]:
         """`<task>/<metric>` for every task's metrics (with `<task>/loss`, its head's mean loss over
         its examples, where they have labels) and `average` of the tasks' main metrics."""
@@ -398,7 +403,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from bertkit.commands import common
     from bertkit.tasks import get_task_class
     from bertkit.training import distributed
-    from bertkit.training.trainer import apply_best_metric, seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, check_best_metric_reported, seed_everything, train
 
     task_classes = [get_task_class(name) for name in args.task]
     names = [cls.name for cls in task_classes]
@@ -443,6 +448,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     multi = MultiTask(tasks, sizes, batch_sizes, config.batch_size, sampling, temperature)
     apply_best_metric(multi, config)
     eval_set = (eval_examples, eval_features) if config.eval_every != "none" else None
+    check_best_metric_reported(multi, config, eval_set)
 
     output_dir = Path(config.output_dir)
     if (output_dir / common.BERTKIT_JSON).exists() and not config.resume and info.is_main:

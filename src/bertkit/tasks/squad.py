@@ -389,6 +389,9 @@ class SquadTask(Task):
         odds = null_score - best_span["score"]
         return SquadPrediction("" if odds > threshold else best_span["text"], odds, nbest)
 
+    def placeholder_predictions(self, examples: list[SquadExample]) -> list[SquadPrediction]:
+        return [SquadPrediction("", null_odds=0.0) for _ in examples]
+
     def metrics(self, examples: list[SquadExample], predictions: list[SquadPrediction]) -> dict[str, float]:
         """exact_match and f1 (percent); for v2 also HasAns_/NoAns_ breakdown and best-threshold
         numbers, computed as evaluate-v2.0.py would from predictions.json and null_odds.json."""

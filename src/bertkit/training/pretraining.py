@@ -391,6 +391,10 @@ class PretrainingTask(Task):
     def postprocess(self, examples: list, features: list, outputs: list[np.ndarray]) -> list[np.ndarray]:
         return outputs
 
+    def placeholder_predictions(self, examples: list) -> list[np.ndarray]:
+        # One masked token, and one NSP label where the records have them.
+        return [np.array([0.0, 0.0, 1.0, 0.0, float(self.nsp)])]
+
     def metrics(self, examples: list, predictions: list[np.ndarray]) -> dict[str, float]:
         loss_sum, correct, count, nsp_correct, nsp_count = np.sum(predictions, axis=0)
         if count == 0:

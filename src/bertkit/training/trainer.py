@@ -307,6 +307,31 @@ def apply_best_metric(task, config: TrainConfig) -> None:
     task.best_metric_applied = name
 
 
+def check_best_metric_reported(task, config: TrainConfig, eval_set: tuple[list, list] | None) -> None:
+    """Refuse a --best-metric that the evaluations will not report, before any training: the names
+    come from metrics() of placeholder predictions for the dev examples (the first evaluation checks
+    again, with the model's own)."""
+    name = config.best_metric
+    if not name or eval_set is None or config.eval_every == "none":
+        return
+    examples = eval_set[0]
+    try:
+        reported = set(task.metrics(examples, task.placeholder_predictions(examples)))
+    except Exception:  # noqa: BLE001 - what is wrong with the dev data is the evaluation's to say
+        return
+    # Losses come from the model's outputs, not from metrics(): `loss`, or `<task>/loss` per task.
+    if getattr(task, "reports_loss", True):
+        reported.add("loss")
+    reported |= {key.split("/")[0] + "/loss" for key in reported if "/" in key}
+    if name not in reported:
+        import difflib
+
+        close = difflib.get_close_matches(name, sorted(reported), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"--best-metric {name}: the evaluations of this run report "
+                         f"{', '.join(sorted(reported))}{hint}")
+
+
 def is_better(value: float, best: float | None, greater: bool) -> bool:
     """NaN (a diverged model's loss or correlation) is worse than any number, so that a NaN first
     evaluation cannot stay the best forever."""
@@ -635,13 +660,14 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     caller provides it because it knows the tokenizer and the task description.
     stop_after_steps stops early (as if killed) without finishing: used by resume tests.
     """
+    apply_best_metric(task, config)
+    check_best_metric_reported(task, config, eval_set)
     info = info or distributed.setup(config.device)
     device = info.device
     output_dir = Path(config.output_dir)
     if info.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-    apply_best_metric(task, config)
 
     n = len(train_features)
     if n == 0:
