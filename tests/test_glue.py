@@ -522,8 +522,13 @@ def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path, capsys
     write(data / "test.tsv", (shared_dir / "data" / "glue" / "RTE" / "test.tsv").read_text().splitlines()[:6])
     assert main(["finetune", "--task_name", "RTE", "--do_predict", "--data_dir", str(data), "--bert_model", str(out),
                  "--output_dir", str(out), "--no_cuda"]) == 0
-    assert (out / "RTE.tsv").read_text().splitlines()[0] == "index\tprediction"
-    assert len((out / "RTE.tsv").read_text().splitlines()) == 6
+    submission = [row.split("\t") for row in (out / "RTE.tsv").read_text().splitlines()]
+    assert submission[0] == ["index", "prediction"] and len(submission) == 6
+    # ... and run_classifier.py's own test_results.tsv: each example's class probabilities, no header.
+    probabilities = [[float(p) for p in row.split("\t")] for row in (out / "test_results.tsv").read_text().splitlines()]
+    labels = ["entailment", "not_entailment"]
+    assert len(probabilities) == 5 and all(len(row) == 2 and abs(sum(row) - 1) < 1e-6 for row in probabilities)
+    assert [labels[row.index(max(row))] for row in probabilities] == [label for _, label in submission[1:]]
     # --do_train alone scores nothing, so a data directory without dev.tsv is fine.
     (data / "dev.tsv").unlink()
     alone = [a for a in argv if a != "--do_eval"]
@@ -587,6 +592,13 @@ def test_transformers_run_glue_readme_command_runs_with_a_data_dir(shared_dir: P
     assert (train["batch_size"], train["grad_accum"], train["precision"], train["weight_decay"], train["warmup_ratio"],
             train["log_every"], train["keep_checkpoints"], train["eval_every"]) == (8, 1, "bf16", 0.0, 0.1, 2, 1, "end")
     assert [r["step"] for r in json.loads((out / "metrics.json").read_text())["history"]] == [6]  # 16 rows x 3 / 8
+    # --do_predict (of the model just trained) also writes run_glue.py's predict_results_rte.txt.
+    write(data / "test.tsv", (shared_dir / "data" / "glue" / "RTE" / "test.tsv").read_text().splitlines()[:6])
+    assert main(["finetune", "--model_name_or_path", str(out), "--task_name", "rte", "--do_predict",
+                 "--output_dir", str(out), "--data_dir", str(data), "--no_cuda"]) == 0
+    submission = (out / "RTE.tsv").read_text().splitlines()
+    assert (out / "predict_results_rte.txt").read_text().splitlines() == submission and len(submission) == 6
+    assert not (out / "test_results.tsv").exists()
 
 
 def test_trainer_eval_strategy_keeps_the_last_model_unless_told_to_load_the_best(shared_dir: Path,
@@ -619,6 +631,29 @@ def test_trainer_eval_strategy_keeps_the_last_model_unless_told_to_load_the_best
     metrics = json.loads((best / "metrics.json").read_text())
     lowest = min(metrics["history"], key=lambda r: r["eval"]["loss"])
     assert metrics["best_step"] == lowest["step"] and metrics["dev"] == lowest["eval"]
+
+
+def test_script_prediction_files_split_mnli_and_format_scores(tmp_path: Path) -> None:
+    """run_classifier.py predicts MNLI's matched test set only; run_glue.py writes its halves apart
+    (predict_results_mnli.txt, predict_results_mnli-mm.txt) and a score to 3 decimals."""
+    from bertkit.commands.predict import write_script_file
+    from bertkit.tasks.classification import PairExample
+
+    mnli = get_task_class("mnli")(TaskOptions())
+    examples = [PairExample(g, "a", "b", None, "t") for g in ("0", "1", "mm:0")]
+    probabilities = [np.array([0.5, 0.25, 0.25]), np.array([0.1, 0.7, 0.2]), np.array([0.2, 0.2, 0.6])]
+    written = write_script_file("run_classifier", mnli, examples, [0, 1, 2], probabilities, tmp_path)
+    assert written == [tmp_path / "test_results.tsv"]
+    assert written[0].read_text() == "0.5\t0.25\t0.25\n0.1\t0.7\t0.2\n"
+    written = write_script_file("run_glue", mnli, examples, [0, 1, 2], probabilities, tmp_path)
+    assert [p.name for p in written] == ["predict_results_mnli.txt", "predict_results_mnli-mm.txt"]
+    names = mnli.label_names()
+    assert written[0].read_text() == f"index\tprediction\n0\t{names[0]}\n1\t{names[1]}\n"
+    assert written[1].read_text() == f"index\tprediction\n0\t{names[2]}\n"
+    stsb = get_task_class("stsb")(TaskOptions())
+    assert write_script_file("run_classifier", stsb, examples[:1], [3.14159], None, tmp_path) == []
+    [scores] = write_script_file("run_glue", stsb, examples[:2], [3.14159, 0.5], None, tmp_path)
+    assert scores.read_text() == "index\tprediction\n0\t3.142\n1\t0.500\n"
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

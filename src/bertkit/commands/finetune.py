@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     if squad_script:
         parser.set_defaults(task=["squad"])
     common.add_train_arguments(parser)
+    # Which script's prediction file --do_predict also writes: transformers' run_glue.py names its model
+    # --model_name_or_path; Google's run_classifier.py does not.
+    hf_script = any(arg.split("=")[0] == "--model_name_or_path" for arg in argv)
+    parser.set_defaults(script_file="run_glue" if hf_script else "run_classifier")
     parser.add_argument("--do_predict", nargs="?", const=True, default=False, type=common.parse_bool,
                         help="the BERT scripts' switch: after training (or alone: with --bert_model), write the "
                              "predictions for --predict_file (SQuAD) or the test split into --output_dir, in the "

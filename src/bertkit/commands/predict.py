@@ -66,6 +66,39 @@ def check_output(output: str) -> None:
                              f"there (a path ending in / or without a suffix names a directory)")
 
 
+def write_script_file(script: str, task, examples: list, predictions: list, probabilities: list | None,
+                      directory: Path) -> list[Path]:
+    """--do_predict also leaves the file of the script whose command line ran, for what reads it next:
+    run_classifier.py's test_results.tsv (each example's class probabilities, tab-separated, no header;
+    MNLI's matched half, the test set it predicts) or run_glue.py's predict_results_TASK.txt (`index`,
+    `prediction`: the label, or the score to 3 decimals; MNLI's mismatched half in
+    predict_results_mnli-mm.txt). Other tasks have no such file."""
+    from bertkit.tasks.base import open_for_writing
+
+    mismatched = [task.name == "mnli" and e.guid.startswith("mm:") for e in examples]
+    written = []
+    if script == "run_classifier" and probabilities is not None:
+        path = directory / "test_results.tsv"
+        with open_for_writing(path) as f:
+            for row, is_mm in zip(probabilities, mismatched):
+                if not is_mm:
+                    f.write("\t".join(str(np.float32(p)) for p in row) + "\n")
+        written.append(path)
+    elif script == "run_glue" and getattr(task, "submission_name", "") and task.name != "ax":
+        for half, name in ((False, task.name), (True, f"{task.name}-mm")):
+            rows = [p for p, is_mm in zip(predictions, mismatched) if is_mm == half]
+            if not rows:
+                continue
+            path = directory / f"predict_results_{name}.txt"
+            with open_for_writing(path) as f:
+                f.write("index\tprediction\n")
+                for index, prediction in enumerate(rows):
+                    value = f"{prediction:3.3f}" if task.head == "regression" else task.prediction_label(prediction)
+                    f.write(f"{index}\t{value}\n")
+            written.append(path)
+    return written
+
+
 def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
     from bertkit.training.trainer import predict_features
@@ -90,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         except TypeError:  # tasks whose writer takes no probabilities
             written = task.write_predictions(examples, predictions, output)
         paths = written if isinstance(written, list) else [written]
+        if getattr(args, "script_file", None):
+            paths += write_script_file(args.script_file, task, examples, predictions, kwargs.get("probabilities"),
+                                       output.parent)
         print(f"wrote {len(predictions)} predictions to {', '.join(str(p) for p in paths)}")
     distributed.shutdown()
     return 0
