@@ -1151,3 +1151,17 @@ def test_a_document_that_fills_a_chunk_alone_takes_the_next_one_with_it() -> Non
     assert [[d[0][0] for d in c] for c in iter_chunks(docs[:3], chunk_docs=100, chunk_bytes=10)] == [["a", "b", "c"]]
     # --no-nsp with --chunk-docs 1 asks for one document per chunk, and gets it.
     assert len(list(iter_chunks(docs, chunk_docs=1, chunk_bytes=10))) == 6
+
+
+def test_rows_longer_than_the_models_positions_are_refused_before_building(tmp_path, capsys):
+    """A model directory's config states its position table: --max-seq-length beyond it is refused
+    before any record is built; a bare vocab.txt (a model of any size) gets a warning past 512."""
+    need(SAMPLE, UNCASED)
+    from bertkit.cli import main
+
+    assert main(["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED), "--output-dir",
+                 str(tmp_path / "long"), "--max-seq-length", "1024"]) == 1
+    assert ("--max-seq-length 1024: the model in" in capsys.readouterr().err) and not (tmp_path / "long").exists()
+    assert main(["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED / "vocab.txt"), "--output-dir",
+                 str(tmp_path / "vocab"), "--max-seq-length", "1024"]) == 0
+    assert "warning: --max-seq-length 1024: BERT checkpoints have 512 position embeddings" in capsys.readouterr().err

@@ -175,9 +175,9 @@ class CustomTask(SentencePairTask):
         examples = []
         for line_no, row in read_table(path):
             source = f"{path}:{line_no}"
-            for column in (text, pair):
+            for column, flag in ((text, "--text-column"), (pair, "--text-pair-column")):
                 if column is not None and column not in row:
-                    raise DataError(f"{source}: no column {column!r} (columns: {', '.join(map(str, row))})")
+                    raise DataError(f"{source}: no column {column!r} ({flag}; columns: {', '.join(map(str, row))})")
             label = row.get(label_col)
             if label is not None:
                 label = self.parse_label(label, source)
