@@ -169,6 +169,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("linear", "constant", "cosine", "poly")
 RESIDUAL_DTYPES = ("fp32", "bf16")  # dtype of the hidden states between sublayers under autocast
 
 
@@ -179,13 +180,14 @@ class TrainConfig:
     output_dir: str = "runs/out"  # run directory: model, logs, checkpoints
     epochs: float = 3.0  # passes over the training data (ignored when max_steps > 0)
     max_steps: int = 0  # optimizer steps; > 0 overrides epochs
+    stop_at_step: int = 0  # end the run after this optimizer step, the lr schedule still that of the whole run (0: at its end)
     lr: float = 5e-5  # peak learning rate
     batch_size: int = 32  # examples per device per micro-step
     eval_batch_size: int = 128  # examples per device in evaluation
     grad_accum: int = 1  # micro-steps per optimizer step
     warmup_ratio: float = 0.0  # fraction of steps with linear warmup
     warmup_steps: int = 0  # warmup steps; > 0 overrides warmup_ratio
-    schedule: str = "linear"  # linear | constant | cosine (after warmup)
+    schedule: str = "linear"  # linear | constant | cosine | poly (after warmup; poly: NVIDIA's (1 - step/total)^0.5)
     weight_decay: float = 0.01  # AdamW decay; never applied to biases and LayerNorm weights
     adam_beta1: float = 0.9  # AdamW beta1
     adam_beta2: float = 0.999  # AdamW beta2
@@ -219,8 +221,8 @@ class TrainConfig:
             raise ValueError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.optimizer not in ("adamw", "lamb"):
             raise ValueError(f"--optimizer {self.optimizer!r} is not one of adamw, lamb")
-        if self.schedule not in ("linear", "constant", "cosine"):
-            raise ValueError(f"--schedule {self.schedule!r} is not one of linear, constant, cosine")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -266,7 +268,7 @@ class TrainConfig:
                              f"got {self.num_workers}")
         if self.log_every < 1:
             raise ValueError(f"--log-every must be >= 1 (optimizer steps between log lines), got {self.log_every}")
-        for name in ("save_every", "warmup_steps"):
+        for name in ("save_every", "warmup_steps", "stop_at_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("weight_decay", "max_grad_norm", "adam_eps"):

@@ -2,7 +2,7 @@
 
 AdamW with BERT's decay rule (no weight decay on biases and LayerNorm weights), fused on CUDA;
 LAMB for large-batch pre-training (You et al. 2019, the optimizer NVIDIA and the BERT-large
-76-minute recipe use); linear warmup followed by linear, cosine or constant.
+76-minute recipe use); linear warmup followed by linear, cosine, constant or NVIDIA's square-root polynomial decay.
 """
 
 from __future__ import annotations
@@ -86,6 +86,10 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
+        if schedule == "poly":
+            # NVIDIA's PolyWarmUpScheduler (run_pretraining.py): (1 - progress)^0.5 with progress counted
+            # from step 0, not from the end of warmup, so the lr drops there (to 0.85 after 28% warmup).
+            return (1.0 - min((step + 1) / total_steps, 1.0)) ** 0.5
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         progress = min(max(progress, 0.0), 1.0)
         if schedule == "cosine":

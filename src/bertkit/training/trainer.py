@@ -696,6 +696,9 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         distributed.wrap_fsdp(model, info)
     optimizer = build_optimizer(model, config, device)
     scheduler = build_scheduler(optimizer, config, total_steps)
+    # --stop-at-step (NVIDIA's --max_steps in fine-tuning, --steps_this_run in pre-training): the run
+    # ends early, while the learning rate follows the schedule of all total_steps.
+    end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
 
     state = TrainerState(fingerprint=data_fingerprint(train_features), world_size=info.world_size,
@@ -763,7 +766,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         train_model = torch.compile(train_model, dynamic=True, mode=config.compile_mode)
 
     promoted_before = state.best_step is not None and state.best_step in ended_with_best(output_dir)
-    log = RunLog(output_dir, total_steps, state.global_step, info.is_main, config.progress)
+    log = RunLog(output_dir, end_step, state.global_step, info.is_main, config.progress)
     if info.is_main and state.global_step == 0:
         log.write({"event": "start", "examples": n, "total_steps": total_steps, "world_size": info.world_size,
                    "global_batch": global_batch * config.grad_accum, "device": str(device),
@@ -844,7 +847,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
         return True
 
     out_of_patience = patience_exhausted(logged=False)  # a resumed run that had stopped: logged then
-    while state.global_step < total_steps and not out_of_patience:
+    while state.global_step < end_step and not out_of_patience:
         epoch_batches = global_batches_of_epoch(task, lengths, n, config, state.epoch, global_batch, info)
         epoch_examples = sum(len(g) for g in epoch_batches)
         # Seek to the saved data position: skip the batches already consumed (nothing is loaded).
@@ -919,7 +922,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
                     print(message, file=sys.stderr)
                     log.write({"event": "warning", "step": state.global_step, "message": message})
 
-            if state.global_step % config.log_every == 0 or state.global_step == total_steps:
+            if state.global_step % config.log_every == 0 or state.global_step == end_step:
                 settle_skipped()
                 mean_loss = distributed.all_reduce_mean(loss_sum / max(loss_count, 1), info).item()
                 now = time.perf_counter()
@@ -940,7 +943,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             if stop_after_steps is not None and state.global_step >= stop_after_steps:
                 stopped_early = True
                 break
-            if state.global_step >= total_steps:
+            if state.global_step >= end_step:
                 break
         if stopped_early:
             break
@@ -950,7 +953,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             if config.eval_every == "epoch" and eval_set is not None:
                 run_eval(state.epoch - 1)
                 out_of_patience = patience_exhausted()
-                if not config.save_every and state.global_step < total_steps and not out_of_patience:
+                if not config.save_every and state.global_step < end_step and not out_of_patience:
                     checkpoint()  # at the end of the run, the final checkpoint below
 
     log.close()
