@@ -420,3 +420,39 @@ def test_loading_copies_every_weight_and_initialises_only_what_the_file_lacks(mi
     assert torch.isfinite(torch.cat([p.flatten() for p in pretraining.parameters()])).all()
     for name, tensor in pretraining.bert.state_dict().items():
         assert torch.equal(tensor, file_state[f"bert.{name}"]), name
+
+
+def test_nvidia_checkpoint_loads_with_its_names_and_vocab_padding_dropped(nvidia_checkpoint: dict, minilm_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """NVIDIA DeepLearningExamples' .pt (`{"model": state_dict}`, `dense_act` names, 30528-row embeddings)
+    with its bert_config.json and vocab given apart, as run_squad.py's --init_checkpoint --config_file
+    --vocab_file name them: every tensor lands under HF's name, the padding rows are dropped, the encoder
+    computes what transformers computes from the original MiniLM, and the saved model loads there."""
+    from bertkit.commands.common import nvidia_model
+    from bertkit.tokenization import Tokenizer
+
+    directory = nvidia_model(str(nvidia_checkpoint["checkpoint"]), str(nvidia_checkpoint["config"]),
+                             str(nvidia_checkpoint["vocab"]))
+    model = BertForPreTraining.from_pretrained(directory)
+    assert model.config.vocab_size == 30522
+    loaded = model.state_dict()
+    for name, tensor in nvidia_checkpoint["state"].items():
+        assert torch.equal(loaded[name], tensor), name
+    tokenizer = Tokenizer.from_pretrained(directory, do_lower_case=True)
+    batch = tokenizer(["NVIDIA pads the vocabulary to a multiple of eight.", "short"], max_length=32)
+    reference = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    with torch.no_grad():
+        ours = model.bert(**batch).last_hidden_state
+        theirs = reference(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(ours[mask], theirs[mask], atol=TOL)
+    model.save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+    again = transformers.BertForPreTraining.from_pretrained(tmp_path / "saved")
+    assert again.config.vocab_size == 30522
+    assert torch.equal(again.cls.predictions.bias, nvidia_checkpoint["state"]["cls.predictions.bias"])
+    # Older run_squad.py/run_glue.py checkpoints are the bare state dict.
+    bare = tmp_path / "bare.pt"
+    torch.save(torch.load(nvidia_checkpoint["checkpoint"])["model"], bare)
+    directory = nvidia_model(str(bare), str(nvidia_checkpoint["config"]), str(nvidia_checkpoint["vocab"]))
+    assert torch.equal(BertModel.from_pretrained(directory).encoder.layer[0].intermediate.dense.weight,
+                       nvidia_checkpoint["state"]["bert.encoder.layer.0.intermediate.dense.weight"])

@@ -542,6 +542,34 @@ def test_seed_script_flags_are_accepted(shared_dir: Path, tmp_path: Path, capsys
     assert re.search("--batch-size 8 .* and --train_batch_size 16 .* are both given", capsys.readouterr().err)
 
 
+def test_nvidia_run_glue_command_runs(shared_dir: Path, nvidia_checkpoint: dict, tmp_path: Path, capsys) -> None:
+    """NVIDIA DeepLearningExamples' scripts/run_glue.sh command ("train eval"), flag for flag, on MiniLM
+    saved as NVIDIA saves a model (checkpoint, config and vocab apart) and a slice of MRPC: its
+    --max_steps -1.0 default trains the epochs, --train_batch_size is split over the accumulation
+    steps, --do_eval scores the final model once. Its --do_predict (the dev labels as a JSON of its own)
+    is refused with the bertkit command that writes predictions."""
+    data = tmp_path / "MRPC"
+    for split, rows in (("train", 17), ("dev", 9)):
+        write(data / f"{split}.tsv", (shared_dir / "data" / "glue" / "MRPC" / f"{split}.tsv").read_text().splitlines()[:rows])
+    out = tmp_path / "results"
+    argv = ["finetune", "--task_name", "mrpc", "--do_train", "--train_batch_size=16", "--do_eval", "--eval_batch_size=16",
+            "--gradient_accumulation_steps=2", "--do_lower_case", "--data_dir", str(data), "--bert_model",
+            "bert-large-uncased", "--seed", "2", "--init_checkpoint", str(nvidia_checkpoint["checkpoint"]),
+            "--warmup_proportion", "0.1", "--max_seq_length", "128", "--learning_rate", "2.4e-5", "--num_train_epochs",
+            "2", "--max_steps", "-1.0", f"--vocab_file={nvidia_checkpoint['vocab']}",
+            f"--config_file={nvidia_checkpoint['config']}", "--output_dir", str(out), "--no_cuda", "--disable-progress-bar"]
+    assert main(argv) == 0
+    info = json.loads((out / "bertkit.json").read_text())
+    train = info["train"]
+    assert (info["task"], train["batch_size"], train["grad_accum"], train["warmup_ratio"], train["stop_at_step"],
+            train["max_steps"], train["eval_every"]) == ("mrpc", 8, 2, 0.1, 0, 0, "end")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and [r["step"] for r in metrics["history"]] == [2] and "f1" in metrics["dev"]
+    capsys.readouterr()
+    assert main([*argv, "--do_predict", "--overwrite-output-dir"]) == 1
+    assert f"run `bertkit predict --task mrpc --model {out} --data-dir {data} --split dev" in capsys.readouterr().err
+
+
 def test_google_run_classifier_readme_command_runs(shared_dir: Path, tmp_path: Path, capsys) -> None:
     """google-research/bert's README command for MRPC, flag for flag, on a TF checkpoint (a tiny one,
     with a vocab.txt beside it as in Google's downloads) and a slice of the real MRPC files."""

@@ -162,6 +162,75 @@ def test_google_run_pretraining_readme_command_runs(tmp_path, capsys) -> None:
     assert "bertkit reads the config.json beside the checkpoint" in capsys.readouterr().err
 
 
+def test_nvidia_run_pretraining_readme_command_runs(tmp_path, capsys) -> None:
+    """NVIDIA DeepLearningExamples' scripts/run_pretraining.sh command, flag for flag, shrunk to a tiny
+    --config_file and 6 steps, on a directory of HDF5 shards in its format: only the files named
+    *training* are read (as there; a *_test_* shard sits beside them), LAMB with the square-root
+    polynomial decay over --max_steps, --steps_this_run 4 ends the run early, --train_batch_size is the
+    optimizer step's examples split over --gradient_accumulation_steps, and --resume_from_checkpoint
+    continues it. Their other checkpoint flags are refused with what to do instead."""
+    need(HDF5, UNCASED)
+    data = tmp_path / "hdf5_shards"
+    data.mkdir()
+    for name in ("wikicorpus_en_training_0.hdf5", "wikicorpus_en_test_0.hdf5"):
+        (data / name).write_bytes(HDF5.read_bytes())
+    config = tmp_path / "bert_config.json"
+    config.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                  "intermediate_size": 256, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+                                  "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
+                                  "type_vocab_size": 2, "initializer_range": 0.02, "vocab_size": 30522}))
+    out = tmp_path / "checkpoints"
+    argv = ["pretrain", f"--input_dir={data}", f"--output_dir={out}", f"--config_file={config}", "--do_train",
+            "--bert_model=bert-large-uncased", "--train_batch_size=8", "--max_seq_length=128",
+            "--max_predictions_per_seq=20", "--max_steps=6", "--warmup_proportion=0.2843",
+            "--num_steps_per_checkpoint=2", "--learning_rate=6e-3", "--seed=42", "--fp16", "--checkpoint_activations",
+            # the flags later versions of the script add
+            f"--vocab_file={UNCASED}", f"--json-summary={tmp_path}/dllogger.json", "--gradient_accumulation_steps=2",
+            "--allreduce_post_accumulation", "--allreduce_post_accumulation_fp16", "--log_freq=1",
+            "--disable_progress_bar", "--no_cuda"]
+    assert main([*argv, "--steps_this_run=4"]) == 0
+    # the 28 of the training shard alone, all trained on: the script holds none out
+    assert "28 training records, 0 held out" in capsys.readouterr().err
+    info = json.loads((out / "bertkit.json").read_text())
+    train = info["train"]
+    assert info["data"] == str(data / "*training*") and info["config"] == str(config)
+    assert (train["optimizer"], train["schedule"], train["max_steps"], train["stop_at_step"], train["warmup_ratio"],
+            train["batch_size"], train["grad_accum"], train["save_every"], train["precision"], train["eval_every"]) == \
+        ("lamb", "poly", 6, 4, 0.2843, 4, 2, 2, "fp16", "none")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in log if "lr" in r]
+    # warmup over round(0.2843 * 6) = 2 steps, then 6e-3 * (1 - step/6)^0.5: the lr falls at the end of warmup
+    assert lrs == pytest.approx([3e-3, 6e-3, 6e-3 * 0.5 ** 0.5, 6e-3 * (2 / 6) ** 0.5])
+    assert [p.name for p in trainer.checkpoint_dirs(out)] == ["step-2", "step-4"]
+    assert main([*argv, "--resume_from_checkpoint"]) == 0  # on to --max_steps
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+    capsys.readouterr()
+    # --init_checkpoint is read only with --resume_from_checkpoint, and then with the LAMB state (phase 2).
+    assert main([*argv, f"--output_dir={tmp_path / 'x'}", "--init_checkpoint=ckpt_7038.pt"]) == 1
+    assert "--init_checkpoint ckpt_7038.pt without --resume_from_checkpoint: run_pretraining.py does not read " \
+           "it" in capsys.readouterr().err
+    assert main([*argv, "--resume_from_checkpoint", "--phase2", "--phase1_end_step=7038"]) == 1
+    assert "bertkit cannot read NVIDIA's optimizer state. Start from the weights alone: --model" in \
+           capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_nvidia_pretraining_continues_from_an_nvidia_checkpoint(nvidia_checkpoint, tmp_path) -> None:
+    """--model ckpt_N.pt (the weights of a run_pretraining.py checkpoint) with its --config_file and
+    --vocab_file: phase 2 started from phase 1's weights, bertkit's way."""
+    need(HDF5)
+    out = tmp_path / "phase2"
+    assert main(["pretrain", f"--input_dir={HDF5}", f"--output_dir={out}", f"--model={nvidia_checkpoint['checkpoint']}",
+                 f"--config_file={nvidia_checkpoint['config']}", f"--vocab_file={nvidia_checkpoint['vocab']}",
+                 "--do_train", "--train_batch_size=8", "--max_steps=1", "--learning_rate=1e-9", "--no_cuda",
+                 "--disable_progress_bar"]) == 0
+    info = json.loads((out / "bertkit.json").read_text())
+    assert info["base_model"] == str(nvidia_checkpoint["checkpoint"]) and info["config"] is None
+    saved = load_file(out / "model.safetensors")
+    assert saved["bert.embeddings.word_embeddings.weight"].shape == (30522, 384)
+    assert torch.allclose(saved["cls.predictions.bias"], nvidia_checkpoint["state"]["cls.predictions.bias"], atol=1e-6)
+
+
 def test_pytorch_pretrained_bert_lm_finetuning_commands_run(tmp_path) -> None:
     """pytorch-pretrained-bert's lm_finetuning README: pregenerate_training_data.py, then
     finetune_on_pregenerated.py, flag for flag (MiniLM for bert-base-uncased: the same vocabulary)."""

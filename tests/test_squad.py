@@ -3,6 +3,7 @@ encoding + offset mapping proven by oracle logits, bad-input errors, and a short
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -502,6 +503,59 @@ def test_run_squad_command_line_runs_unchanged(tmp_path, capsys):
     qids = [qa["id"] for qa in sliced(1, 6)["data"][0]["paragraphs"][0]["qas"]]
     assert sorted(predictions) == sorted(qids) and all(isinstance(t, str) for t in predictions.values())
     assert sorted(json.loads((out / "nbest_predictions.json").read_text())) == sorted(qids)
+
+
+def test_nvidia_run_squad_command_runs(nvidia_checkpoint, tmp_path, capsys):
+    """NVIDIA DeepLearningExamples' scripts/run_squad.sh command ("train eval"), flag for flag, with its
+    checkpoint, config and vocab given apart (MiniLM saved as NVIDIA saves a model) and a small
+    --max_seq_length. Their --max_steps N stops the epochs' schedule early, after N + 1 optimizer steps
+    (their loop leaves once global_step > max_steps); --bert_model only named their feature cache."""
+    data = json.loads(need(V1_DEV).read_text(encoding="utf-8"))
+
+    def sliced(article: int, questions: int) -> dict:
+        paragraph = dict(data["data"][article]["paragraphs"][0])
+        paragraph["qas"] = paragraph["qas"][:questions]
+        return {"version": data["version"], "data": [{"title": data["data"][article]["title"], "paragraphs": [paragraph]}]}
+
+    squad_dir = tmp_path / "v1.1"
+    squad_dir.mkdir()
+    (squad_dir / "train-v1.1.json").write_text(json.dumps(sliced(0, 12)), encoding="utf-8")
+    (squad_dir / "dev-v1.1.json").write_text(json.dumps(sliced(1, 6)), encoding="utf-8")
+    out = tmp_path / "SQuAD"
+    from bertkit.cli import main
+
+    argv = ["finetune", f"--init_checkpoint={nvidia_checkpoint['checkpoint']}", "--do_train",
+            f"--train_file={squad_dir}/train-v1.1.json", "--train_batch_size=4", "--do_predict",
+            f"--predict_file={squad_dir}/dev-v1.1.json", "--predict_batch_size=4",
+            f"--eval_script={squad_dir}/evaluate-v1.1.py", "--do_eval", "--do_lower_case",
+            "--bert_model=bert-large-uncased", "--learning_rate=3e-5", "--seed=1", "--num_train_epochs=2.0",
+            "--max_seq_length=128", "--doc_stride=64", f"--output_dir={out}", f"--vocab_file={nvidia_checkpoint['vocab']}",
+            f"--config_file={nvidia_checkpoint['config']}", "--max_steps=1", "--amp", f"--json-summary={out}/dllogger.json",
+            "--disable-progress-bar", "--no_cuda"]
+    assert main([a for a in argv if a != "--amp"]) == 0  # --amp is fp16, slow on CPU: checked below
+    info = json.loads((out / "bertkit.json").read_text())
+    assert (info["task"], info["base_model"], info["train"]["stop_at_step"], info["train"]["max_steps"]) == \
+        ("squad", str(nvidia_checkpoint["checkpoint"]), 2, 0)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    total = log[0]["total_steps"]  # the schedule of 2 epochs of 4-feature steps
+    assert total > 4 and [r["step"] for r in log if "lr" in r] == [2]
+    assert next(r["lr"] for r in log if "lr" in r) == pytest.approx(3e-5 * (1 - 1 / total))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and "f1" in metrics["dev"]
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert sorted(predictions) == sorted({qa["id"] for qa in sliced(1, 6)["data"][0]["paragraphs"][0]["qas"]})
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == 30522 and config["architectures"] == ["BertForQuestionAnswering"]
+    assert "--json-summary" in capsys.readouterr().err
+    # --amp is --fp16; their default --max_steps -1 trains the whole --num_train_epochs.
+    from bertkit.commands import finetune
+    from bertkit.commands.common import train_config_from_args
+
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser, argv[1:])
+    args = parser.parse_args([*argv[1:], "--max_steps=-1", f"--output_dir={tmp_path / 'fp16'}"])
+    config = train_config_from_args(args)
+    assert (config.precision, config.stop_at_step, config.max_steps, config.epochs) == ("fp16", 0, 0, 2.0)
 
 
 def test_evaluate_and_predict_take_the_saved_tasks_flags_without_task(tmp_path):

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bertkit.config import RESIDUAL_DTYPES, TrainConfig
+from bertkit.config import RESIDUAL_DTYPES, SCHEDULES, TrainConfig
 from bertkit.tasks.base import Task, TaskOptions, get_task_class
 
 BERTKIT_JSON = "bertkit.json"
@@ -55,6 +55,14 @@ def saved_task_names(argv: list[str]) -> list[str]:
 
 def normalize_task_name(name: str) -> str:
     return name.strip().lower()
+
+
+def whole_number(text: str) -> int:
+    """An int, also written as a float ("1.0"): NVIDIA's scripts declare --log_freq and --max_steps float."""
+    value = float(text)
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
 
 
 def parse_bool(text: str) -> bool:
@@ -113,8 +121,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True, help="run directory")
     g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float, default=d.epochs)
-    g.add_argument("--max-steps", "--num_train_steps", "--max_steps", dest="max_steps", type=int, default=d.max_steps,
+    g.add_argument("--max-steps", "--num_train_steps", dest="max_steps", type=int, default=d.max_steps,
                    help="optimizer steps (overrides --epochs)")
+    # transformers' and NVIDIA's spelling, whose default -1 (also "-1.0") means: train --num_train_epochs.
+    # NVIDIA's run_squad.py and run_glue.py read it as an early stop (see script_steps).
+    g.add_argument("--max_steps", dest="script_max_steps", type=whole_number, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--stop-at-step", dest="stop_at_step", type=int, default=d.stop_at_step, metavar="N",
+                   help="end the run after optimizer step N, the learning rate still following the schedule of "
+                        "the whole --max-steps / --epochs run (0: at its end)")
     g.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=d.lr)
     g.add_argument("--batch-size", "--per_device_train_batch_size", dest="batch_size", type=int, default=None,
                    help=f"examples per device per micro-step (default {d.batch_size})")
@@ -127,13 +141,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-accum", "--gradient_accumulation_steps", dest="grad_accum", type=int, default=d.grad_accum)
     g.add_argument("--warmup-ratio", "--warmup_proportion", "--warmup_ratio", dest="warmup_ratio", type=float, default=d.warmup_ratio)
     g.add_argument("--warmup-steps", "--num_warmup_steps", "--warmup_steps", dest="warmup_steps", type=int, default=d.warmup_steps)
-    g.add_argument("--schedule", choices=("linear", "constant", "cosine"), default=d.schedule)
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                   help="after warmup (default linear); poly is NVIDIA's run_pretraining.py decay, (1 - step/total)^0.5")
     g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=d.weight_decay)
     g.add_argument("--optimizer", choices=("adamw", "lamb"), default=d.optimizer)
     g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=float, default=d.max_grad_norm)
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="default: bf16 on GPUs that support it, else fp32")
-    g.add_argument("--fp16", action="store_true", help="alias of --precision fp16 (seed scripts)")
+    g.add_argument("--fp16", "--amp", dest="fp16", action="store_true",
+                   help="alias of --precision fp16 (seed scripts; --amp: NVIDIA's)")
     g.add_argument("--bf16", action="store_true", help="alias of --precision bf16 (transformers' Trainer scripts)")
     # pytorch-pretrained-bert's --loss_scale: 0 is its dynamic scaling, which --precision fp16 always uses.
     g.add_argument("--loss_scale", type=float, default=None, help=argparse.SUPPRESS)
@@ -142,7 +158,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"'epoch', a step count, 'end' (once, after the last step: the last model is the run's) or "
                         f"'none' (default {d.eval_every}; with the BERT scripts' --do_train: 'end' with --do_eval, "
                         f"else 'none')")
-    g.add_argument("--save-every", "--save_checkpoints_steps", "--save_steps", dest="save_every", type=int, default=d.save_every,
+    g.add_argument("--save-every", "--save_checkpoints_steps", "--save_steps", "--num_steps_per_checkpoint", dest="save_every", type=int, default=d.save_every,
                    help="checkpoint every N steps")
     # Google's TPU switches: --use_tpu=False (what GPU and CPU command lines pass) is accepted, True refused.
     g.add_argument("--use_tpu", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
@@ -189,10 +205,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         "the unpadded path use the flash varlen kernel with no re-padding")
     g.add_argument("--fsdp", action="store_true",
                    help="shard the model across processes (FSDP2; torchrun with >= 2 processes)")
-    g.add_argument("--num-workers", "--dataloader_num_workers", dest="num_workers", type=int, default=d.num_workers,
+    g.add_argument("--num-workers", "--dataloader_num_workers", "--num_workers", dest="num_workers", type=int, default=d.num_workers,
                    help="DataLoader worker processes (default: on CUDA half the CPU cores, at most 4; 0 on CPU)")
-    g.add_argument("--log-every", "--logging_steps", dest="log_every", type=int, default=d.log_every)
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    g.add_argument("--log-every", "--logging_steps", "--log_freq", dest="log_every", type=whole_number,
+                   default=d.log_every)
+    g.add_argument("--no-progress", "--disable_progress_bar", "--disable-progress-bar", dest="progress",
+                   action="store_false")
     # Seed-script switches (Google's scripts spell them --do_train=true): --do_eval alone evaluates the
     # model; --do_train trains and, as there, scores only the final model, with --do_eval (see
     # seed_script_eval_every).
@@ -200,6 +218,85 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--do_eval", nargs="?", const=True, default=False, type=parse_bool, help=argparse.SUPPRESS)
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="accepted for old launchers; torchrun's LOCAL_RANK is what counts")
+
+
+# ---- NVIDIA DeepLearningExamples' PyTorch BERT scripts ---------------------------------------------------
+def nvidia_command_line(argv: list[str]) -> bool:
+    """A command line of NVIDIA's run_pretraining.py, run_squad.py or run_glue.py: all three require
+    --config_file (run_pretraining.py also --input_dir), which no other script bertkit reads has."""
+    return any(arg.split("=", 1)[0] in ("--config_file", "--input_dir") for arg in argv)
+
+
+# Flags of NVIDIA's scripts that change how fast, or in how much memory, a step runs (or what is
+# printed), not what it computes; bertkit accepts them and does what it always does.
+NVIDIA_NO_EFFECT = {
+    "--use_env": "LOCAL_RANK is read from the environment anyway (torchrun)",
+    "--allreduce_post_accumulation": "gradients are reduced once per optimizer step anyway",
+    "--allreduce_post_accumulation_fp16": "fp16 gradient reduction; bertkit reduces them in fp32",
+    "--checkpoint_activations": "recomputation saves memory, not results; lower the micro-batch if memory runs out",
+    "--no_dense_sequence_output": "a speed switch of their MLM head",
+    "--disable_jit_fusions": "a speed switch of their TorchScript fusions",
+    "--cuda_graphs": "a speed switch (bertkit's: --compile reduce-overhead)",
+    "--skip_cache": "bertkit's feature cache is keyed by content and cannot be stale",
+    "--eval_script": "bertkit scores SQuAD with the official metric itself",
+    "--cache_dir": "bertkit caches features under $BERTKIT_CACHE",
+}
+
+
+def add_nvidia_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags NVIDIA's three scripts share beyond those of Google's and the Trainer's."""
+    g = parser.add_argument_group("NVIDIA DeepLearningExamples' scripts")
+    g.add_argument("--config_file", required=True,
+                   help="bert_config.json: of --init_checkpoint (which NVIDIA keeps apart from its config and "
+                        "vocab), or of the model to pre-train from scratch")
+    # Their --bert_model names the model in feature-cache file names; the weights are --init_checkpoint's.
+    g.add_argument("--bert_model", dest="nvidia_model_name", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--json-summary", dest="json_summary", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--skip_checkpoint", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--init_loss_scale", type=float, default=None, help=argparse.SUPPRESS)
+    for flag, reason in NVIDIA_NO_EFFECT.items():
+        takes_value = flag in ("--eval_script", "--cache_dir")
+        g.add_argument(flag, dest=f"nvidia_{flag[2:]}", help=f"accepted, no effect: {reason}",
+                       **({"default": None} if takes_value else {"action": "store_true"}))
+
+
+def nvidia_notes(args: argparse.Namespace) -> None:
+    """What bertkit does instead of the NVIDIA flags that name files it does not write."""
+    if getattr(args, "json_summary", None):
+        eprint(f"note: --json-summary {args.json_summary}: bertkit logs to {Path(args.output_dir) / 'log.jsonl'} "
+               f"and writes metrics.json there")
+    if getattr(args, "skip_checkpoint", False):
+        eprint("note: --skip_checkpoint: bertkit still writes the final model into --output_dir (and its resume "
+               "checkpoints); delete them if they are not wanted")
+    if getattr(args, "init_loss_scale", None):
+        eprint(f"note: --init_loss_scale {args.init_loss_scale:g}: bertkit's fp16 loss scale starts at 2^16 and "
+               f"adapts dynamically")
+
+
+def nvidia_model(checkpoint: str, config_file: str, vocab_file: str | None) -> str:
+    """NVIDIA's scripts name a checkpoint (`torch.save({"model": state_dict, ...}, "ckpt_N.pt")`), its
+    bert_config.json and its vocab as three flags; bertkit reads a model directory. For a checkpoint
+    file, a temporary directory of links to the three is that directory (removed at exit); a
+    directory checkpoint must hold the two files itself, as for Google's flags."""
+    import atexit
+    import shutil
+
+    path = Path(checkpoint)
+    if path.is_dir() or not path.is_file():
+        check_files_beside_model(checkpoint, vocab_file, config_file, config_flag="--config_file")
+        return checkpoint
+    if vocab_file is None:
+        raise ValueError(f"{checkpoint} holds weights only (NVIDIA keeps the vocabulary apart): give its vocab.txt "
+                         f"as --vocab_file")
+    for flag, given in (("--config_file", config_file), ("--vocab_file", vocab_file)):
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"{flag} {given}: no such file")
+    directory = Path(tempfile.mkdtemp(prefix="bertkit-nvidia-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    (directory / "config.json").symlink_to(Path(config_file).resolve())
+    (directory / "pytorch_model.bin").symlink_to(path.resolve())
+    (directory / "vocab.txt").symlink_to(Path(vocab_file).resolve())
+    return str(directory)
 
 
 def default_precision(device_flag: str) -> str:
@@ -249,6 +346,21 @@ def micro_batch_size(args: argparse.Namespace) -> int:
     return step_batch // accum
 
 
+def script_steps(args: argparse.Namespace) -> dict[str, int]:
+    """The scripts' --max_steps N (N <= 0: unset, their default -1). For transformers' Trainer and
+    NVIDIA's run_pretraining.py it is the run's length, bertkit's --max-steps. NVIDIA's run_squad.py
+    and run_glue.py build the schedule from --num_train_epochs and only leave their loops once
+    `global_step > max_steps`: N + 1 optimizer steps of the epochs' schedule (--stop-at-step N+1)."""
+    steps = getattr(args, "script_max_steps", None)
+    if steps is None or steps <= 0:
+        return {}
+    if getattr(args, "max_steps_ends_early", False):
+        return {"stop_at_step": steps + 1}
+    if args.max_steps:
+        raise ValueError(f"--max_steps {steps} and --max-steps {args.max_steps} are both given; pass one")
+    return {"max_steps": steps}
+
+
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "use_tpu", False):
         raise ValueError("--use_tpu: bertkit trains on GPUs (torchrun for several) and CPUs, not TPUs; drop the flag "
@@ -263,7 +375,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                                    else default_precision(device))
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     fields.update(device=device, precision=precision, batch_size=micro_batch_size(args),
-                  eval_every=seed_script_eval_every(args))
+                  eval_every=seed_script_eval_every(args), **script_steps(args))
+    nvidia_notes(args)
     if getattr(args, "trainer_eval_strategy", None) in ("epoch", "steps"):
         # The Trainer keeps its last model unless told to load the best one at the end.
         fields["keep_best"] = bool(args.load_best_model_at_end) and args.keep_best
@@ -323,14 +436,15 @@ def task_options_from_args(args: argparse.Namespace, task_cls: type[Task], saved
                        dev_file=args.dev_file, test_file=args.test_file, max_seq_length=max_len, extra=extra)
 
 
-def check_files_beside_model(model: str, vocab_file: str | None, config_file: str | None) -> None:
+def check_files_beside_model(model: str, vocab_file: str | None, config_file: str | None,
+                             config_flag: str = "--bert_config_file") -> None:
     """google-research/bert's run_classifier.py takes the vocabulary and config of --init_checkpoint as
     flags of their own (--vocab_file, --bert_config_file). bertkit reads the files beside the
     checkpoint, where Google's downloads keep them, so its command line runs unchanged; a named file
     that is not the one bertkit would read is refused rather than ignored."""
     where = Path(model) if Path(model).is_dir() else Path(model).parent
     for flag, given, names in (("--vocab_file", vocab_file, ("vocab.txt",)),
-                               ("--bert_config_file", config_file, ("config.json", "bert_config.json"))):
+                               (config_flag, config_file, ("config.json", "bert_config.json"))):
         if given is None:
             continue
         if not Path(given).is_file():

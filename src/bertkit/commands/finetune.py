@@ -15,8 +15,11 @@ from bertkit.commands import common
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    parser.add_argument("--model", "--bert_model", "--init_checkpoint", "--model_name_or_path", dest="model",
-                        required=True,
+    # NVIDIA's run_squad.py / run_glue.py take the weights from --init_checkpoint; their --bert_model only
+    # names the feature-cache files (see common.add_nvidia_arguments).
+    nvidia = common.nvidia_command_line(argv)
+    model_flags = ("--model", "--init_checkpoint", "--model_name_or_path") + (() if nvidia else ("--bert_model",))
+    parser.add_argument(*model_flags, dest="model", required=True,
                         help="checkpoint: a local directory (HF or Google TF), a TF checkpoint prefix "
                              "(DIR/bert_model.ckpt) or a hub id")
     # run_classifier.py names the checkpoint's vocabulary and config apart; see check_files_beside_model.
@@ -30,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     if squad_script:
         parser.set_defaults(task=["squad"])
     common.add_train_arguments(parser)
+    if nvidia:
+        common.add_nvidia_arguments(parser)
+        parser.set_defaults(max_steps_ends_early=True)  # their --max_steps: see common.script_steps
     # Which script's prediction file --do_predict also writes: transformers' run_glue.py names its model
     # --model_name_or_path; Google's run_classifier.py does not.
     hf_script = any(arg.split("=")[0] == "--model_name_or_path" for arg in argv)
@@ -48,7 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.check_files_beside_model(args.model, vocab_file=args.vocab_file, config_file=args.bert_config_file)
+    if getattr(args, "config_file", None) is not None:  # NVIDIA's: checkpoint, config and vocab apart
+        if args.do_predict and args.task != ["squad"]:
+            raise ValueError(f"--do_predict: NVIDIA's run_glue.py writes the dev split's labels as predictions.json "
+                             f"(a JSON of its own); bertkit writes predictions in the benchmark's format: drop the "
+                             f"flag and run `bertkit predict --task {args.task[0]} --model {args.output_dir} --data-dir "
+                             f"{args.data_dir} --split dev --output FILE` after training")
+        args.model_source = args.model
+        args.model = common.nvidia_model(args.model, args.config_file, args.vocab_file)
+    else:
+        common.check_files_beside_model(args.model, vocab_file=args.vocab_file, config_file=args.bert_config_file)
     # Options that would otherwise do nothing without a word.
     if len(args.task) == 1:
         given = [flag for flag, value in (("--task-sampling", args.task_sampling), ("--temperature", args.temperature),
@@ -129,7 +144,7 @@ def finetune_single(args: argparse.Namespace) -> int:
     run_info = {
         "task": task.name, "tasks": [task.name], "head": task.head, "labels": task.label_names(),
         "max_seq_length": max_len, "data_dir": task.options.data_dir, "extra": task.options.extra,
-        "base_model": args.model, "train": dataclasses.asdict(config), "main_metric": task.main_metric,
+        "base_model": getattr(args, "model_source", args.model), "train": dataclasses.asdict(config), "main_metric": task.main_metric,
         "command": " ".join(["bertkit", *sys.argv[1:]]), "task_state": task.state_dict(),
     }
 

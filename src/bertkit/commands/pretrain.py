@@ -23,10 +23,14 @@ from bertkit.commands import common
 from bertkit.tasks.base import DataError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", "--input_file", "--pregenerated_data", dest="data", required=True,
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    nvidia = common.nvidia_command_line(argv)
+    parser.add_argument("--data", "--input_file", "--pregenerated_data", "--input_dir", dest="data", required=True,
                         help="bertkit record directory (pretrain-data), TFRecord file/glob or HDF5 shards")
-    parser.add_argument("--model", "--bert_model", "--init_checkpoint", dest="model",
+    # NVIDIA's run_pretraining.py reads --init_checkpoint only to resume (see nvidia_checkpoint_flags), and
+    # its --bert_model is a name it never uses.
+    model_flags = ("--model",) if nvidia else ("--model", "--bert_model", "--init_checkpoint")
+    parser.add_argument(*model_flags, dest="model",
                         help="continue pre-training this checkpoint (directory, TF checkpoint prefix or hub id)")
     parser.add_argument("--config", "--bert_config_file", dest="config",
                         help="pre-train from scratch: tiny|mini|small|medium|base|large or a config.json (with "
@@ -51,6 +55,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the sha256 check of every shard before training")
     common.add_train_arguments(parser)
+    if nvidia:
+        add_nvidia_arguments(parser)
+
+
+def add_nvidia_arguments(parser: argparse.ArgumentParser) -> None:
+    """run_pretraining.py's own flags. Its optimizer and schedule are fixed in its code, not flags:
+    LAMB with the square-root polynomial decay; an explicit --optimizer / --schedule still wins."""
+    common.add_nvidia_arguments(parser)
+    # It evaluates nothing, so it trains on every record: none is held out unless asked.
+    parser.set_defaults(optimizer="lamb", schedule="poly", eval_fraction=0.0)
+    g = parser.add_argument_group("run_pretraining.py")
+    g.add_argument("--init_checkpoint", dest="nvidia_init_checkpoint", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--resume_from_checkpoint", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--resume_step", type=int, default=-1, help=argparse.SUPPRESS)
+    # Alone, --phase2 and --phase1_end_step only number the checkpoint files.
+    g.add_argument("--phase2", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--phase1_end_step", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--steps_this_run", type=int, default=-1, help=argparse.SUPPRESS)
+    g.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--profile-start", dest="profile_start", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def nvidia_checkpoint_flags(args: argparse.Namespace) -> None:
+    """run_pretraining.py's checkpoint flags in bertkit's terms. Its --init_checkpoint is read only with
+    --resume_from_checkpoint, and then (as --phase2 with the output directory's last ckpt_N.pt) it
+    starts a new schedule from that checkpoint's weights *and* LAMB moments; without it, the script
+    trains from scratch from --config_file and never opens the file."""
+    if args.profile or args.profile_start is not None:
+        raise ValueError("--profile: bertkit has no profiler switch; run the command under nsys or torch.profiler")
+    init = args.nvidia_init_checkpoint
+    if args.resume_from_checkpoint:
+        if init or args.phase2:
+            raise ValueError(f"--resume_from_checkpoint with {f'--init_checkpoint {init}' if init else '--phase2'}: "
+                             f"run_pretraining.py starts a new schedule from a checkpoint's weights and LAMB moments; "
+                             f"bertkit cannot read NVIDIA's optimizer state. Start from the weights alone: --model "
+                             f"CHECKPOINT (a ckpt_N.pt, or phase 1's bertkit run directory) with a new --output_dir")
+        if args.resume_step >= 0:
+            raise ValueError(f"--resume_step {args.resume_step}: bertkit resumes from the latest checkpoint in "
+                             f"--output_dir; drop the flag")
+        held = sorted(p.name for p in Path(args.output_dir).glob("ckpt_*.pt"))
+        if held and not (Path(args.output_dir) / "checkpoints").is_dir():
+            raise ValueError(f"--resume_from_checkpoint: {args.output_dir} holds run_pretraining.py's checkpoints "
+                             f"({', '.join(held[-2:])}), which bertkit cannot resume (their optimizer state is "
+                             f"NVIDIA's); start from the weights: --model {Path(args.output_dir) / held[-1]} with a "
+                             f"new --output_dir")
+        args.resume = True
+    elif init:
+        raise ValueError(f"--init_checkpoint {init} without --resume_from_checkpoint: run_pretraining.py does not "
+                         f"read it (it pre-trains from scratch from --config_file); drop it, or pass --model {init} "
+                         f"to continue pre-training from its weights")
+    if args.steps_this_run > 0:
+        args.stop_at_step = args.steps_this_run
+    if args.model is not None:  # --config_file describes the checkpoint; --vocab_file is its vocabulary
+        args.model_source = args.model
+        args.model = common.nvidia_model(args.model, args.config_file, args.tokenizer)
+        args.tokenizer = None
+    else:
+        args.config = args.config_file
+
+
+def nvidia_input_dir(path: str) -> str:
+    """run_pretraining.py reads the files of --input_dir whose names contain "training" (its data
+    directory also holds the *_test_* shards); a directory without such names is read whole."""
+    directory = Path(path)
+    if directory.is_dir() and any("training" in p.name for p in directory.iterdir() if p.is_file()):
+        return str(directory / "*training*")
+    return path
 
 
 def load_data(path: str, verify: bool, flag: str = "--data") -> Any:
@@ -119,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
         # run_pretraining.py --do_eval alone scores a checkpoint; this command would train one instead.
         raise ValueError("pretrain --do_eval without --do_train: pretrain trains (and with --do_train --do_eval "
                          "scores the held-out records at the end); it has no evaluation-only mode")
+    if getattr(args, "config_file", None) is not None:  # NVIDIA's run_pretraining.py
+        nvidia_checkpoint_flags(args)
+        args.data = nvidia_input_dir(args.data)
     if args.model is None and args.config is None:
         raise ValueError("pretrain needs --model (continue pre-training a checkpoint) or --config (from scratch)")
     if args.model is not None and args.config is not None:
@@ -177,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         "task": "pretrain", "head": task.head, "data": str(args.data), "eval_data": args.eval_data,
         "eval_fraction": None if args.eval_data else args.eval_fraction,
         "masking": task.masking, "nsp": task.nsp, "max_seq_length": max_len,
-        "vocab_hash": tokenizer.vocab_hash, "base_model": args.model, "config": args.config,
+        "vocab_hash": tokenizer.vocab_hash, "base_model": getattr(args, "model_source", args.model), "config": args.config,
         "train": dataclasses.asdict(config), "main_metric": task.main_metric,
         "command": " ".join(["bertkit", *sys.argv[1:]]),
     }

@@ -128,8 +128,12 @@ def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # noqa: BLE001 - pickle/zip errors of many kinds
         raise ValueError(f"{file}: cannot read PyTorch weights ({type(err).__name__}: {err}); the file "
                          f"is truncated, corrupt or holds more than tensors") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    # Training scripts wrap the weights: {"state_dict": ...} (Lightning and others), {"model": ...}
+    # (NVIDIA DeepLearningExamples' run_pretraining.py/run_squad.py, beside "optimizer", "epoch" ...).
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise ValueError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
     return state
@@ -210,6 +214,9 @@ def bertkit_name(name: str) -> tuple[str | None, bool]:
         return ".".join(parts), transpose
     name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
     name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+    # NVIDIA DeepLearningExamples fuses bias and activation into one module, `dense_act`, in the
+    # intermediate layer, the pooler and the MLM transform: HF's `dense` (same weight and bias).
+    name = name.replace(".dense_act.", ".dense.")
     if name.startswith(ENCODER_PREFIXES) or name.startswith("pooler."):
         name = "bert." + name
     if name == "cls.predictions.decoder.bias":  # HF's alias of cls.predictions.bias
@@ -265,6 +272,20 @@ def check_consistency(config: ModelConfig, state: dict[str, torch.Tensor], sourc
     if layers and max(layers) + 1 != config.num_hidden_layers:
         raise ValueError(f"{where}: config says num_hidden_layers={config.num_hidden_layers} but the "
                          f"weights ({source}) hold {max(layers) + 1} layers")
+
+
+def drop_vocab_padding(config: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    """NVIDIA DeepLearningExamples pads the word embeddings (and with them the MLM output) to a
+    multiple of 8 rows for tensor cores, 30522 -> 30528, while its bert_config.json keeps
+    vocab_size 30522. The padding rows are never looked up by a token id: they are dropped here, so
+    the model has the tokenizer's size and its saved files load in transformers."""
+    emb = state.get("bert.embeddings.word_embeddings.weight")
+    padded = -(-config.vocab_size // 8) * 8
+    if emb is None or emb.shape[0] == config.vocab_size or emb.shape[0] != padded:
+        return
+    for name in ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias", "cls.predictions.decoder.weight"):
+        if name in state:
+            state[name] = state[name][:config.vocab_size]
 
 
 def uninitialised(build: Callable[[], nn.Module]) -> nn.Module:
@@ -348,6 +369,7 @@ def load_pretrained(cls: type[nn.Module], path_or_hub_id: str | Path, new_head_o
     if config_overrides:
         config = config.replace(**config_overrides)
     state = to_bertkit_names(load_state_dict(file))
+    drop_vocab_padding(config, state)
     check_consistency(config, state, file)
     model = uninitialised(lambda: cls(config))
     load_into(model, state, file, new_head_on_mismatch=new_head_on_mismatch, require_head=require_head)
@@ -641,6 +663,7 @@ def convert(src: str | Path, dst: str | Path, src_format: str | None = None) -> 
     if problems:
         raise ValueError(f"{file}: as {cls.__name__}, {'; '.join(problems)}; convert copies a checkpoint's "
                          f"weights exactly and makes none up")
+    drop_vocab_padding(config, state)
     check_consistency(config, state, file)
     load_into(model, state, file)
     dst = Path(dst)
