@@ -252,3 +252,35 @@ def test_write_predictions_tsv_and_jsonl(absa, tmp_path):
     rows = [json.loads(x) for x in task.write_predictions(examples, pred, tmp_path / "p.jsonl").read_text().splitlines()]
     assert [r["prediction"] for r in rows] == ["negative", "neutral", "positive"]
     assert rows[2]["id"] == examples[2].guid and rows[2]["aspect"] == examples[2].aspect
+
+
+def test_xml_predictions_are_the_official_file_with_predicted_polarities(absa, tmp_path, capsys):
+    """predict --output X.xml writes SemEval-2014's submission layout: the test file itself, each aspect
+    term's polarity the prediction; the 14 'conflict' terms a 3-class run drops, and the aspect
+    categories (another subtask), carry no polarity, so that no gold label passes for a prediction."""
+    import xml.etree.ElementTree as ET
+
+    task = atsc(domain="restaurants")
+    examples = task.read("test")
+    names = task.label_names()
+    predictions = [names.index(ex.polarity) for ex in examples]
+    predictions[0] = (predictions[0] + 1) % 3
+    written = task.write_predictions(examples, predictions, tmp_path / "Restaurants_Test_Pred.xml")
+    assert "14 aspect terms of Restaurants_Test_Gold.xml have no prediction" in capsys.readouterr().err
+
+    def terms(path):
+        root = ET.parse(path).getroot()
+        return {(s.get("id"), k): t for s in root.iter("sentence") for k, t in enumerate(s.iter("aspectTerm"))}
+
+    gold, predicted = terms(absa / "xml" / "Restaurants_Test_Gold.xml"), terms(written)
+    assert list(gold) == list(predicted) and len(gold) == 1134
+    assert all(predicted[key].get(a) == gold[key].get(a) for key in gold for a in ("term", "from", "to"))
+    # the official measure, accuracy over all gold terms: one wrong, 14 conflict terms unanswered
+    right = sum(predicted[key].get("polarity") == gold[key].get("polarity") for key in gold)
+    assert right == 1134 - 14 - 1
+    assert sum("polarity" not in t.attrib for t in predicted.values()) == 14
+    assert all("polarity" not in c.attrib for c in ET.parse(written).getroot().iter("aspectCategory"))
+    with pytest.raises(ValueError, match="use .tsv or .jsonl"):
+        seg = atsc(domain="restaurants", absa_format="seg")
+        seg_examples = seg.read("test")[:2]
+        seg.write_predictions(seg_examples, [0, 1], tmp_path / "p.xml")

@@ -289,10 +289,13 @@ class AspectSentimentTask(Task):
         return out
 
     def write_predictions(self, examples: list[AspectExample], predictions: list[int], path: str | Path) -> Path:
-        """`.tsv`: id, aspect, prediction, gold (tab-separated, with a header); otherwise JSON
-        lines with the same fields plus the sentence and the aspect's character span."""
+        """`.xml`: the official submission (see write_xml); `.tsv`: id, aspect, prediction, gold
+        (tab-separated, with a header); otherwise JSON lines with the same fields plus the sentence
+        and the aspect's character span."""
         path = Path(path)
         names = self.label_names()
+        if path.suffix == ".xml":
+            return self.write_xml(examples, [names[int(p)] for p in predictions], path)
         with open_for_writing(path) as out:
             if path.suffix == ".tsv":
                 out.write("id\taspect\tprediction\tgold\n")
@@ -303,4 +306,38 @@ class AspectSentimentTask(Task):
                     out.write(json.dumps({"id": ex.guid, "aspect": ex.aspect, "prediction": names[int(p)],
                                           "gold": ex.polarity, "sentence": ex.sentence,
                                           "span": list(ex.span) if ex.span else None}) + "\n")
+        return path
+
+    def write_xml(self, examples: list[AspectExample], polarities: list[str], path: Path) -> Path:
+        """SemEval-2014's submission format: the XML file the examples were read from, each
+        <aspectTerm>'s polarity set to its prediction. Terms with no prediction (dropped 'conflict'
+        ones, or outside a --dev-fraction split) lose the attribute, and so do the aspect categories
+        (subtask 4), so that no gold label passes for a prediction; a note counts the terms."""
+        files = {ex.source.rsplit(": sentence id=", 1)[0] for ex in examples}
+        if len(files) != 1 or not next(iter(files)).endswith(".xml"):
+            raise ValueError(f"{path}: .xml predictions are written into the SemEval XML file the examples were read "
+                             f"from; these come from {', '.join(sorted(files)) or 'no file'} (use .tsv or .jsonl)")
+        source = Path(next(iter(files)))
+        tree = ET.parse(source)
+        predicted = dict(zip((ex.guid for ex in examples), polarities))
+        unpredicted = 0
+        for n_sentence, sentence in enumerate(tree.getroot().iter("sentence")):
+            sid = sentence.get("id", f"#{n_sentence}")  # the guids of read_xml
+            for k, term in enumerate(sentence.iter("aspectTerm")):
+                polarity = predicted.get(f"{sid}:{k}")
+                if polarity is None:
+                    term.attrib.pop("polarity", None)
+                    unpredicted += 1
+                else:
+                    term.set("polarity", polarity)
+            for category in sentence.iter("aspectCategory"):  # subtask 4's gold, not predicted here
+                category.attrib.pop("polarity", None)
+        if unpredicted:
+            print(f"note: {path}: {unpredicted} aspect terms of {source.name} have no prediction ('conflict' "
+                  f"terms, dropped unless --keep-conflict, or terms outside the split) and are written without a "
+                  f"polarity", file=sys.stderr)
+        with open_for_writing(path) as out:
+            out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
+            out.write(ET.tostring(tree.getroot(), encoding="unicode"))
+            out.write("\n")
         return path
