@@ -122,6 +122,8 @@ def test_multiple_choice_jsonl_with_custom_fields(tmp_path):
     out = task.write_predictions(examples, [1, 2], tmp_path / "pred.jsonl")
     assert [json.loads(line) for line in out.read_text().splitlines()] == [
         {"id": "a", "prediction": 1, "label": 1}, {"id": "b", "prediction": 2, "label": 0}]
+    # .csv: swagaf's csv_predict.py layout (pandas' to_csv(columns=["pred"]) of the argmax per row)
+    assert task.write_predictions(examples, [1, 2], tmp_path / "pred.csv").read_text() == ",pred\n0,1\n1,2\n"
 
 
 @pytest.mark.parametrize("second, message", [

@@ -248,9 +248,15 @@ class MultipleChoiceTask(Task):
         return {"accuracy": float(np.mean([g == p for g, p in scored])), "n": float(len(scored))}
 
     def write_predictions(self, examples: list[ChoiceExample], predictions: list[int], path: str | Path) -> Path:
-        """JSON lines: {"id", "prediction" (choice index), "label" (gold index or null)}."""
+        """JSON lines: {"id", "prediction" (choice index), "label" (gold index or null)}; for a `.csv`
+        path, the layout of swagaf's csv_predict.py (the script its leaderboard runs): a `,pred`
+        header, then the row number and the predicted ending's index, in input order."""
         path = Path(path)
         with open_for_writing(path) as out:
+            if path.suffix == ".csv":
+                out.write(",pred\n")
+                out.writelines(f"{row},{int(pred)}\n" for row, pred in enumerate(predictions))
+                return path
             for ex, pred in zip(examples, predictions):
                 out.write(json.dumps({"id": ex.guid, "prediction": int(pred), "label": ex.label}) + "\n")
         return path
