@@ -876,3 +876,39 @@ def test_a_classifier_trained_elsewhere_is_read_in_its_own_label_order(
     assert "orders its classes 1, 0 (config.json id2label)" in captured.err
     assert json.loads(captured.out)["accuracy"] == accuracy
     assert accuracy != 0.5  # the two orders give different scores on this run
+
+
+def test_bertadam_is_adam_without_bias_correction(tiny_model_dir, sst2_small, tmp_path) -> None:
+    """--optimizer bertadam: m / (sqrt(v) + eps) + wd * w, no bias correction (google-research/bert's
+    AdamWeightDecayOptimizer, BertAdam); its first update is 0.1 / sqrt(0.001) = 3.16x AdamW's."""
+    import numpy as np
+
+    from bertkit.training.optim import BertAdam, build_optimizer
+
+    w0 = np.array([[0.5, -1.0], [2.0, 0.25]])
+    grads = [np.array([[0.1, -0.2], [0.3, 0.05]]), np.array([[-0.4, 0.1], [0.2, 0.3]])]
+    lr, wd, eps = 0.01, 0.1, 1e-6
+    weight = torch.nn.Parameter(torch.tensor(w0))
+    optimizer = BertAdam([weight], lr=lr, weight_decay=wd, eps=eps)
+    w, m, v = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
+    for g in grads:
+        weight.grad = torch.tensor(g)
+        optimizer.step()
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - lr * (m / (np.sqrt(v) + eps) + wd * w)
+        assert np.allclose(weight.detach().numpy(), w, rtol=0, atol=1e-12)
+
+    plain, corrected = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    bert_adam = BertAdam([plain], lr=1.0, weight_decay=0.0, eps=1e-12)
+    adamw = torch.optim.AdamW([corrected], lr=1.0, weight_decay=0.0, eps=1e-12)
+    plain.grad = corrected.grad = torch.tensor([1.0, -2.0, 0.5])
+    bert_adam.step()
+    adamw.step()
+    assert torch.allclose(plain / corrected, torch.full((3,), 0.1 / 0.001 ** 0.5))
+
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir)
+    assert isinstance(build_optimizer(model, TrainConfig(optimizer="bertadam"), torch.device("cpu")), BertAdam)
+    out = tmp_path / "bertadam"
+    assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "none",
+                              "--optimizer", "bertadam")) == 0
+    assert json.loads((out / "bertkit.json").read_text())["train"]["optimizer"] == "bertadam"

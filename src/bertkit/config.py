@@ -169,6 +169,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "lamb", "bertadam")
 SCHEDULES = ("linear", "constant", "cosine", "poly")
 RESIDUAL_DTYPES = ("fp32", "bf16")  # dtype of the hidden states between sublayers under autocast
 
@@ -192,7 +193,7 @@ class TrainConfig:
     adam_beta1: float = 0.9  # AdamW beta1
     adam_beta2: float = 0.999  # AdamW beta2
     adam_eps: float = 1e-6  # AdamW epsilon (BERT uses 1e-6)
-    optimizer: str = "adamw"  # adamw | lamb
+    optimizer: str = "adamw"  # adamw | lamb | bertadam (the original BERT scripts' Adam: no bias correction)
     max_grad_norm: float = 1.0  # clip total gradient norm; 0 disables
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a dynamic loss scaler)
     seed: int = 42  # seeds init, data order and dropout: the same seed gives the same run
@@ -219,8 +220,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.optimizer not in ("adamw", "lamb"):
-            raise ValueError(f"--optimizer {self.optimizer!r} is not one of adamw, lamb")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bertkit.config import RESIDUAL_DTYPES, SCHEDULES, TrainConfig
+from bertkit.config import OPTIMIZERS, RESIDUAL_DTYPES, SCHEDULES, TrainConfig
 from bertkit.tasks.base import Task, TaskOptions, get_task_class
 
 BERTKIT_JSON = "bertkit.json"
@@ -144,7 +144,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                    help="after warmup (default linear); poly is NVIDIA's run_pretraining.py decay, (1 - step/total)^0.5")
     g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=d.weight_decay)
-    g.add_argument("--optimizer", choices=("adamw", "lamb"), default=d.optimizer)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="adamw (default); lamb (large-batch pre-training); bertadam: the original BERT scripts' Adam "
+                        "without bias correction, to reproduce their runs")
     g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=float, default=d.max_grad_norm)
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="default: bf16 on GPUs that support it, else fp32")

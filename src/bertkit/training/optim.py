@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules.
 
 AdamW with BERT's decay rule (no weight decay on biases and LayerNorm weights), fused on CUDA;
+BertAdam, the original BERT scripts' Adam without bias correction, to reproduce their runs;
 LAMB for large-batch pre-training (You et al. 2019, the optimizer NVIDIA and the BERT-large
 76-minute recipe use); linear warmup followed by linear, cosine, constant or NVIDIA's square-root polynomial decay.
 """
@@ -29,13 +30,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-class Lamb(torch.optim.Optimizer):
-    """LAMB: Adam moments with a per-tensor trust ratio ||w|| / ||update|| (You et al. 2019, alg. 2).
-    Bias correction is applied, as in NVIDIA's implementation used for BERT pre-training."""
+class DecoupledAdam(torch.optim.Optimizer):
+    """The hyperparameters Lamb and BertAdam share: Adam's moments and a decoupled weight decay."""
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.01):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+
+class Lamb(DecoupledAdam):
+    """LAMB: Adam moments with a per-tensor trust ratio ||w|| / ||update|| (You et al. 2019, alg. 2).
+    Bias correction is applied, as in NVIDIA's implementation used for BERT pre-training."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -66,11 +71,48 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
+class BertAdam(DecoupledAdam):
+    """Adam with decoupled weight decay and no bias correction: google-research/bert's
+    AdamWeightDecayOptimizer and the BertAdam of pytorch-pretrained-bert's and NVIDIA's fine-tuning
+    scripts (`--optimizer bertadam`, to reproduce their runs). update = m / (sqrt(v) + eps) + wd * w;
+    without the correction of m and v, the early updates are larger than AdamW's: about 3.2x at step
+    1 and step 100, 1.3x at step 1,000 with beta2 0.999."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            m = [self.state[p]["exp_avg"] for p in params]
+            v = [self.state[p]["exp_avg_sq"] for p in params]
+            torch._foreach_mul_(m, beta1)
+            torch._foreach_add_(m, grads, alpha=1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            denominators = torch._foreach_sqrt(v)
+            torch._foreach_add_(denominators, group["eps"])
+            updates = torch._foreach_div(m, denominators)
+            if group["weight_decay"]:
+                torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+        return loss
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config.weight_decay)
     betas = (config.adam_beta1, config.adam_beta2)
     if config.optimizer == "lamb":
         return Lamb(groups, lr=config.lr, betas=betas, eps=config.adam_eps, weight_decay=config.weight_decay)
+    if config.optimizer == "bertadam":
+        return BertAdam(groups, lr=config.lr, betas=betas, eps=config.adam_eps, weight_decay=config.weight_decay)
     # Fused AdamW: one kernel for all parameters (markedly faster for BERT's ~200 tensors). On the
     # CPU too (torch >= 2.4): all-MiniLM-L6-v2's step took 0.11 s as a loop over tensors, 0.02 s fused,
     # about a quarter of a fine-tuning step. FSDP's sharded (DTensor) parameters keep the loop on the CPU.
