@@ -572,3 +572,49 @@ def test_evaluate_and_predict_take_the_saved_tasks_flags_without_task(tmp_path):
         parser = argparse.ArgumentParser()
         command.add_arguments(parser, argv)
         assert parser.parse_args(argv).null_score_diff_threshold == 2.0
+
+
+def test_run_qa_question_records_read_as_the_official_layout(tmp_path, capsys):
+    """transformers' run_qa.py reads one record per question (the `datasets` SQuAD columns), under
+    "data" or as JSON lines; both give the examples of the official file (SQuAD 2.0: unanswerable =
+    empty answers), and its README command line (with local files) fine-tunes and scores."""
+    from bertkit.cli import main
+    from bertkit.tasks.squad import parse_squad_json
+
+    source = need(V2_DEV)
+    data = json.loads(source.read_text(encoding="utf-8"))
+    data["data"] = data["data"][:3]
+    official_file = tmp_path / "official.json"
+    official_file.write_text(json.dumps(data), encoding="utf-8")
+    records = [{"id": qa["id"], "title": a["title"], "context": p["context"], "question": qa["question"],
+                "answers": {"text": [x["text"] for x in qa["answers"]],
+                            "answer_start": [x["answer_start"] for x in qa["answers"]]}}
+               for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    (tmp_path / "records.json").write_text(json.dumps({"data": records}), encoding="utf-8")
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+    def fields(examples):
+        return [(e.qid, e.question, e.context, e.answers, e.answer_starts, e.is_impossible, e.title) for e in examples]
+
+    official, _ = parse_squad_json(official_file)
+    assert any(e.is_impossible for e in official) and any(e.is_impossible is False for e in official)
+    for name in ("records.json", "records.jsonl"):
+        assert fields(parse_squad_json(tmp_path / name)[0]) == fields(official)
+    answerable = [r for r in records if r["answers"]["text"]]
+    (tmp_path / "v1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in answerable), encoding="utf-8")
+    assert {e.is_impossible for e in parse_squad_json(tmp_path / "v1.jsonl")[0]} == {None}  # v1.1 data
+    bad = dict(records[0], answers={"text": ["a"], "answer_start": []})
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="question record 1: 'answers' must be"):
+        parse_squad_json(tmp_path / "bad.jsonl")
+
+    (tmp_path / "train.json").write_text(json.dumps({"data": records[:16]}), encoding="utf-8")
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[-8:]), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["finetune", "--model_name_or_path", str(need(MINILM)), "--train_file", str(tmp_path / "train.json"),
+                 "--validation_file", str(tmp_path / "dev.jsonl"), "--do_train", "--do_eval",
+                 "--per_device_train_batch_size", "12", "--learning_rate", "3e-5", "--num_train_epochs", "1",
+                 "--max_seq_length", "128", "--doc_stride", "64", "--version_2_with_negative", "--output_dir", str(out),
+                 "--no_cuda", "--no-progress"]) == 0
+    dev = json.loads((out / "metrics.json").read_text())["dev"]
+    assert dev["total"] == 8 and "NoAns_total" in dev

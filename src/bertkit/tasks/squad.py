@@ -78,19 +78,71 @@ def _whitespace_slip(context: str, start: int, text: str) -> bool:
     return False
 
 
+def _json_lines_of_questions(text: str) -> list[dict] | None:
+    """The records of a JSON-lines file of questions (what `datasets`' to_json writes), else None."""
+    try:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        return None
+    return records if records and all(isinstance(r, dict) and "question" in r for r in records) else None
+
+
+def nest_question_records(records: list[Any], path: Path) -> dict[str, Any]:
+    """transformers' run_qa.py layout (the `datasets` SQuAD columns: one record per question, `id`,
+    `title`, `context`, `question`, `answers` = {"text": [...], "answer_start": [...]}; JSON lines or
+    under "data") -> the official nesting: an article per run of one title, a paragraph per run of
+    one context. A question with no answer makes the file SQuAD 2.0 data (its is_impossible)."""
+    for n, record in enumerate(records, 1):
+        answers = record.get("answers") if isinstance(record, dict) else None
+        if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) \
+                or not isinstance(answers.get("answer_start"), list) or len(answers["text"]) != len(answers["answer_start"]):
+            raise DataError(f"{path}: question record {n}: 'answers' must be {{\"text\": [...], \"answer_start\": "
+                            f"[...]}} with one start per text, got {str(answers)[:80]}")
+        for key in ("id", "context", "question"):
+            if not isinstance(record.get(key), str):
+                raise DataError(f"{path}: question record {n}: needs a string {key!r}")
+    is_v2 = any(not record["answers"]["text"] for record in records)
+    articles: list[dict[str, Any]] = []
+    for record in records:
+        title = str(record.get("title", ""))
+        if not articles or articles[-1]["title"] != title:
+            articles.append({"title": title, "paragraphs": []})
+        paragraphs = articles[-1]["paragraphs"]
+        if not paragraphs or paragraphs[-1]["context"] != record["context"]:
+            paragraphs.append({"context": record["context"], "qas": []})
+        qa = {"id": record["id"], "question": record["question"],
+              "answers": [{"text": t, "answer_start": s}
+                          for t, s in zip(record["answers"]["text"], record["answers"]["answer_start"])]}
+        if is_v2:
+            qa["is_impossible"] = not qa["answers"]
+        paragraphs[-1]["qas"].append(qa)
+    return {"version": "v2.0" if is_v2 else "v1.1", "data": articles}
+
+
 def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: bool = False) -> tuple[list[SquadExample], int]:
     """Read an official SQuAD JSON file -> (examples, number of answers with a whitespace-only
     answer_start slip). `articles` picks a range of the file's articles. With `drop_unaligned`
     (training), a question none of whose answers is aligned is left out; otherwise it is kept for
     scoring by text."""
     try:
-        data = json.loads(read_data_text(path))
+        text = read_data_text(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"SQuAD file {path} does not exist; pass --data-dir or --train-file/--dev-file") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+        records = _json_lines_of_questions(text)
+        if records is None:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+        data = {"data": records}
+    if isinstance(data, dict) and "question" in data or isinstance(data, list):  # one record, or a bare list
+        data = {"data": data if isinstance(data, list) else [data]}
+    if isinstance(data, dict) and isinstance(data.get("data"), list) and data["data"] \
+            and isinstance(data["data"][0], dict) and "question" in data["data"][0]:
+        data = nest_question_records(data["data"], path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataError(f"{path}: expected an object with a 'data' list of articles (the official SQuAD layout)")
+        raise DataError(f"{path}: expected an object with a 'data' list of articles (the official SQuAD layout), "
+                        f"or one record per question as transformers' run_qa.py reads them")
     version = str(data.get("version", ""))
     is_v2 = version.lstrip("v").startswith("2") or any(
         "is_impossible" in qa for article in data["data"] for p in article.get("paragraphs", ())
