@@ -32,6 +32,7 @@ only its first max_seq_length - 2 sub-tokens; its tag is on the first, so scorin
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from bertkit.tasks.swag import plain_backend, special_ids
 log = logging.getLogger(__name__)
 
 CONLL2003_TYPES = ("PER", "ORG", "LOC", "MISC")
+# The `datasets` conll2003 ner_tags ClassLabel, whose indices a JSON export holds.
+DATASETS_CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 # The order of Hugging Face's `conll2003` dataset, so that label ids match models trained there.
 CONLL2003_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 TAG_RE = re.compile(r"^(?:O|[BIES]-\S+)$")
@@ -199,7 +202,10 @@ class NerTask(Task):
                 doc_start = False
             words, tags = [], []
 
-        lines = file_lines(read_data_text(path))
+        text = read_data_text(path)
+        if text.lstrip().startswith(("{", "[")):
+            return self.read_json(path, text, split)
+        lines = file_lines(text)
         for line_no, line in enumerate(lines, 1):
             columns = COLUMN_SEPARATOR.split(line.strip(" \t"))  # not str.split(): NBSP is text
             columns = [] if columns == [""] else columns
@@ -219,12 +225,7 @@ class NerTask(Task):
                 raise DataError(f"{path}:{line_no}: {len(columns)} columns, expected {n_columns} as on line "
                                 f"{columns_line} (word ... tag, separated by spaces): {line!r}")
             tag = columns[label_column]
-            if not TAG_RE.match(tag):
-                raise DataError(f"{path}:{line_no}: tag {tag!r} is not O, B-TYPE, I-TYPE, E-TYPE or S-TYPE "
-                                f"(IOB1, IOB2 or BIOES expected; is --label-column {label_column} the tag column?)")
-            if self.fixed_types is not None and tag != "O" and tag[2:] not in self.fixed_types:
-                raise DataError(f"{path}:{line_no}: entity type {tag[2:]!r} is not a CoNLL-2003 type "
-                                f"({', '.join(self.fixed_types)}); use --task ner for other tag sets")
+            self.check_tag(tag, f"{path}:{line_no}", f"is --label-column {label_column} the tag column?")
             if tag.startswith("I-") and (not tags or tags[-1][2:] != tag[2:]):
                 is_iob1 = True
             if not words:
@@ -232,6 +233,54 @@ class NerTask(Task):
             words.append(columns[0])
             tags.append(tag)
         flush()
+        return self.finish_reading(path, split, examples, is_iob1)
+
+    def check_tag(self, tag: str, where: str, hint: str) -> None:
+        if not TAG_RE.match(tag):
+            raise DataError(f"{where}: tag {tag!r} is not O, B-TYPE, I-TYPE, E-TYPE or S-TYPE "
+                            f"(IOB1, IOB2 or BIOES expected; {hint})")
+        if self.fixed_types is not None and tag != "O" and tag[2:] not in self.fixed_types:
+            raise DataError(f"{where}: entity type {tag[2:]!r} is not a CoNLL-2003 type "
+                            f"({', '.join(self.fixed_types)}); use --task ner for other tag sets")
+
+    def read_json(self, path: Path, text: str, split: str) -> list[NerExample]:
+        """transformers' run_ner.py data: one record per sentence with `tokens` and `ner_tags` (tag
+        strings; or the indices of the `datasets` conll2003 tag list with --task conll2003), as JSON
+        lines, a list, or under "data"."""
+        try:
+            data = json.loads(text)
+            records = data.get("data") if isinstance(data, dict) and "tokens" not in data else data
+            records = records if isinstance(records, list) else [records]
+        except json.JSONDecodeError:
+            try:
+                records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: neither CoNLL columns nor JSON ({err})") from None
+        examples: list[NerExample] = []
+        is_iob1 = False
+        for n, record in enumerate(records, 1):
+            where = f"{path}: sentence record {n}"
+            words = record.get("tokens") if isinstance(record, dict) else None
+            tags = record.get("ner_tags") if isinstance(record, dict) else None
+            if not isinstance(words, list) or not isinstance(tags, list) or len(words) != len(tags) or not words:
+                raise DataError(f"{where}: needs 'tokens' and 'ner_tags', lists of one tag per token, got "
+                                f"{str(record)[:80]}")
+            if all(isinstance(t, int) for t in tags):
+                if self.fixed_types is None:
+                    raise DataError(f"{where}: 'ner_tags' are numbers; --task ner needs the tag strings "
+                                    f"(--task conll2003 reads the indices of the datasets conll2003 tag list)")
+                if not all(0 <= t < len(DATASETS_CONLL2003_TAGS) for t in tags):
+                    raise DataError(f"{where}: tag index out of 0..{len(DATASETS_CONLL2003_TAGS) - 1}: {tags}")
+                tags = [DATASETS_CONLL2003_TAGS[t] for t in tags]
+            for position, tag in enumerate(tags):
+                self.check_tag(str(tag), where, "'ner_tags' holds tag strings")
+                if tag.startswith("I-") and (position == 0 or tags[position - 1][2:] != tag[2:]):
+                    is_iob1 = True
+            examples.append(NerExample(f"{split}-{len(examples)}", [str(w) for w in words], list(tags), where))
+        return self.finish_reading(path, split, examples, is_iob1)
+
+    def finish_reading(self, path: Path, split: str, examples: list[NerExample], is_iob1: bool) -> list[NerExample]:
+        """One scheme for a file's tags (IOB1 opened as IOB2), then the task's training scheme."""
         if not examples:
             raise DataError(f"{path}: no sentences found (expected one token per line, blank lines between sentences)")
         file_scheme = tag_scheme([tag for ex in examples for tag in ex.tags])
