@@ -399,3 +399,17 @@ def test_run_ner_json_records_read_as_the_conll_files(conll_dir, tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"tokens": ["a", "b"], "ner_tags": ["O"]}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="sentence record 1: needs 'tokens' and 'ner_tags'"):
         conll_task("ner", dev_file=str(tmp_path / "bad.jsonl")).read("dev")
+
+    # run_ner.py's command line with local files
+    if not (MINILM / "model.safetensors").is_file():
+        pytest.skip(f"{MINILM} is absent")
+    from bertkit.cli import main
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in strings[:32]), encoding="utf-8")
+    (tmp_path / "small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in strings[32:48]), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["finetune", "--model_name_or_path", str(MINILM), "--task_name", "ner", "--train_file",
+                 str(tmp_path / "train.jsonl"), "--validation_file", str(tmp_path / "small.jsonl"), "--do_train",
+                 "--do_eval", "--per_device_train_batch_size", "16", "--num_train_epochs", "1", "--output_dir", str(out),
+                 "--no_cuda", "--no-progress"]) == 0
+    assert "f1" in json.loads((out / "metrics.json").read_text())["dev"]
