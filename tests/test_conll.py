@@ -383,12 +383,10 @@ def test_run_ner_json_records_read_as_the_conll_files(conll_dir, tmp_path):
     """transformers' run_ner.py data, one record per sentence with `tokens` and `ner_tags`: tag strings
     (JSON lines, --task ner) or the `datasets` conll2003 tag indices (under "data", --task conll2003)
     give the sentences of the real CoNLL-2003 dev file; malformed records name the record."""
-    from bertkit.tasks.conll import DATASETS_CONLL2003_TAGS
-
     reference = conll_task(dev_file=str(conll_dir / "valid.txt")).read("dev")
     strings = [{"tokens": ex.words, "ner_tags": ex.tags} for ex in reference]
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in strings), encoding="utf-8")
-    indices = [{"id": str(n), "tokens": ex.words, "ner_tags": [DATASETS_CONLL2003_TAGS.index(t) for t in ex.tags]}
+    indices = [{"id": str(n), "tokens": ex.words, "ner_tags": [CONLL2003_TAGS.index(t) for t in ex.tags]}
                for n, ex in enumerate(reference)]
     (tmp_path / "dev.json").write_text(json.dumps({"data": indices}), encoding="utf-8")
     for name, path in (("ner", "dev.jsonl"), ("conll2003", "dev.json")):

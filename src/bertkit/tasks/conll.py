@@ -50,9 +50,8 @@ from bertkit.tasks.swag import plain_backend, special_ids
 log = logging.getLogger(__name__)
 
 CONLL2003_TYPES = ("PER", "ORG", "LOC", "MISC")
-# The `datasets` conll2003 ner_tags ClassLabel, whose indices a JSON export holds.
-DATASETS_CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
-# The order of Hugging Face's `conll2003` dataset, so that label ids match models trained there.
+# The order of Hugging Face's `conll2003` dataset, so that label ids match models trained there
+# (and the indices of its JSON exports read as the tags they are).
 CONLL2003_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 TAG_RE = re.compile(r"^(?:O|[BIES]-\S+)$")
 SCHEME_PREFIXES = {"IOB2": "BI", "BIOES": "BIES"}
@@ -269,9 +268,9 @@ class NerTask(Task):
                 if self.fixed_types is None:
                     raise DataError(f"{where}: 'ner_tags' are numbers; --task ner needs the tag strings "
                                     f"(--task conll2003 reads the indices of the datasets conll2003 tag list)")
-                if not all(0 <= t < len(DATASETS_CONLL2003_TAGS) for t in tags):
-                    raise DataError(f"{where}: tag index out of 0..{len(DATASETS_CONLL2003_TAGS) - 1}: {tags}")
-                tags = [DATASETS_CONLL2003_TAGS[t] for t in tags]
+                if not all(0 <= t < len(CONLL2003_TAGS) for t in tags):
+                    raise DataError(f"{where}: tag index out of 0..{len(CONLL2003_TAGS) - 1}: {tags}")
+                tags = [CONLL2003_TAGS[t] for t in tags]
             for position, tag in enumerate(tags):
                 self.check_tag(str(tag), where, "'ner_tags' holds tag strings")
                 if tag.startswith("I-") and (position == 0 or tags[position - 1][2:] != tag[2:]):
