@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bertkit.config import OPTIMIZERS, RESIDUAL_DTYPES, SCHEDULES, TrainConfig
+from bertkit.config import OPTIMIZERS, PRECISIONS, RESIDUAL_DTYPES, SCHEDULES, TrainConfig
 from bertkit.tasks.base import Task, TaskOptions, get_task_class
 
 BERTKIT_JSON = "bertkit.json"
@@ -148,7 +148,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="adamw (default); lamb (large-batch pre-training); bertadam: the original BERT scripts' Adam "
                         "without bias correction, to reproduce their runs")
     g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=float, default=d.max_grad_norm)
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: bf16 on GPUs that support it, else fp32")
     g.add_argument("--fp16", "--amp", dest="fp16", action="store_true",
                    help="alias of --precision fp16 (seed scripts; --amp: NVIDIA's)")
@@ -181,7 +181,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--metric_for_best_model", default=None, help=argparse.SUPPRESS)
     g.add_argument("--best-metric", default=d.best_metric, metavar="NAME",
                    help="the dev metric that picks the best model and counts for --early-stopping-patience, a key "
-                        "of the evaluation's metrics (`loss`, `accuracy`, `spearman`, `exact_match`, `rte/f1` ...; "
+                        "of the evaluation's metrics (`loss`, `accuracy`, `spearman`, `exact_match`, `mrpc/f1` ...; "
                         "lower is better for names ending in loss or perplexity); default: the task's main metric")
     g.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     g.add_argument("--overwrite-output-dir", "--overwrite_output_dir", dest="overwrite_output_dir",

@@ -113,7 +113,7 @@ def predict_like_the_scripts(args: argparse.Namespace, model: str) -> int:
 def finetune_single(args: argparse.Namespace) -> int:
     from bertkit.tasks import get_task_class
     from bertkit.training import distributed
-    from bertkit.training.trainer import apply_best_metric, check_best_metric_reported, seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, seed_everything, train
 
     task_cls = get_task_class(args.task[0])
     config = common.train_config_from_args(args)
@@ -130,8 +130,9 @@ def finetune_single(args: argparse.Namespace) -> int:
     if eval_examples is not None:
         eval_set = (eval_examples, common.encode_cached(task, args.eval_split, eval_examples, tokenizer, max_len, info))
 
-    apply_best_metric(task, config)  # after the reads: MNLI's dev_mismatched sets its own main metric
-    check_best_metric_reported(task, config, eval_set)  # before a finished run in --output-dir is touched
+    # After the reads (MNLI's dev_mismatched sets its own main metric), before a finished run in
+    # --output-dir is touched (a --best-metric no evaluation reports is refused).
+    apply_best_metric(task, config, eval_set)
 
     output_dir = Path(config.output_dir)
     if (output_dir / common.BERTKIT_JSON).exists() and not config.resume and info.is_main:

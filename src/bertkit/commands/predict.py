@@ -74,8 +74,9 @@ def write_script_file(script: str, task, examples: list, predictions: list, prob
     `prediction`: the label, or the score to 3 decimals; MNLI's mismatched half in
     predict_results_mnli-mm.txt). Other tasks have no such file."""
     from bertkit.tasks.base import open_for_writing
+    from bertkit.tasks.glue import is_mismatched
 
-    mismatched = [task.name == "mnli" and e.guid.startswith("mm:") for e in examples]
+    mismatched = [task.name == "mnli" and is_mismatched(e) for e in examples]
     written = []
     if script == "run_classifier" and probabilities is not None:
         path = directory / "test_results.tsv"

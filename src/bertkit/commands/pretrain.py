@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
     from bertkit.training.pretraining import (PretrainingTask, check_vocabulary, held_out_warning, masking_description,
                                               split_held_out)
-    from bertkit.training.trainer import apply_best_metric, check_best_metric_reported, seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, seed_everything, train
 
     if args.do_eval and not args.do_train:
         # run_pretraining.py --do_eval alone scores a checkpoint; this command would train one instead.
@@ -232,9 +232,8 @@ def run(args: argparse.Namespace) -> int:
         check_vocabulary(eval_data, tokenizer, f"--eval-data {args.eval_data}", model.config.vocab_size)
 
     task = PretrainingTask(data, tokenizer, masking=args.masking)
-    apply_best_metric(task, config)
     eval_set = task.eval_set(eval_data) if config.eval_every != "none" else None
-    check_best_metric_reported(task, config, eval_set)
+    apply_best_metric(task, config, eval_set)
     if eval_set is not None and not any(inst["masked_positions"].size for inst in eval_set[1]):
         # Found here, not at the first evaluation after minutes of training.
         source = f"--eval-data {args.eval_data}" if args.eval_data else f"the held-out part of --data {args.data}"

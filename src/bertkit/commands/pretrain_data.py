@@ -87,15 +87,18 @@ def _read_target_words(path: str) -> list[str]:
 def check_length_fits_model(tokenizer: str, max_seq_length: int) -> None:
     """Rows longer than the model's position table cannot train it; found before hours of building
     records, not by `pretrain`. A bare vocab.txt may serve a model with a larger table: a warning."""
-    import json
+    from bertkit.modeling.checkpoints import read_config
 
-    directory = Path(tokenizer)
-    config = next((directory / n for n in ("config.json", "bert_config.json") if (directory / n).is_file()), None)
-    if config is not None:
-        positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
-        if positions and max_seq_length > int(positions):
+    positions = None
+    if Path(tokenizer).is_dir():
+        try:
+            positions = read_config(Path(tokenizer)).max_position_embeddings
+        except FileNotFoundError:  # a tokenizer directory without a model config
+            pass
+    if positions is not None:
+        if max_seq_length > positions:
             raise ValueError(f"--max-seq-length {max_seq_length}: the model in {tokenizer} has {positions} position "
-                             f"embeddings ({config}), so it cannot train on longer rows; use at most {positions}")
+                             f"embeddings, so it cannot train on longer rows; use at most {positions}")
     elif max_seq_length > 512:
         common.eprint(f"warning: --max-seq-length {max_seq_length}: BERT checkpoints have 512 position embeddings; "
                       f"these records train only a model built with more (pretrain --config FILE whose "

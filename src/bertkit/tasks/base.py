@@ -82,6 +82,31 @@ def read_data_text(path: Path, encoding: str = "utf-8") -> str:
         raise not_utf8_error(path) from None
 
 
+def load_json_or_lines(text: str, path: Path) -> Any:
+    """A JSON document, or the objects of a JSON-lines file (what `datasets`' to_json writes)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        try:
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+
+
+def example_records(data: Any, marker: str) -> list[Any] | None:
+    """One record per example, as transformers' example scripts read local files: a list (JSON lines),
+    one record, or a list under "data"; None for another layout. Records are told by `marker`, a key
+    of the first one."""
+    if isinstance(data, dict) and marker in data:
+        return [data]
+    records = data.get("data") if isinstance(data, dict) else data
+    if isinstance(records, list) and records and isinstance(records[0], dict) and marker in records[0]:
+        return records
+    return None
+
+
 def not_utf8_error(path: Path) -> DataError:
     """The DataError for a file that does not decode as UTF-8: the line and byte where it fails."""
     raw = path.read_bytes()

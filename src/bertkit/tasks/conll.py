@@ -32,7 +32,6 @@ only its first max_seq_length - 2 sub-tokens; its tag is on the first, so scorin
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -43,8 +42,8 @@ import numpy as np
 import torch
 
 from bertkit.metrics.ner import bioes_to_iob2, ner_scores
-from bertkit.tasks.base import (DataError, Task, TaskOptions, file_lines, open_for_writing, pad_sequences,
-                                padded_inputs, read_data_text, register)
+from bertkit.tasks.base import (DataError, Task, TaskOptions, example_records, file_lines, load_json_or_lines,
+                                open_for_writing, pad_sequences, padded_inputs, read_data_text, register)
 from bertkit.tasks.swag import plain_backend, special_ids
 
 log = logging.getLogger(__name__)
@@ -246,15 +245,10 @@ class NerTask(Task):
         """transformers' run_ner.py data: one record per sentence with `tokens` and `ner_tags` (tag
         strings; or the indices of the `datasets` conll2003 tag list with --task conll2003), as JSON
         lines, a list, or under "data"."""
-        try:
-            data = json.loads(text)
-            records = data.get("data") if isinstance(data, dict) and "tokens" not in data else data
-            records = records if isinstance(records, list) else [records]
-        except json.JSONDecodeError:
-            try:
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: neither CoNLL columns nor JSON ({err})") from None
+        records = example_records(load_json_or_lines(text, path), "tokens")
+        if records is None:
+            raise DataError(f"{path}: JSON, but not one record per sentence with 'tokens' and 'ner_tags' (nor "
+                            f"CoNLL columns)")
         examples: list[NerExample] = []
         is_iob1 = False
         for n, record in enumerate(records, 1):

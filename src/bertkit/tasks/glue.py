@@ -64,6 +64,11 @@ def read_glue_tsv(path: Path, columns: Columns, has_header: bool) -> list[PairEx
     return examples
 
 
+def is_mismatched(example: PairExample) -> bool:
+    """An MNLI example of a mismatched file (MNLI.read marks their ids)."""
+    return example.guid.startswith("mm:")
+
+
 class GlueTask(SentencePairTask):
     directory: str = ""  # folder name inside glue_data
     submission_name: str = ""  # file name the GLUE server expects for test predictions
@@ -211,7 +216,7 @@ class MNLI(GlueTask):
 
     def metrics(self, examples, predictions) -> dict[str, float]:
         gold = self.gold(examples)
-        is_mm = [e.guid.startswith("mm:") for e in examples]
+        is_mm = [is_mismatched(e) for e in examples]
         m = [(p, y) for p, y, mm in zip(predictions, gold, is_mm) if not mm]
         mm = [(p, y) for p, y, flag in zip(predictions, gold, is_mm) if flag]
         out = {}
@@ -226,9 +231,9 @@ class MNLI(GlueTask):
         one half goes to `path` whole. Returns the files written."""
         path = Path(path)
         pairs = list(zip(examples, predictions))
-        matched = [(e, p) for e, p in pairs if not e.guid.startswith("mm:")]
+        matched = [(e, p) for e, p in pairs if not is_mismatched(e)]
         mismatched = [(PairExample(e.guid[3:], e.text_a, e.text_b, e.label, e.source), p)
-                      for e, p in pairs if e.guid.startswith("mm:")]
+                      for e, p in pairs if is_mismatched(e)]
 
         def write(rows, target: Path) -> Path:
             return super(MNLI, self).write_predictions([e for e, _ in rows], [p for _, p in rows], target)

@@ -403,7 +403,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from bertkit.commands import common
     from bertkit.tasks import get_task_class
     from bertkit.training import distributed
-    from bertkit.training.trainer import apply_best_metric, check_best_metric_reported, seed_everything, train
+    from bertkit.training.trainer import apply_best_metric, seed_everything, train
 
     task_classes = [get_task_class(name) for name in args.task]
     names = [cls.name for cls in task_classes]
@@ -446,9 +446,8 @@ def run_finetune(args: argparse.Namespace) -> int:
             eval_examples += [MultiTaskExample(task.name, e) for e in examples]
             eval_features += [{**f, "task_index": k} for f in features]
     multi = MultiTask(tasks, sizes, batch_sizes, config.batch_size, sampling, temperature)
-    apply_best_metric(multi, config)
     eval_set = (eval_examples, eval_features) if config.eval_every != "none" else None
-    check_best_metric_reported(multi, config, eval_set)
+    apply_best_metric(multi, config, eval_set)
 
     output_dir = Path(config.output_dir)
     if (output_dir / common.BERTKIT_JSON).exists() and not config.resume and info.is_main:

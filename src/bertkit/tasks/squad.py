@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
-from bertkit.tasks.base import DataError, Task, padded_inputs, read_data_text, register, write_files_together
+from bertkit.tasks.base import (DataError, Task, example_records, load_json_or_lines, padded_inputs, read_data_text,
+                                register, write_files_together)
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,6 @@ def _whitespace_slip(context: str, start: int, text: str) -> bool:
         if " ".join(context[at:at + 2 * len(text)].split()).startswith(want):
             return True
     return False
-
-
-def _json_lines_of_questions(text: str) -> list[dict] | None:
-    """The records of a JSON-lines file of questions (what `datasets`' to_json writes), else None."""
-    try:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError:
-        return None
-    return records if records and all(isinstance(r, dict) and "question" in r for r in records) else None
 
 
 def nest_question_records(records: list[Any], path: Path) -> dict[str, Any]:
@@ -128,18 +120,10 @@ def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: 
         text = read_data_text(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"SQuAD file {path} does not exist; pass --data-dir or --train-file/--dev-file") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        records = _json_lines_of_questions(text)
-        if records is None:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
-        data = {"data": records}
-    if isinstance(data, dict) and "question" in data or isinstance(data, list):  # one record, or a bare list
-        data = {"data": data if isinstance(data, list) else [data]}
-    if isinstance(data, dict) and isinstance(data.get("data"), list) and data["data"] \
-            and isinstance(data["data"][0], dict) and "question" in data["data"][0]:
-        data = nest_question_records(data["data"], path)
+    data = load_json_or_lines(text, path)
+    records = example_records(data, "question")
+    if records is not None:
+        data = nest_question_records(records, path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: expected an object with a 'data' list of articles (the official SQuAD layout), "
                         f"or one record per question as transformers' run_qa.py reads them")

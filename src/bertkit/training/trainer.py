@@ -293,15 +293,17 @@ def evaluations_since_best(state: "TrainerState") -> int:
     return len(steps) - 1 - steps.index(state.best_step) if state.best_step in steps else len(steps)
 
 
-def apply_best_metric(task, config: TrainConfig) -> None:
+def apply_best_metric(task, config: TrainConfig, eval_set: tuple[list, list] | None) -> None:
     """--best-metric: make it the task's main metric, the one that keeps the best model, stops early and
-    is saved in bertkit.json; names ending in loss or perplexity are lower-is-better."""
+    is saved in bertkit.json; names ending in loss or perplexity are lower-is-better. A name the
+    evaluations of `eval_set` will not report is refused (check_best_metric_reported)."""
     name = config.best_metric
     if not name or getattr(task, "best_metric_applied", None) == name:  # commands apply it before train() does
         return
     if name == task.main_metric:
         config.best_metric = ""  # saved as "the task's own", so a resume with or without the flag agrees
         return
+    check_best_metric_reported(task, config, eval_set)
     task.main_metric = name
     task.greater_is_better = not name.rsplit("/", 1)[-1].endswith(("loss", "perplexity"))
     task.best_metric_applied = name
@@ -660,8 +662,7 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
     caller provides it because it knows the tokenizer and the task description.
     stop_after_steps stops early (as if killed) without finishing: used by resume tests.
     """
-    apply_best_metric(task, config)
-    check_best_metric_reported(task, config, eval_set)
+    apply_best_metric(task, config, eval_set)
     info = info or distributed.setup(config.device)
     device = info.device
     output_dir = Path(config.output_dir)
