@@ -480,3 +480,144 @@ def test_inspect_with_a_smaller_vocabulary_names_the_record(capsys):
     assert main(["inspect", str(TFRECORD), "--tokenizer", str(fixture), "--n", "1"]) == 1
     err = capsys.readouterr().err
     assert f"{TFRECORD}: record 0: token id" in err and "outside the vocabulary (0..1023)" in err
+
+
+# ---- lddl Parquet ------------------------------------------------------------------------------------------
+
+
+def _write_lddl(directory: Path, expected: dict[str, np.ndarray], vocab: list[str], static: bool) -> Path:
+    """The fixture's 28 instances in lddl's layout (lddl.dask.bert.pretrain `_save_parquet`): A and B as
+    space-joined WordPiece text, is_random_next, num_tokens (uint16), and with static masking
+    masked_lm_positions (np.save bytes of uint16) and masked_lm_labels (text). Two length bins, small
+    row groups, and the _common_metadata file Dask writes beside them (not data)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for i in range(N):
+        length = int(expected["input_mask"][i].sum())
+        ids = expected["input_ids"][i, :length].copy()
+        keep = expected["masked_lm_weights"][i] > 0
+        positions, originals = expected["masked_lm_positions"][i][keep], expected["masked_lm_ids"][i][keep]
+        if not static:
+            ids[positions] = originals
+        tokens = [vocab[t] for t in ids]
+        len_a = int((expected["segment_ids"][i, :length] == 0).sum()) - 2
+        row = {"A": " ".join(tokens[1:1 + len_a]), "B": " ".join(tokens[2 + len_a:length - 1]),
+               "is_random_next": bool(expected["next_sentence_labels"][i]), "num_tokens": length}
+        if static:
+            buffer = io.BytesIO()
+            np.save(buffer, positions.astype(np.uint16))
+            row.update(masked_lm_positions=buffer.getvalue(), masked_lm_labels=" ".join(vocab[t] for t in originals))
+        rows.append(row)
+    schema = {"A": pa.string(), "B": pa.string(), "is_random_next": pa.bool_(), "num_tokens": pa.uint16()}
+    if static:
+        schema.update(masked_lm_positions=pa.binary(), masked_lm_labels=pa.string())
+    schema = pa.schema(schema)
+    directory.mkdir(parents=True)
+    for bin_id, part in enumerate((rows[:13], rows[13:])):
+        table = pa.Table.from_pylist(part, schema=schema)
+        pq.write_table(table, directory / f"part.0.parquet_{bin_id}", row_group_size=4)
+    pq.write_metadata(schema, directory / "_common_metadata")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tfrecord_instances():
+    ds = _open(TFRECORD)
+    return [ds[i] for i in range(N)]
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_lddl_parquet_converts_to_the_same_instances(static, tmp_path, expected, vocab, tfrecord_instances):
+    from bertkit.data.external import LDDLParquetDataset
+    from bertkit.tokenization import Tokenizer
+
+    source = _write_lddl(tmp_path / "lddl", expected, vocab, static)
+    ds = open_external(source, vocab=Tokenizer.from_pretrained(str(VOCAB)).vocab)
+    assert isinstance(ds, LDDLParquetDataset) and len(ds) == N
+    assert [Path(f).name for f in ds.manifest["files"]] == ["part.0.parquet_0", "part.0.parquet_1"]
+    assert ds.manifest["max_seq_length"] == int(expected["input_mask"].sum(1).max())
+    most = int((expected["masked_lm_weights"] > 0).sum(1).max())
+    assert ds.manifest["max_predictions"] == (most if static else -(-ds.manifest["max_seq_length"] * 15 // 100))
+    out = tmp_path / "records"
+    code, _, err = _cli(["convert-records", str(source), str(out), "--tokenizer", str(VOCAB),
+                         "--records-per-shard", "10"])
+    assert code == 0, err
+    records = _records_module()
+    converted = records.open_pretraining_data(out)
+    assert converted.manifest["settings"]["masking"] == ("static" if static else "dynamic")
+    for i, want in enumerate(tfrecord_instances):
+        got = converted[i]
+        ids = want["input_ids"].copy()
+        if not static:  # the text holds the original tokens and no masks are stored
+            ids[want["masked_positions"]] = want["masked_ids"]
+        np.testing.assert_array_equal(got["input_ids"], ids, err_msg=f"row {i}")
+        for key in ("token_type_ids", "sequence_ids", "nsp_label"):
+            np.testing.assert_array_equal(got[key], want[key], err_msg=f"row {i} {key}")
+        for key in ("masked_positions", "masked_ids"):
+            np.testing.assert_array_equal(got[key], want[key] if static else want[key][:0], err_msg=f"row {i} {key}")
+    code, out_text, err = _cli(["inspect", str(source), "--tokenizer", str(VOCAB), "--n", "1", "--stats"])
+    assert code == 0, err
+    assert f"records: {N}" in out_text and ("[MASK](" in out_text) == static
+    if not static:
+        # Records without masks pre-train with masks drawn at batch time, as lddl's loader does.
+        run = tmp_path / "run"
+        code, _, err = _cli(["pretrain", "--data", str(out), "--config", "tiny", "--output-dir", str(run),
+                             "--max-steps", "2", "--batch-size", "4", "--eval-fraction", "0.25",
+                             "--device", "cpu", "--no-progress"])
+        assert code == 0, err
+        assert json.loads((run / "bertkit.json").read_text())["masking"] == "dynamic"
+        assert json.loads((run / "metrics.json").read_text())["eval"]["masked_tokens"] > 0
+
+
+def test_lddl_parquet_is_refused_without_its_vocabulary(tmp_path, expected, vocab):
+    source = _write_lddl(tmp_path / "lddl", expected, vocab, static=True)
+    code, _, err = _cli(["convert-records", str(source), str(tmp_path / "out"), "--records-per-shard", "10"])
+    assert code == 1 and "lddl Parquet" in err and "--tokenizer" in err
+    assert not (tmp_path / "out").exists()
+    code, _, err = _cli(["inspect", str(source)])
+    assert code == 1 and "--tokenizer" in err
+    # Training reads converted records; the refusal gives the command that converts them.
+    code, _, err = _cli(["pretrain", "--data", str(source), "--config", "tiny", "--output-dir",
+                         str(tmp_path / "run"), "--max-steps", "1", "--device", "cpu"])
+    assert code == 1 and f"bertkit convert-records {source} DIR --tokenizer VOCAB" in err
+
+
+def test_lddl_parquet_bad_rows_name_file_row_and_field(tmp_path, expected, vocab):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from bertkit.tokenization import Tokenizer
+
+    token_ids = Tokenizer.from_pretrained(str(VOCAB)).vocab
+    source = _write_lddl(tmp_path / "lddl", expected, vocab, static=True)
+    first = source / "part.0.parquet_0"
+    table = pq.read_table(first)
+
+    def rewrite(name: str, column: str, values: list) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        changed = table.set_column(table.schema.get_field_index(column), column,
+                                   pa.array(values, type=table.schema.field(column).type))
+        pq.write_table(changed, directory / first.name)
+        return directory
+
+    a = table.column("A").to_pylist()
+    bad = rewrite("oov", "A", a[:3] + [a[3] + " qwertyuiopzz"] + a[4:])
+    ds = open_external(bad, vocab=token_ids)
+    with pytest.raises(DataError, match=r"part\.0\.parquet_0: row 3: A holds token 'qwertyuiopzz'"):
+        ds[3]
+    labels = table.column("masked_lm_labels").to_pylist()
+    short = rewrite("labels", "masked_lm_labels", [labels[0].rsplit(" ", 1)[0]] + labels[1:])
+    with pytest.raises(DataError, match="row 0: .* masked_lm_positions but .* masked_lm_labels"):
+        open_external(short, vocab=token_ids)[0]
+    lost = tmp_path / "no-b"
+    lost.mkdir()
+    pq.write_table(table.drop_columns(["B"]), lost / first.name)
+    with pytest.raises(DataError, match=r"lacks column\(s\) B; found A, is_random_next"):
+        open_external(lost, vocab=token_ids)
+    half = tmp_path / "half"
+    half.mkdir()
+    pq.write_table(table.drop_columns(["masked_lm_labels"]), half / first.name)
+    with pytest.raises(DataError, match="has masked_lm_positions without masked_lm_labels"):
+        open_external(half, vocab=token_ids)

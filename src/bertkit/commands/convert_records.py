@@ -1,13 +1,16 @@
-"""`bertkit convert-records SRC DST`: Google TFRecord / NVIDIA HDF5 pre-training data -> bertkit records.
+"""`bertkit convert-records SRC DST`: Google TFRecord / NVIDIA HDF5 / lddl Parquet pre-training data -> bertkit records.
 
     bertkit convert-records 'wiki/tf_examples.tfrecord-*' wiki-records --tokenizer bert-base-uncased
     bertkit convert-records hdf5_lower_case_1_seq_len_128/ records-128 --tokenizer vocab.txt
+    bertkit convert-records lddl/pretrain/phase1/ records-128 --tokenizer vocab.txt   # --tokenizer required
 
 SRC is a file, a directory or a quoted glob; its format is recognised from the bytes (see
 bertkit.data.external). The records keep the instances exactly (same ids, masks, NSP labels), so
 a run on them sees the data the original pipeline would. `--tokenizer` names the vocabulary the
 ids refer to: it is saved beside the records (for `bertkit inspect`) and every id is checked to be
-inside it. A rerun skips shards already complete with the same source and settings.
+inside it. lddl's Parquet rows hold tokens as text, so for them it is required: each token is mapped
+through it, and one outside it fails naming file and row. lddl data without masked_lm_* columns (its
+default, dynamic masking) converts to records without masks, which `pretrain` masks at batch time. A rerun skips shards already complete with the same source and settings.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from bertkit.data import records
-from bertkit.data.external import open_external
+from bertkit.data.external import NeedsVocabulary, open_external
 from bertkit.tasks.base import DataError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="TFRecord file(s) (plain or GZIP) or HDF5 shard(s): a file, directory or quoted glob")
+    p.add_argument("src", help="TFRecord file(s) (plain or GZIP), HDF5 shard(s) or lddl Parquet files: a file, "
+                              "directory or quoted glob")
     p.add_argument("dst", help="output record directory")
     p.add_argument("--tokenizer", "--vocab", dest="tokenizer", default=None,
                    help="vocab.txt, model directory or hub id the ids come from (saved with the records; "
@@ -54,7 +58,7 @@ def _checked(dataset, lo: int, hi: int, vocab_size: int | None) -> Iterator[dict
 
 def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, records_per_shard: int = 100_000,
             verify: bool = True, log: Any = None) -> dict[str, Any]:
-    """Write the instances of TFRecord/HDF5 data at `src` as a bertkit record directory `dst`;
+    """Write the instances of TFRecord/HDF5/lddl Parquet data at `src` as a bertkit record directory `dst`;
     returns its manifest."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if records_per_shard < 1:
@@ -62,9 +66,18 @@ def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, record
     src_path = Path(src)
     if src_path.is_dir() and (src_path / "manifest.json").is_file():
         raise ValueError(f"{src}: already a bertkit record directory; nothing to convert")
-    dataset = open_external(src, verify=verify)
+    tokenizer = None
+    if tokenizer_spec is not None:
+        from bertkit.tokenization import Tokenizer
+
+        tokenizer = Tokenizer.from_pretrained(tokenizer_spec)
+    try:
+        dataset = open_external(src, verify=verify, vocab=tokenizer.vocab if tokenizer is not None else None)
+    except NeedsVocabulary:
+        raise DataError(f"{src}: lddl Parquet pre-training data holds its tokens as text; pass --tokenizer with "
+                        f"the vocab.txt (or model) it was made with") from None
     if dataset is None:
-        raise DataError(f"{src}: neither TFRecord (plain or GZIP) nor HDF5 pre-training data")
+        raise DataError(f"{src}: neither TFRecord (plain or GZIP), HDF5 nor lddl Parquet pre-training data")
     if len(dataset) == 0:
         raise DataError(f"{src}: holds no records")
     source = dataset.manifest
@@ -72,17 +85,14 @@ def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, record
         "vocab_hash": None,
         "max_seq_length": source["max_seq_length"],
         "settings": {"converted_from": source["format"], "max_predictions": source["max_predictions"],
-                     "records_per_shard": records_per_shard},
+                     "records_per_shard": records_per_shard,
+                     **({"masking": source["masking"]} if "masking" in source else {})},
         # Names and sizes, not contents: enough to refuse resuming onto other source files.
         "inputs": [{"name": Path(f).name, "bytes": Path(f).stat().st_size} for f in source["files"]],
     }
     vocab_size = None
     out = Path(dst)
-    tokenizer = None
-    if tokenizer_spec is not None:
-        from bertkit.tokenization import Tokenizer
-
-        tokenizer = Tokenizer.from_pretrained(tokenizer_spec)
+    if tokenizer is not None:
         vocab_size = tokenizer.vocab_size
         header["vocab_hash"] = tokenizer.vocab_hash
         header["tokenizer"] = {"vocab_hash": tokenizer.vocab_hash, "do_lower_case": tokenizer.do_lower_case,

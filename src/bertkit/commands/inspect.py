@@ -15,7 +15,7 @@ from bertkit.data.records import open_pretraining_data
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("records", help="record directory (or TFRecord/HDF5 files)")
+    p.add_argument("records", help="record directory (or TFRecord/HDF5 files, or lddl Parquet with --tokenizer)")
     p.add_argument("--n", type=int, default=5, help="records to show")
     p.add_argument("--start", type=int, default=0, help="first record to show")
     p.add_argument("--stats", action="store_true", help="print counts, length histogram and masking rates")
@@ -103,7 +103,15 @@ def record_stats(dataset, tok, limit: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    dataset = open_pretraining_data(args.records, flag="")
+    from bertkit.data.external import NeedsVocabulary
+    from bertkit.tokenization import Tokenizer
+
+    vocab = Tokenizer.from_pretrained(args.tokenizer).vocab if args.tokenizer else None
+    try:
+        dataset = open_pretraining_data(args.records, flag="", vocab=vocab)
+    except NeedsVocabulary:
+        raise ValueError(f"{args.records}: lddl Parquet holds tokens as text; pass --tokenizer with the "
+                         f"vocab.txt (or model) it was made with") from None
     tok = _load_tokenizer(args, dataset)
     if len(dataset) and not 0 <= args.start < len(dataset):
         raise ValueError(f"--start {args.start}: the records hold {len(dataset)} rows (0..{len(dataset) - 1})")

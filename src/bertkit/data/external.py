@@ -1,8 +1,9 @@
-"""Pre-training data in other toolkits' formats: Google TFRecord and NVIDIA HDF5.
+"""Pre-training data in other toolkits' formats: Google TFRecord, NVIDIA HDF5 and lddl Parquet.
 
 Users arrive with shards written by google-research/bert `create_pretraining_data.py` (TFRecord
-files of `tf.train.Example`) or by NVIDIA DeepLearningExamples (HDF5 with one dataset per
-field). `open_external(path)` recognises either from the files' bytes, not from a flag, and
+files of `tf.train.Example`), by NVIDIA DeepLearningExamples (HDF5 with one dataset per field) or
+by NVIDIA's lddl (Parquet, tokens as text; see LDDLParquetDataset). `open_external(path)`
+recognises each from the files' bytes, not from a flag, and
 returns a map-style dataset whose items are bertkit instances (docs/INTERFACES.md, "Pre-training
 records"):
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import glob as globlib
 import gzip
+import io
 import mmap
 import os
 import struct
@@ -604,19 +606,211 @@ class HDF5Dataset:
         return state
 
 
+# ---- lddl Parquet -----------------------------------------------------------------------------------------
+
+LDDL_COLUMNS = ("A", "B", "is_random_next")
+LDDL_MASK_COLUMNS = ("masked_lm_positions", "masked_lm_labels")
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_npy_layouts: dict[bytes, tuple[np.dtype, tuple[int, ...], int]] = {}
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    """np.load of one small np.save payload, without parsing its header every time: np.load spends
+    half its ~50 us in ast.literal_eval of the header, and lddl's rows repeat a few dozen headers
+    (one per count of masked positions). Header -> (dtype, shape, data offset) is parsed by np.load
+    once and kept."""
+    if data is None or data[:6] != _NPY_MAGIC or len(data) < 10:
+        raise ValueError("not an .npy array (no \\x93NUMPY magic)")
+    size_bytes = 2 if data[6] == 1 else 4  # format 1.0: uint16 header length; 2.0 and 3.0: uint32
+    offset = 8 + size_bytes + int.from_bytes(data[8:8 + size_bytes], "little")
+    header = data[:offset]
+    layout = _npy_layouts.get(header)
+    if layout is None:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        if array.dtype.hasobject or not array.flags.c_contiguous:
+            return array
+        if len(_npy_layouts) < 4096:
+            _npy_layouts[header] = (array.dtype, array.shape, offset)
+        return array
+    dtype, shape, start = layout
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=start).reshape(shape)
+
+
+class LDDLParquetDataset:
+    """NVIDIA lddl BERT shards (`lddl.dask.bert.pretrain`, the data of DeepLearningExamples' newest
+    run_pretraining.py): Parquet files, `*.parquet` or `*.parquet_K` for length bin K, one row per
+    sentence pair. A and B are the WordPiece tokens of the two segments as text joined by spaces,
+    is_random_next a bool, num_tokens len(A) + len(B) + 3. With static masking (`--masking`) there are
+    also masked_lm_positions (np.save bytes of uint16 positions in [CLS] A [SEP] B [SEP]) and
+    masked_lm_labels (the original tokens, as text); A and B then already hold the [MASK] and random
+    replacements. Without them, the data is for dynamic masking.
+
+    The tokens are text, so reading needs the vocabulary (token -> id) they were made with; a token
+    outside it fails, naming file, row and token, as an id outside the vocabulary does for the other
+    formats. Rows are read a row group at a time and kept until another group is needed: read in
+    order (convert-records, inspect), each group is read once."""
+
+    def __init__(self, paths: list[Path], vocab: dict[str, int]):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        self.paths, self.vocab = paths, vocab
+        self._special = [vocab.get(t) for t in ("[CLS]", "[SEP]")]
+        if None in self._special:
+            raise DataError("the vocabulary has no [CLS] or [SEP] token; lddl's rows are read as "
+                            "[CLS] A [SEP] B [SEP] with the BERT vocabulary they were made with")
+        counts, group_ends, longest, predictions, static = [], [], 0, 0, None
+        for path in paths:
+            try:
+                f = pq.ParquetFile(path)
+                names = f.schema_arrow.names
+                missing = [c for c in LDDL_COLUMNS if c not in names]
+                if missing:
+                    raise DataError(f"{path}: Parquet file lacks column(s) {', '.join(missing)}; found "
+                                    f"{', '.join(names)}. Expected lddl's BERT pre-training columns "
+                                    f"{', '.join(LDDL_COLUMNS)} (+ {', '.join(LDDL_MASK_COLUMNS)} with static masking)")
+                masks = [c in names for c in LDDL_MASK_COLUMNS]
+                if masks[0] != masks[1]:
+                    raise DataError(f"{path}: has {LDDL_MASK_COLUMNS[masks[1]]} without "
+                                    f"{LDDL_MASK_COLUMNS[masks[0]]}; static masking stores both")
+                if static is not None and static != masks[0]:
+                    raise DataError(f"{path}: {'has' if masks[0] else 'lacks'} masked_lm_positions, unlike "
+                                    f"{paths[0]}; the files of one data set are all statically masked or none")
+                static = masks[0]
+                groups = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+                if f.metadata.num_rows:
+                    # num_tokens when lddl wrote it; checked row by row as the rows are read.
+                    if "num_tokens" in names:
+                        longest = max(longest, int(pc.max(f.read(columns=["num_tokens"]).column(0)).as_py()))
+                    else:
+                        table = f.read(columns=["A", "B"])
+                        words = [pc.list_value_length(pc.utf8_split_whitespace(table.column(c))) for c in "AB"]
+                        longest = max(longest, int(pc.max(pc.add(words[0], words[1])).as_py()) + 3)
+                    if static:
+                        labels = f.read(columns=["masked_lm_labels"]).column(0)
+                        most = pc.max(pc.list_value_length(pc.utf8_split_whitespace(labels))).as_py()
+                        predictions = max(predictions, int(most or 0))
+            except DataError:
+                raise
+            except Exception as err:  # pyarrow's ArrowInvalid, OSError: not a readable Parquet file
+                raise DataError(f"{path}: cannot read as Parquet ({err})") from None
+            counts.append(f.metadata.num_rows)
+            group_ends.append(np.cumsum(groups).tolist())
+        self.static = bool(static)
+        self._ends = np.cumsum(counts).tolist()
+        self._group_ends = group_ends
+        self._group: tuple[tuple[int, int], dict[str, list]] | None = None
+        self._files: dict[int, Any] = {}
+        self._pid = os.getpid()
+        if not self.static:
+            # Dynamic masking draws round(15% of the tokens) per row (bertkit.data.masking): room for them all.
+            predictions = -(-longest * 15 // 100)
+        self.manifest: dict[str, Any] = {
+            "format": "lddl-parquet",
+            "count": len(self),
+            "max_seq_length": longest,
+            "max_predictions": predictions,
+            "masking": "static" if self.static else "dynamic",
+            "files": [str(p) for p in paths],
+            "vocab_hash": None,
+        }
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def where(self, i: int) -> str:
+        """'FILE: row J': where row i of the dataset is stored, for error messages."""
+        k, j = locate(self._ends, i)
+        return f"{self.paths[k]}: row {j}"
+
+    def raw(self, i: int) -> dict[str, Any]:
+        """Row i as stored: A, B (text), is_random_next, and with static masking masked_lm_positions
+        (decoded from np.save bytes) and masked_lm_labels (text)."""
+        import pyarrow.parquet as pq
+
+        if self._pid != os.getpid():  # forked: reopen in this process
+            self._files, self._group, self._pid = {}, None, os.getpid()
+        k, j = locate(self._ends, i)
+        g, row = locate(self._group_ends[k], j)
+        if self._group is None or self._group[0] != (k, g):
+            if k not in self._files:
+                self._files[k] = pq.ParquetFile(self.paths[k])
+            columns = [*LDDL_COLUMNS, *(LDDL_MASK_COLUMNS if self.static else ())]
+            self._group = ((k, g), self._files[k].read_row_group(g, columns=columns).to_pydict())
+        rows = self._group[1]
+        out = {name: values[row] for name, values in rows.items()}
+        if self.static:
+            try:
+                positions = npy_array(out["masked_lm_positions"])
+            except (ValueError, TypeError, EOFError, OSError) as err:
+                raise DataError(f"{self.where(i)}: masked_lm_positions is not an np.save array ({err})") from None
+            if positions.ndim != 1 or positions.dtype.kind not in "iu":
+                raise DataError(f"{self.where(i)}: masked_lm_positions must be a 1-D integer array, got "
+                                f"{positions.dtype} of shape {positions.shape}")
+            out["masked_lm_positions"] = positions
+        return out
+
+    def _ids(self, text: str | None, column: str, i: int) -> list[int]:
+        if text is None:
+            raise DataError(f"{self.where(i)}: {column} is null; expected WordPiece tokens joined by spaces")
+        tokens = text.split()
+        try:
+            return [self.vocab[t] for t in tokens]
+        except KeyError:
+            bad = next(t for t in tokens if t not in self.vocab)
+            raise DataError(f"{self.where(i)}: {column} holds token {bad!r}, which is not in the vocabulary; "
+                            f"pass the vocabulary the data was made with (--tokenizer)") from None
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        raw = self.raw(i)
+        a, b = self._ids(raw["A"], "A", i), self._ids(raw["B"], "B", i)
+        if not a:
+            raise DataError(f"{self.where(i)}: A is empty; every lddl pair has tokens in A")
+        cls, sep = self._special
+        ids = np.array([cls, *a, sep, *b, sep], dtype=np.int32)
+        if ids.size > self.manifest["max_seq_length"]:
+            raise DataError(f"{self.where(i)}: {ids.size} tokens with [CLS] and two [SEP], more than the "
+                            f"num_tokens column's largest value, {self.manifest['max_seq_length']}")
+        segments = np.zeros(ids.size, np.int8)
+        segments[len(a) + 2:] = 1
+        nsp = raw["is_random_next"]
+        if nsp is None:
+            raise DataError(f"{self.where(i)}: is_random_next is null; expected true or false")
+        positions = labels = keep = None
+        if self.static:
+            positions = raw["masked_lm_positions"]
+            labels = np.array(self._ids(raw["masked_lm_labels"], "masked_lm_labels", i), dtype=np.int32)
+            if labels.size != positions.size:
+                raise DataError(f"{self.where(i)}: {positions.size} masked_lm_positions but {labels.size} "
+                                f"masked_lm_labels tokens; they pair up one to one")
+            keep = np.ones(labels.size, bool)
+        # Google's label convention, which lddl keeps: 1 = B is a random segment.
+        return make_instance(ids, None, segments, positions, labels, keep, int(bool(nsp)), self.where(i))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"], state["_group"] = {}, None
+        return state
+
+
 # ---- detection -------------------------------------------------------------------------------------------
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _GZIP_MAGIC = b"\x1f\x8b"
-_DATA_SUFFIXES = (".tfrecord", ".tfrecords", ".tfr", ".gz", ".hdf5", ".h5")
+_PARQUET_MAGIC = b"PAR1"
+_DATA_SUFFIXES = (".tfrecord", ".tfrecords", ".tfr", ".gz", ".hdf5", ".h5", ".parquet")
 
 
 def sniff(path: Path) -> str | None:
-    """'hdf5', 'tfrecord', 'tfrecord.gz' or None, from the file's first bytes."""
+    """'hdf5', 'tfrecord', 'tfrecord.gz', 'parquet' or None, from the file's first bytes."""
     with open(path, "rb") as fh:
         head = fh.read(12)
         if head.startswith(_HDF5_SIGNATURE):
             return "hdf5"
+        if head.startswith(_PARQUET_MAGIC):
+            return "parquet"
         # HDF5 allows a user block before the superblock, at 512, 1024, 2048, ... bytes.
         size, offset = os.fstat(fh.fileno()).st_size, 512
         while offset + 8 <= size:
@@ -655,28 +849,48 @@ def _expand(path: str | Path) -> tuple[list[Path], bool]:
     raise FileNotFoundError(f"{path}: no such file, directory or glob")
 
 
-def open_external(path: str | Path, verify: bool = True) -> TFRecordDataset | HDF5Dataset | None:
-    """Open TFRecord (plain or GZIP) or NVIDIA HDF5 pre-training data at a file, directory or
-    glob; None when the files are in neither format (so the caller can try others).
+def is_lddl_parquet_name(path: Path) -> bool:
+    """lddl's file names: *.parquet, or *.parquet_K for length bin K (lddl.utils reads a directory's
+    files this way, which leaves out the _metadata / _common_metadata files Dask writes beside them)."""
+    return path.suffix.startswith(".parquet")
 
-    The format comes from the bytes: the HDF5 signature, the gzip magic, or a TFRecord header
-    whose length CRC checks out. verify=False skips the per-record data CRC check on open."""
+
+def open_external(path: str | Path, verify: bool = True, vocab: dict[str, int] | None = None
+                  ) -> TFRecordDataset | HDF5Dataset | LDDLParquetDataset | None:
+    """Open TFRecord (plain or GZIP), NVIDIA HDF5 or lddl Parquet pre-training data at a file,
+    directory or glob; None when the files are in none of these formats (so the caller can try others).
+
+    The format comes from the bytes: the HDF5 signature, the Parquet magic, the gzip magic, or a
+    TFRecord header whose length CRC checks out. verify=False skips the per-record data CRC check on
+    open. lddl Parquet holds tokens as text: `vocab` (token -> id) reads it, and without one it is refused."""
     files, named = _expand(path)
     kinds: dict[Path, str] = {}
     for f in files:
         kind = sniff(f)
         if kind is None:
             if named and (len(files) > 1 or f.suffix.lower() in _DATA_SUFFIXES):
-                raise DataError(f"{f}: neither TFRecord (plain or GZIP) nor HDF5: the first record's "
-                                f"length CRC does not match and there is no HDF5 signature")
+                raise DataError(f"{f}: neither TFRecord (plain or GZIP), HDF5 nor Parquet: the first record's "
+                                f"length CRC does not match and there is no HDF5 or Parquet signature")
             continue
+        if kind == "parquet" and not named and not is_lddl_parquet_name(f):
+            continue  # Dask's _metadata files: the footers of the data files, not rows of their own
         kinds[f] = kind
     if not kinds:
         return None
+    names = {"tfrecord": "TFRecord", "hdf5": "HDF5", "parquet": "Parquet"}
     families = {k.split(".")[0]: f for f, k in kinds.items()}
     if len(families) > 1:
-        raise DataError(f"{path}: mixes TFRecord ({families['tfrecord']}) and HDF5 "
-                        f"({families['hdf5']}) files; give one format at a time")
+        mixed = " and ".join(f"{name} ({families[k]})" for k, name in names.items() if k in families)
+        raise DataError(f"{path}: mixes {mixed} files; give one format at a time")
+    if "parquet" in families:
+        if vocab is None:
+            raise NeedsVocabulary(f"{path}: lddl Parquet pre-training data holds its tokens as text, not ids; "
+                                  f"read it with the vocabulary it was made with (--tokenizer VOCAB)")
+        return LDDLParquetDataset(list(kinds), vocab)
     if "hdf5" in families:
         return HDF5Dataset(list(kinds))
     return TFRecordDataset([(f, k.endswith(".gz")) for f, k in kinds.items()], verify=verify)
+
+
+class NeedsVocabulary(DataError):
+    """Data whose tokens are text (lddl Parquet), opened without the vocabulary that maps them to ids."""

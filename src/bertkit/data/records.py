@@ -378,10 +378,11 @@ def verify(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def open_pretraining_data(path: str | Path, flag: str = "--data") -> Any:
-    """Open pre-training data: a bertkit record directory, or TFRecord / HDF5 files (via
-    `bertkit.data.external`). Returns a map-style dataset with `__len__`, `__getitem__` (one
-    instance dict, see the module doc) and `manifest`. `flag` names the argument in errors."""
+def open_pretraining_data(path: str | Path, flag: str = "--data", vocab: dict[str, int] | None = None) -> Any:
+    """Open pre-training data: a bertkit record directory, or TFRecord / HDF5 / lddl Parquet files
+    (via `bertkit.data.external`; Parquet only with `vocab`, its tokens being text). Returns a
+    map-style dataset with `__len__`, `__getitem__` (one instance dict, see the module doc) and
+    `manifest`. `flag` names the argument in errors."""
     p = Path(path)
     where = f"{flag} {path}".strip()
     if p.is_dir() and (p / "manifest.json").is_file():
@@ -392,15 +393,19 @@ def open_pretraining_data(path: str | Path, flag: str = "--data") -> Any:
             raise unfinished
     if not p.exists() and not glob.glob(str(path)):
         raise FileNotFoundError(f"{where}: no such file, directory or glob match")
+    from bertkit.data.external import NeedsVocabulary, open_external
+
     try:
-        from bertkit.data.external import open_external
-    except ImportError:
-        raise DataError(f"{where}: unsupported format (not a bertkit record directory with "
-                        f"manifest.json, and TFRecord/HDF5 support, bertkit.data.external, is not available)") from None
-    dataset = open_external(str(path))
+        dataset = open_external(str(path), vocab=vocab)
+    except NeedsVocabulary:
+        # Training straight from Parquet would re-read a row group per shuffled row and map text to
+        # ids every epoch; converting once checks every token and gives O(1) random access.
+        raise NeedsVocabulary(f"{where}: lddl Parquet pre-training data (tokens as text): convert it once with "
+                        f"`bertkit convert-records {path} DIR --tokenizer VOCAB` (VOCAB: the vocab.txt it was "
+                        f"made with) and give DIR") from None
     if dataset is None:
         raise DataError(f"{where}: unsupported format; expected a bertkit record directory "
-                        f"(manifest.json), TFRecord files or HDF5 shards")
+                        f"(manifest.json), TFRecord files, HDF5 shards or lddl Parquet files")
     return dataset
 
 
