@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "write predictions in the benchmark's format"),
     "pretrain-data": ("pretrain_data", "raw text -> sharded pre-training records"),
     "inspect": ("inspect", "decode pre-training records back to text"),
-    "convert-records": ("convert_records", "TFRecord/HDF5 pre-training data -> bertkit records"),
+    "convert-records": ("convert_records", "TFRecord/HDF5/lddl Parquet pre-training data -> bertkit records"),
     "pretrain": ("pretrain", "MLM(+NSP) pre-training, from scratch or continued"),
     "prepare-wiki": ("prepare_wiki", "Wikipedia XML dump -> one sentence per line text"),
     "train-tokenizer": ("train_tokenizer", "train a WordPiece vocab on a corpus"),

@@ -107,6 +107,50 @@ def example_records(data: Any, marker: str) -> list[Any] | None:
     return None
 
 
+# ---- Parquet: the files of Hugging Face Hub datasets --------------------------------------------------
+
+# bertkit's split names -> the Hub's (`datasets` calls the dev set "validation").
+HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file, told by its suffix or, for a name without one, by its PAR1 magic."""
+    if path.suffix.lower() == ".parquet":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def read_parquet_rows(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of Parquet files (a Hugging Face Hub dataset's files, `datasets`' to_parquet, pandas'
+    to_parquet) as (where, {column: value}) in file order; where = "FILE: row N", N counted from 0 as
+    pandas and the Hub's viewer count. Nested columns arrive as Python lists and dicts (SQuAD's
+    answers: {"text": [...], "answer_start": [...]}), as in the Hub's JSON."""
+    import pyarrow.parquet as pq
+
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow's ArrowInvalid and OSError: not a Parquet file, or a damaged one
+            raise DataError(f"{path}: cannot read as Parquet ({err})") from None
+        rows.extend((f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist()))
+    return rows
+
+
+def hub_split_files(directory: Path, hub_split: str) -> list[Path]:
+    """One split's Parquet files in a Hugging Face Hub dataset folder, in each layout the Hub has
+    used: SPLIT-00000-of-00002.parquet (a dataset repository's files), SPLIT/0000.parquet (its
+    refs/convert/parquet branch), NAME-SPLIT.parquet (earlier conversions). Empty: none there."""
+    return (sorted(directory.glob(f"{hub_split}-*.parquet")) or sorted(directory.glob(f"{hub_split}/*.parquet"))
+            or sorted(directory.glob(f"*-{hub_split}.parquet")))
+
+
 def not_utf8_error(path: Path) -> DataError:
     """The DataError for a file that does not decode as UTF-8: the line and byte where it fails."""
     raw = path.read_bytes()
