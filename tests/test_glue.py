@@ -153,7 +153,7 @@ def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "RTE" / "dev.tsv").write_text("")
     with pytest.raises(DataError, match=r"dev.tsv: empty file"):
         glue_task("rte", tmp_path).read("dev")
-    with pytest.raises(DataError, match=r"test.tsv: split file not found \(files there: dev.tsv, train.tsv\)"):
+    with pytest.raises(DataError, match=r"test.tsv: split file not found \(files there: dev.tsv, train.tsv;"):
         glue_task("rte", tmp_path).read("test")
     with pytest.raises(DataError, match=r"the directory .*nowhere does not exist \(check --data-dir\)"):
         glue_task("rte", tmp_path / "nowhere").read("train")
@@ -716,3 +716,146 @@ def test_google_run_classifier_spellings_parse() -> None:
     parser, _ = build_parser(argv)
     args = parser.parse_args(argv)
     assert args.no_cuda and args.local_rank == 0
+
+
+# ---- the Hugging Face Hub's nyu-mll/glue Parquet files -------------------------------------------------
+
+# Class indices as nyu-mll/glue's dataset card lists them (the `datasets` ClassLabel names).
+HUB_LABEL_INDEX = {"cola": ("0", "1"), "sst2": ("0", "1"), "mrpc": ("0", "1"), "rte": ("entailment", "not_entailment"),
+                   "wnli": ("0", "1"), "mnli": ("entailment", "neutral", "contradiction")}
+HUB_TEXT_COLUMNS = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+                    "stsb": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2"),
+                    "wnli": ("sentence1", "sentence2"), "mnli": ("premise", "hypothesis")}
+
+
+def write_hub_split(folder: Path, hub_split: str, examples: list, config: str, layout: str = "main",
+                    shards: int = 1) -> None:
+    """`examples` as the rows of one nyu-mll/glue split: text columns, label (class index, -1 when
+    unlabelled; STS-B's score), idx; in the repository's layout (SPLIT-0000k-of-0000n.parquet) or that
+    of refs/convert/parquet (SPLIT/0000.parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a, b = HUB_TEXT_COLUMNS[config]
+    rows = []
+    for e in examples:
+        label = -1 if e.label is None else (e.label if config == "stsb" else HUB_LABEL_INDEX[config].index(e.label))
+        rows.append({a: e.text_a, **({b: e.text_b} if b else {}), "label": label, "idx": int(e.guid.removeprefix("mm:"))})
+    table = pa.Table.from_pylist(rows)
+    if layout == "refs/convert":
+        (folder / hub_split).mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, folder / hub_split / "0000.parquet")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    step = -(-len(rows) // shards)
+    for k in range(shards):
+        pq.write_table(table.slice(k * step, step), folder / f"{hub_split}-{k:05d}-of-{shards:05d}.parquet")
+
+
+@pytest.mark.parametrize("name,folder", list(COUNTS))
+def test_hub_parquet_files_read_as_the_glue_tsv_files(shared_dir: Path, tmp_path: Path, name: str, folder: str) -> None:
+    """The real GLUE files rewritten in nyu-mll/glue's schema and layouts read back example for example."""
+    tsv = glue_task(name, shared_dir / "data" / "glue" / folder)
+    hub = tmp_path / "glue"
+    splits = {"train": "train", "dev": "validation", "test": "test"}
+    for split, hub_split in splits.items():
+        layout = "refs/convert" if split == "dev" else "main"
+        write_hub_split(hub / name, hub_split, tsv.read(split), name, layout, shards=2 if split == "train" else 1)
+    from_hub = glue_task(name, hub)  # the snapshot's root: the task finds its config folder
+    for split in splits:
+        want, got = tsv.read(split), from_hub.read(split)
+        assert len(got) == len(want) == COUNTS[(name, folder)][list(splits).index(split)]
+        for w, g in zip(want, got):
+            assert (g.guid, g.text_a, g.text_b, g.label) == (w.guid, w.text_a, w.text_b, w.label), g.source
+        assert got[0].source.endswith(": row 0") and ".parquet" in got[0].source
+    assert from_hub.label_names() == tsv.label_names()
+
+
+def test_hub_mnli_label_indices_halves_and_submission_files(tmp_path: Path) -> None:
+    write_mnli(tmp_path)
+    tsv = glue_task("mnli", tmp_path)
+    hub = tmp_path / "hub" / "mnli"
+    for split in ("train", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched"):
+        write_hub_split(hub, split.replace("dev", "validation"), tsv.read(split), "mnli")
+    import pyarrow.parquet as pq
+
+    # The label column holds the Hub's indices: 0 entailment, 1 neutral, 2 contradiction.
+    assert pq.read_table(hub / "validation_matched-00000-of-00001.parquet").column("label").to_pylist() == [1, 0]
+    task = glue_task("mnli", tmp_path / "hub")
+    dev = task.read("dev")
+    assert [(e.guid, e.label) for e in dev] == [("0", "neutral"), ("1", "entailment"), ("mm:0", "contradiction")]
+    test = task.read("test")
+    assert [e.guid for e in test] == ["0", "mm:0", "mm:1"] and all(e.label is None for e in test)
+    written = task.write_predictions(test, [0, 1, 2], tmp_path / "out" / "MNLI-m.tsv")
+    assert [p.name for p in written] == ["MNLI-m.tsv", "MNLI-mm.tsv"]
+    assert (tmp_path / "out" / "MNLI-mm.tsv").read_text() == "index\tprediction\n0\tentailment\n1\tneutral\n"
+    # A folder with the TSV files keeps reading them.
+    assert glue_task("mnli", tmp_path).read("dev")[0].source.endswith("dev_matched.tsv:2")
+
+
+def test_hub_parquet_bad_rows_name_file_and_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sst2 = tmp_path / "sst2"
+    sst2.mkdir()
+    pq.write_table(pa.table({"sentence": ["good", "bad"], "label": [1, 2], "idx": [0, 1]}),
+                   sst2 / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"train-00000-of-00001\.parquet: row 1: label 2 is not a class index 0\.\.1"):
+        glue_task("sst2", tmp_path).read("train")
+    pq.write_table(pa.table({"sentence": ["good"], "label": [-1], "idx": [0]}), sst2 / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"row 0: label -1 .* every train row needs a label"):
+        glue_task("sst2", tmp_path).read("train")
+    pq.write_table(pa.table({"text": ["good"], "label": [1]}), sst2 / "validation-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"validation-00000-of-00001\.parquet: row 0: no column 'sentence'"):
+        glue_task("sst2", tmp_path).read("dev")
+    with pytest.raises(DataError, match=r"test\.tsv: split file not found .* nor the Parquet files"):
+        glue_task("sst2", tmp_path).read("test")
+
+
+def test_finetune_and_predict_from_hub_files_equal_the_tsv_run(shared_dir: Path, tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    source = shared_dir / "data" / "glue" / "SST-2"
+    tsv_dir = tmp_path / "SST-2"
+    lines = (source / "train.tsv").read_text(encoding="utf-8").splitlines()
+    write(tsv_dir / "train.tsv", lines[:65])
+    write(tsv_dir / "dev.tsv", (source / "dev.tsv").read_text(encoding="utf-8").splitlines()[:41])
+    write(tsv_dir / "test.tsv", (source / "test.tsv").read_text(encoding="utf-8").splitlines()[:31])
+    tsv = glue_task("sst2", tsv_dir)
+    hub = tmp_path / "glue"
+    for split, hub_split in (("train", "train"), ("dev", "validation"), ("test", "test")):
+        write_hub_split(hub / "sst2", hub_split, tsv.read(split), "sst2")
+    runs = {}
+    for name, data_dir in (("tsv", tsv_dir), ("hub", hub)):
+        out = tmp_path / f"run-{name}"
+        assert main(["finetune", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(data_dir),
+                     "--output-dir", str(out), "--max-steps", "4", "--batch-size", "16", "--device", "cpu",
+                     "--no-progress", "--seed", "3"]) == 0
+        assert main(["predict", "--model", str(out), "--data-dir", str(data_dir), "--split", "test",
+                     "--output", str(tmp_path / f"submission-{name}") + "/", "--device", "cpu"]) == 0
+        runs[name] = (json.loads((out / "metrics.json").read_text())["dev"],
+                      (tmp_path / f"submission-{name}" / "SST-2.tsv").read_text())
+    assert runs["hub"] == runs["tsv"]
+    assert runs["hub"][1].count("\n") == 31
+
+
+def test_custom_classification_reads_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"review": ["great", "awful", "fine"], "stars": [2, 0, 1], "id": ["a", "b", "c"]}),
+                   tmp_path / "train.parquet")
+    task = get_task_class("classification")(TaskOptions(
+        train_file=str(tmp_path / "train.parquet"),
+        extra={"text_column": "review", "label_column": "stars", "id_column": "id"}))
+    train = task.read("train")
+    assert [(e.guid, e.text_a, e.label) for e in train] == [("a", "great", "2"), ("b", "awful", "0"), ("c", "fine", "1")]
+    assert train[1].source == f"{tmp_path / 'train.parquet'}: row 1" and task.label_names() == ["0", "1", "2"]
+    pq.write_table(pa.table({"text": ["x", "y"], "labels": [["a", "b"], []]}), tmp_path / "multi.parquet")
+    multi = get_task_class("multilabel")(TaskOptions(train_file=str(tmp_path / "multi.parquet"),
+                                                     extra={"label_column": "labels"}))
+    assert [e.label for e in multi.read("train")] == [("a", "b"), ()]
+    pq.write_table(pa.table({"review": ["x"], "stars": [1]}), tmp_path / "dev.parquet")
+    missing = get_task_class("classification")(TaskOptions(dev_file=str(tmp_path / "dev.parquet")))
+    with pytest.raises(DataError, match=r"dev\.parquet: row 0: no column 'text'"):
+        missing.read("dev")

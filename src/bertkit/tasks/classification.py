@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from bertkit.metrics.glue import accuracy, glue_metrics, macro_f1, multilabel_scores
-from bertkit.tasks.base import DataError, Task, open_for_writing, read_data_text, register
+from bertkit.tasks.base import (DataError, Task, is_parquet, open_for_writing, read_data_text, read_parquet_rows,
+                                register)
 
 
 @dataclass
@@ -112,10 +113,21 @@ class SentencePairTask(Task):
 
 
 # ---- the user's own files --------------------------------------------------------------------------
-def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV, TSV (with a header) or JSONL file as (line number, {column: value})."""
+def read_table(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a CSV, TSV (with a header), JSONL or Parquet file as (where, {column: value}); where
+    is "FILE:LINE", or "FILE: row N" for Parquet."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if is_parquet(path):
+        rows = read_parquet_rows([path])
+        if not rows:
+            raise DataError(f"{path}: no data rows")
+        return rows
+    return [(f"{path}:{line_no}", row) for line_no, row in read_text_table(path)]
+
+
+def read_text_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a CSV, TSV (with a header) or JSONL file as (line number, {column: value})."""
     rows: list[tuple[int, dict[str, Any]]] = []
     suffix = path.suffix.lower()
     with io.StringIO(read_data_text(path, encoding="utf-8-sig")) as f:
@@ -144,7 +156,7 @@ def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
                                     f"columns ({', '.join(reader.fieldnames)})")
                 rows.append((reader.line_num, row))
         else:
-            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
     if not rows:
         raise DataError(f"{path}: no data rows")
     return rows
@@ -173,8 +185,7 @@ class CustomTask(SentencePairTask):
         text, pair = self.options.get("text_column", "text"), self.options.get("text_pair_column")
         label_col, id_col = self.options.get("label_column", "label"), self.options.get("id_column")
         examples = []
-        for line_no, row in read_table(path):
-            source = f"{path}:{line_no}"
+        for source, row in read_table(path):
             for column, flag in ((text, "--text-column"), (pair, "--text-pair-column")):
                 if column is not None and column not in row:
                     raise DataError(f"{source}: no column {column!r} ({flag}; columns: {', '.join(map(str, row))})")

@@ -1,5 +1,6 @@
 """The GLUE benchmark: nine tasks plus the AX diagnostic set, read from the standard
-`glue_data/<TASK>/` layout that GLUE's download script writes.
+`glue_data/<TASK>/` layout that GLUE's download script writes, or from the Parquet files of the
+Hugging Face Hub's nyu-mll/glue (`sst2/train-00000-of-00001.parquet`, ...; labels as class indices).
 
 Quirks handled: CoLA train/dev have no header (columns: source, label, original label, sentence);
 MRPC files begin with a UTF-8 byte-order mark; MNLI has matched and mismatched dev/test files and
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertkit.metrics.glue import accuracy
-from bertkit.tasks.base import DataError, file_lines, read_data_text, register
+from bertkit.tasks.base import (HUB_SPLITS, DataError, file_lines, hub_split_files, is_parquet, read_data_text,
+                                read_parquet_rows, register)
 from bertkit.tasks.classification import PairExample, SentencePairTask
 
 
@@ -33,7 +35,8 @@ def read_glue_tsv(path: Path, columns: Columns, has_header: bool) -> list[PairEx
             raise DataError(f"{path}: split file not found: the directory {path.parent} does not exist "
                             f"(check --data-dir)")
         siblings = sorted(p.name for p in path.parent.glob("*.tsv"))
-        raise DataError(f"{path}: split file not found (files there: {', '.join(siblings) or 'none'})")
+        raise DataError(f"{path}: split file not found (files there: {', '.join(siblings) or 'none'}; nor the "
+                        f"Parquet files of the Hub's nyu-mll/glue)")
     # utf-8-sig drops MRPC's byte-order mark; GLUE text contains quotes, so no CSV quoting rules.
     lines = file_lines(read_data_text(path, encoding="utf-8-sig"))
     if not lines or (has_header and len(lines) == 1):
@@ -74,6 +77,11 @@ class GlueTask(SentencePairTask):
     submission_name: str = ""  # file name the GLUE server expects for test predictions
     train_columns: Columns
     test_columns: Columns
+    # The Hub's nyu-mll/glue: its folder, text columns, and class names in the order of its label
+    # indices (None: the task's own `labels` order, which is the Hub's for all but MNLI and AX).
+    hub_config: str = ""
+    hub_columns: tuple[str, str | None] = ("sentence", None)
+    hub_labels: tuple[str, ...] | None = None
 
     def task_dir(self) -> Path:
         if not self.options.data_dir:
@@ -92,10 +100,65 @@ class GlueTask(SentencePairTask):
         return self.task_dir() / f"{split}.tsv"
 
     def read(self, split: str) -> list[PairExample]:
-        is_test = split.startswith("test")
-        examples = read_glue_tsv(self.split_path(split), self.test_columns if is_test else self.train_columns,
-                                 has_header=True)
+        examples = self.read_split(split, has_header=True)
         self.check(examples)
+        return examples
+
+    def read_split(self, split: str, has_header: bool) -> list[PairExample]:
+        """The split's rows from the Hub's Parquet files where they are given or found, else from
+        glue_data's TSV file."""
+        hub_files = self.hub_files(split)
+        if hub_files:
+            return self.read_hub(hub_files, split)
+        is_test = split.startswith("test")
+        return read_glue_tsv(self.split_path(split), self.test_columns if is_test else self.train_columns,
+                             has_header=has_header)
+
+    def hub_files(self, split: str) -> list[Path]:
+        """Parquet files for `split`: an explicit --{split}-file that is Parquet, or, when the TSV
+        is not in --data-dir, nyu-mll/glue's files for it in --data-dir/<config> or --data-dir."""
+        explicit = {"train": self.options.train_file, "dev": self.options.dev_file,
+                    "test": self.options.test_file}.get(split.split("_")[0])
+        if explicit:
+            return [Path(explicit)] if is_parquet(Path(explicit)) else []
+        if not self.options.data_dir or split not in self.splits or self.split_path(split).is_file():
+            return []
+        part, _, half = split.partition("_")  # MNLI's dev_matched -> validation_matched
+        hub_split = HUB_SPLITS[part] + (f"_{half}" if half else "")
+        root = Path(self.options.data_dir)
+        for directory in (root / self.hub_config, root):
+            found = hub_split_files(directory, hub_split)
+            if found:
+                return found
+        return []
+
+    def read_hub(self, files: list[Path], split: str) -> list[PairExample]:
+        """nyu-mll/glue rows: the task's text columns, `label` (a class index; -1 on the unlabelled
+        test rows; STS-B's score) and `idx` (the GLUE submission's index)."""
+        text_a, text_b = self.hub_columns
+        names = self.hub_labels or self.labels
+        examples = []
+        for where, row in read_parquet_rows(files):
+            missing = [c for c in (text_a, text_b, "label") if c is not None and c not in row]
+            if missing:
+                raise DataError(f"{where}: no column {', '.join(map(repr, missing))} (columns: {', '.join(row)}); "
+                                f"expected the columns of the Hub's glue/{self.hub_config}")
+            label = row["label"]
+            if label is None or label == -1:
+                if not split.startswith("test"):
+                    raise DataError(f"{where}: label {label} (the Hub's mark of an unlabelled test row) in the "
+                                    f"{split} split; every {split} row needs a label")
+                label = None
+            elif self.head == "regression":
+                label = float(label)
+            elif not isinstance(label, int) or not 0 <= label < len(names):
+                raise DataError(f"{where}: label {label!r} is not a class index 0..{len(names) - 1} "
+                                f"({', '.join(names)})")
+            else:
+                label = names[label]
+            examples.append(PairExample(
+                guid=str(row.get("idx", len(examples))), text_a=str(row[text_a]),
+                text_b=str(row[text_b]) if text_b is not None else None, label=label, source=where))
         return examples
 
     def check(self, examples: list[PairExample]) -> None:
@@ -115,14 +178,13 @@ class GlueTask(SentencePairTask):
 @register("cola")
 class CoLA(GlueTask):
     directory, submission_name = "CoLA", "CoLA.tsv"
+    hub_config, hub_columns = "cola", ("sentence", None)
     labels, metric_kind, main_metric = ("0", "1"), "mcc", "mcc"
     train_columns = Columns(text_a=3, text_b=None, label=1, guid=None)
     test_columns = Columns(text_a="sentence", text_b=None, label=None)
 
     def read(self, split: str) -> list[PairExample]:
-        is_test = split.startswith("test")
-        examples = read_glue_tsv(self.split_path(split), self.test_columns if is_test else self.train_columns,
-                                 has_header=is_test)
+        examples = self.read_split(split, has_header=split.startswith("test"))
         self.check(examples)
         return examples
 
@@ -130,6 +192,7 @@ class CoLA(GlueTask):
 @register("sst2", "sst-2")
 class SST2(GlueTask):
     directory, submission_name = "SST-2", "SST-2.tsv"
+    hub_config, hub_columns = "sst2", ("sentence", None)
     labels = ("0", "1")
     train_columns = Columns(text_a="sentence", text_b=None, label="label", guid=None)
     test_columns = Columns(text_a="sentence", text_b=None, label=None)
@@ -138,6 +201,7 @@ class SST2(GlueTask):
 @register("mrpc")
 class MRPC(GlueTask):
     directory, submission_name = "MRPC", "MRPC.tsv"
+    hub_config, hub_columns = "mrpc", ("sentence1", "sentence2")
     labels, metric_kind, main_metric = ("0", "1"), "acc_f1", "f1"
     train_columns = Columns(text_a="#1 String", text_b="#2 String", label="Quality", guid=None)
     test_columns = Columns(text_a="#1 String", text_b="#2 String", label=None)
@@ -146,6 +210,7 @@ class MRPC(GlueTask):
 @register("stsb", "sts-b")
 class STSB(GlueTask):
     directory, submission_name = "STS-B", "STS-B.tsv"
+    hub_config, hub_columns = "stsb", ("sentence1", "sentence2")
     head, labels, metric_kind, main_metric = "regression", None, "corr", "pearson"
     score_range = (0.0, 5.0)  # the gold similarity scale (Cer et al. 2017)
     train_columns = Columns(text_a="sentence1", text_b="sentence2", label="score")
@@ -155,6 +220,7 @@ class STSB(GlueTask):
 @register("qqp")
 class QQP(GlueTask):
     directory, submission_name = "QQP", "QQP.tsv"
+    hub_config, hub_columns = "qqp", ("question1", "question2")
     labels, metric_kind, main_metric = ("0", "1"), "acc_f1", "f1"
     train_columns = Columns(text_a="question1", text_b="question2", label="is_duplicate", guid="id")
     test_columns = Columns(text_a="question1", text_b="question2", label=None, guid="id")
@@ -163,6 +229,7 @@ class QQP(GlueTask):
 @register("qnli")
 class QNLI(GlueTask):
     directory, submission_name = "QNLI", "QNLI.tsv"
+    hub_config, hub_columns = "qnli", ("question", "sentence")
     labels = ("entailment", "not_entailment")
     train_columns = Columns(text_a="question", text_b="sentence", label="label")
     test_columns = Columns(text_a="question", text_b="sentence", label=None)
@@ -171,6 +238,7 @@ class QNLI(GlueTask):
 @register("rte")
 class RTE(GlueTask):
     directory, submission_name = "RTE", "RTE.tsv"
+    hub_config, hub_columns = "rte", ("sentence1", "sentence2")
     labels = ("entailment", "not_entailment")
     train_columns = Columns(text_a="sentence1", text_b="sentence2", label="label")
     test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
@@ -179,12 +247,14 @@ class RTE(GlueTask):
 @register("wnli")
 class WNLI(GlueTask):
     directory, submission_name = "WNLI", "WNLI.tsv"
+    hub_config, hub_columns = "wnli", ("sentence1", "sentence2")
     labels = ("0", "1")
     train_columns = Columns(text_a="sentence1", text_b="sentence2", label="label")
     test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
 
 
 MNLI_LABELS = ("contradiction", "entailment", "neutral")
+HUB_NLI_LABELS = ("entailment", "neutral", "contradiction")  # the Hub's label indices 0, 1, 2
 
 
 @register("mnli")
@@ -195,6 +265,8 @@ class MNLI(GlueTask):
     a mismatched one reports `accuracy_mm` only and predicts into MNLI-mm.tsv (MNLI-mm.dev.tsv for dev)."""
 
     directory, submission_name = "MNLI", "MNLI-m.tsv"
+    hub_config, hub_columns = "mnli", ("premise", "hypothesis")
+    hub_labels = HUB_NLI_LABELS
     mismatched_submission_name = "MNLI-mm.tsv"
     labels = MNLI_LABELS
     splits = ("train", "dev", "test", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched")
@@ -258,6 +330,8 @@ class AX(GlueTask):
     (`bertkit predict --task ax --model MNLI_RUN --data-dir glue_data --split test`)."""
 
     directory, submission_name = "diagnostic", "AX.tsv"
+    hub_config, hub_columns = "ax", ("premise", "hypothesis")
+    hub_labels = HUB_NLI_LABELS
     labels = MNLI_LABELS
     splits = ("test",)
     test_columns = Columns(text_a="sentence1", text_b="sentence2", label=None)
