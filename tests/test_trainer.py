@@ -912,3 +912,36 @@ def test_bertadam_is_adam_without_bias_correction(tiny_model_dir, sst2_small, tm
     assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "none",
                               "--optimizer", "bertadam")) == 0
     assert json.loads((out / "bertkit.json").read_text())["train"]["optimizer"] == "bertadam"
+
+
+def test_clip_per_tensor_clips_each_gradient_apart(tiny_model_dir, sst2_small, tmp_path) -> None:
+    """--clip-per-tensor: pytorch-pretrained-bert's BertAdam calls clip_grad_norm_(p, 1.0) for each
+    parameter p; a tensor with a large gradient is scaled to norm 1, the small ones stay whole
+    (a global clip would shrink them all)."""
+    from bertkit.training.optim import clip_each_tensor
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in ((4, 3), (7,), (2, 2, 2))]
+    grads = [torch.randn(4, 3) * 10, torch.randn(7) * 0.01, torch.randn(2, 2, 2) * 0.5]
+    reference = [torch.nn.Parameter(torch.zeros_like(p)) for p in params]
+    for p, r, g in zip(params, reference, grads):
+        p.grad, r.grad = g.clone(), g.clone()
+    total = clip_each_tensor(params, 1.0)
+    for r in reference:
+        torch.nn.utils.clip_grad_norm_(r, 1.0)  # what their optimizer does, one parameter at a time
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p.grad, r.grad, rtol=0, atol=0)
+    assert float(params[0].grad.norm()) == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(params[1].grad, grads[1], rtol=0, atol=0)  # untouched: a global clip would shrink it
+    assert float(total) == pytest.approx(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+
+    runs = {}
+    for name, extra in (("global", ()), ("per-tensor", ("--clip-per-tensor",))):
+        out = tmp_path / name
+        assert main(finetune_args(tiny_model_dir, sst2_small, out, "--max-steps", "2", "--eval-every", "none",
+                                  "--optimizer", "bertadam", "--max-grad-norm", "0.05", *extra)) == 0
+        runs[name] = BertForSequenceClassification.from_pretrained(out).state_dict()
+    assert json.loads((tmp_path / "per-tensor" / "bertkit.json").read_text())["train"]["clip_per_tensor"] is True
+    assert any(not torch.equal(runs["global"][k], runs["per-tensor"][k]) for k in runs["global"])
+    with pytest.raises(ValueError, match="--clip-per-tensor with --fsdp"):
+        TrainConfig(clip_per_tensor=True, fsdp=True)

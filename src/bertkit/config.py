@@ -195,6 +195,7 @@ class TrainConfig:
     adam_eps: float = 1e-6  # AdamW epsilon (BERT uses 1e-6)
     optimizer: str = "adamw"  # adamw | lamb | bertadam (the original BERT scripts' Adam: no bias correction)
     max_grad_norm: float = 1.0  # clip total gradient norm; 0 disables
+    clip_per_tensor: bool = False  # clip each tensor's gradient norm to max_grad_norm apart (pytorch-pretrained-bert's BertAdam)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a dynamic loss scaler)
     seed: int = 42  # seeds init, data order and dropout: the same seed gives the same run
     eval_every: str = "epoch"  # "epoch", a step count, "end" (once, after the last step) or "none"
@@ -275,6 +276,9 @@ class TrainConfig:
         for name in ("weight_decay", "max_grad_norm", "adam_eps"):
             if not getattr(self, name) >= 0:  # also refuses NaN
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.clip_per_tensor and self.fsdp:
+            raise ValueError("--clip-per-tensor with --fsdp: each process holds a shard of every tensor, so a "
+                             "tensor's gradient norm is not known to any one of them; drop one of the two")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")

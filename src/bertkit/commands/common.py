@@ -148,6 +148,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="adamw (default); lamb (large-batch pre-training); bertadam: the original BERT scripts' Adam "
                         "without bias correction, to reproduce their runs")
     g.add_argument("--max-grad-norm", "--max_grad_norm", dest="max_grad_norm", type=float, default=d.max_grad_norm)
+    g.add_argument("--clip-per-tensor", action="store_true",
+                   help="clip each weight tensor's gradient to --max-grad-norm on its own instead of the global norm, "
+                        "as pytorch-pretrained-bert's BertAdam does (with --optimizer bertadam, to reproduce its runs)")
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: bf16 on GPUs that support it, else fp32")
     g.add_argument("--fp16", "--amp", dest="fp16", action="store_true",

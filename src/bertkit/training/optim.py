@@ -106,6 +106,22 @@ class BertAdam(DecoupledAdam):
         return loss
 
 
+def clip_each_tensor(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip every parameter's gradient to `max_norm` on its own, as pytorch-pretrained-bert's BertAdam
+    does inside its step (clip_grad_norm_(p, max_grad_norm) per parameter; its scripts clip nothing
+    else). A tensor's norm, not the global one, decides: small gradients of other tensors are left
+    whole. Returns the global norm before clipping, for the log line, as clip_grad_norm_ does."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    if max_norm < float("inf"):
+        for grad, norm in zip(grads, norms):
+            grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0).to(grad.dtype))
+    return total
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config.weight_decay)
     betas = (config.adam_beta1, config.adam_beta2)

@@ -44,7 +44,7 @@ from bertkit.config import TrainConfig
 from bertkit.modeling.attention import pad_rows, unpadding_layout
 from bertkit.training import distributed
 from bertkit.training.distributed import DistInfo
-from bertkit.training.optim import build_optimizer, build_scheduler
+from bertkit.training.optim import build_optimizer, build_scheduler, clip_each_tensor
 
 MEGABATCH_FACTOR = 50  # length grouping sorts within runs of 50 batches: little padding, still random
 STATE_FILE = "trainer_state.json"
@@ -908,7 +908,8 @@ def train(task, model: nn.Module, train_features: Sequence[dict], eval_set: tupl
             if scaler is not None:
                 scaler.unscale_(optimizer)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-            grad_norm = distributed.to_local_scalar(torch.nn.utils.clip_grad_norm_(clipped_parameters, max_norm))
+            clip = clip_each_tensor if config.clip_per_tensor else torch.nn.utils.clip_grad_norm_
+            grad_norm = distributed.to_local_scalar(clip(clipped_parameters, max_norm))
             skipped_pending += optimizer_step(optimizer, scaler, grad_norm, sharded=config.fsdp)
             optimizer.zero_grad(set_to_none=True)
             step_lr = scheduler.get_last_lr()[0]  # the rate this step used; step() moves to the next one
