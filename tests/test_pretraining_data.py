@@ -1165,3 +1165,53 @@ def test_rows_longer_than_the_models_positions_are_refused_before_building(tmp_p
     assert main(["pretrain-data", "--input", str(SAMPLE), "--tokenizer", str(UNCASED / "vocab.txt"), "--output-dir",
                  str(tmp_path / "vocab"), "--max-seq-length", "1024"]) == 0
     assert "warning: --max-seq-length 1024: BERT checkpoints have 512 position embeddings" in capsys.readouterr().err
+
+
+def _same_records(a: Path, b: Path) -> int:
+    x, y = open_pretraining_data(a), open_pretraining_data(b)
+    assert len(x) == len(y) > 0
+    for i in range(len(x)):
+        for key in x[i]:
+            np.testing.assert_array_equal(x[i][key], y[i][key], err_msg=f"record {i} {key}")
+    return len(x)
+
+
+def test_hub_parquet_corpora_build_the_records_of_their_text_files(tmp_path, capsys):
+    """Hub text corpora in their Parquet layout: one document per row (wikimedia/wikipedia's `text`
+    column) builds what the same documents as JSON lines build, and Salesforce/wikitext's rows (one
+    line of the file each, newline kept) build with --wikitext what the raw file builds."""
+    need(SAMPLE, WIKITEXT_VALID, UNCASED)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertkit.cli import main
+
+    documents = [d for d in SAMPLE.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    pq.write_table(pa.table({"id": [str(i) for i in range(len(documents))], "title": ["t"] * len(documents),
+                             "text": documents}), tmp_path / "train-00000-of-00001.parquet")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    lines = WIKITEXT_VALID.read_text(encoding="utf-8").splitlines(keepends=True)
+    pq.write_table(pa.table({"text": lines}), tmp_path / "validation-00000-of-00001.parquet", row_group_size=1000)
+    args = ["pretrain-data", "--tokenizer", str(UNCASED), "--seed", "7"]
+    runs = {"hub-docs": ["--input", str(tmp_path / "train-00000-of-00001.parquet")],
+            "jsonl-docs": ["--input", str(tmp_path / "docs.jsonl"), "--text-field", "text"],
+            "hub-wikitext": ["--input", str(tmp_path / "validation-00000-of-00001.parquet"), "--wikitext"],
+            "raw-wikitext": ["--input", str(WIKITEXT_VALID), "--wikitext"]}
+    for name, extra in runs.items():
+        assert main([*args, *extra, "--output-dir", str(tmp_path / name)]) == 0, capsys.readouterr().err
+    assert _same_records(tmp_path / "hub-docs", tmp_path / "jsonl-docs") >= 10
+    assert _same_records(tmp_path / "hub-wikitext", tmp_path / "raw-wikitext") > 2000
+
+    capsys.readouterr()
+    assert main([*args, "--input", str(tmp_path / "train-00000-of-00001.parquet"), "--text-field", "body",
+                 "--output-dir", str(tmp_path / "bad")]) == 1
+    assert "train-00000-of-00001.parquet: no column 'body' (--text-field; the file's columns: id, title, text)" \
+        in capsys.readouterr().err
+    assert main([*args, "--input", str(tmp_path / "train-00000-of-00001.parquet"), str(tmp_path / "docs.jsonl"),
+                 "--output-dir", str(tmp_path / "mixed")]) == 1
+    assert "--input mixes Parquet and text files" in capsys.readouterr().err
+    assert main([*args, "--input", str(tmp_path / "train-00000-of-00001.parquet"), "--text-field", "id",
+                 "--output-dir", str(tmp_path / "ok-ids")]) == 0  # string ids are text: accepted
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "numbers.parquet")
+    assert main([*args, "--input", str(tmp_path / "numbers.parquet"), "--output-dir", str(tmp_path / "num")]) == 1
+    assert "numbers.parquet: row 0: column 'text' holds int, not text" in capsys.readouterr().err

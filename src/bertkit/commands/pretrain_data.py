@@ -14,12 +14,15 @@ from bertkit.tasks.base import DataError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", "--input_file", "--train_corpus", dest="input", nargs="+", required=True,
                    metavar="FILE",
-                   help="text files or globs (one sentence per line, blank line between documents; .gz/.bz2 ok)")
+                   help="text files or globs (one sentence per line, blank line between documents; .gz/.bz2 ok), "
+                        "JSONL with --text-field, or Parquet (one document per row, column --text-field, default "
+                        "text: the Hub's wikimedia/wikipedia; with --wikitext, Salesforce/wikitext's rows of lines)")
     p.add_argument("--tokenizer", "--vocab_file", "--bert_model", dest="tokenizer", required=True,
                    help="vocab.txt, model directory or hub id")
     common.add_casing_arguments(p, "the tokenizer's files")
     p.add_argument("--output-dir", "--output_dir", required=True, help="record directory to write")
-    p.add_argument("--text-field", default=None, help="read JSONL documents, taking the text from this field")
+    p.add_argument("--text-field", default=None,
+                   help="read JSONL documents, taking the text from this field (Parquet: the column, default text)")
     p.add_argument("--split-sentences", action="store_true",
                    help="lines are paragraphs: split them with the rule-based sentence splitter")
     p.add_argument("--wikitext", action="store_true",

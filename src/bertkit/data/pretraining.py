@@ -188,13 +188,55 @@ def read_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, line.rstrip("\r\n")
 
 
-def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: bool = False) -> Iterator[list[str]]:
-    """Documents (lists of non-empty sentences) from text or JSONL files, streamed. `split`
-    runs the rule-based sentence splitter over each line of text input (paragraph-per-line
-    corpora, where otherwise every document is one "sentence" and NSP always picks a random B;
-    WikiText has its own reader, iter_wikitext_documents)."""
-    from bertkit.data.sentences import split_sentences
+PARQUET_TEXT_COLUMN = "text"  # the column of the Hub's text corpora (wikimedia/wikipedia, Salesforce/wikitext, ...)
 
+
+def parquet_texts(path: Path, column: str | None) -> Iterator[tuple[int, str]]:
+    """(row number from 0, text) of one column of a Parquet file, a record batch at a time (a Hub
+    Wikipedia shard is ~0.5 GB: its rows are never all in memory). A null cell is empty text."""
+    import pyarrow.parquet as pq
+
+    column = column or PARQUET_TEXT_COLUMN
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow's ArrowInvalid, OSError
+        raise DataError(f"{path}: cannot read as Parquet ({err})") from None
+    names = parquet.schema_arrow.names
+    if column not in names:
+        raise DataError(f"{path}: no column {column!r} (--text-field; the file's columns: {', '.join(names)})")
+    row = 0
+    for batch in parquet.iter_batches(columns=[column], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{path}: row {row}: column {column!r} holds {type(value).__name__}, not text "
+                                f"(--text-field names the text column)")
+            yield row, value or ""
+            row += 1
+
+
+def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: bool = False) -> Iterator[list[str]]:
+    """Documents (lists of non-empty sentences) from text, JSONL or Parquet files, streamed.
+    `split` runs the rule-based sentence splitter over each line of text input (paragraph-per-line
+    corpora, where otherwise every document is one "sentence" and NSP always picks a random B;
+    WikiText has its own reader, iter_wikitext_documents). A JSONL object or a Parquet row is one
+    document (column `text_field`, "text" by default for Parquet), its lines split into sentences."""
+    from bertkit.data.sentences import split_sentences
+    from bertkit.tasks.base import is_parquet
+
+    def document(text: str) -> list[str]:
+        return [s for para in text.split("\n") for s in split_sentences(para)]
+
+    if any(is_parquet(path) for path in paths):
+        if not all(is_parquet(path) for path in paths):
+            kinds = sorted({"Parquet" if is_parquet(path) else "text" for path in paths})
+            raise DataError(f"--input mixes {' and '.join(kinds)} files ({', '.join(map(str, paths[:3]))}, ...); "
+                            f"give one kind per run")
+        for path in paths:
+            for _, text in parquet_texts(path, text_field):
+                sentences = document(text)
+                if sentences:
+                    yield sentences
+        return
     if text_field is not None:
         for path in paths:
             for lineno, line in read_lines(path):
@@ -208,7 +250,7 @@ def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: 
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
                     raise DataError(f"{path}:{lineno}: expected an object with a string field {text_field!r} "
                                     f"(--text-field)")
-                sentences = [s for para in obj[text_field].split("\n") for s in split_sentences(para)]
+                sentences = document(obj[text_field])
                 if sentences:
                     yield sentences
         return
@@ -257,9 +299,14 @@ def iter_wikitext_documents(paths: Sequence[Path], unk_token: str = "[UNK]") -> 
     lines (` = Goals ; A = ` between two text lines) look like headings but are not."""
     from bertkit.data.sentences import split_sentences
 
+    from bertkit.tasks.base import is_parquet
+
     for path in paths:
         doc: list[str] = []
-        for before, text, after in _with_neighbours(line.strip() for _, line in read_lines(path)):
+        # The Hub's Salesforce/wikitext: one row per line of the file, newline included.
+        lines = (text for _, text in parquet_texts(path, None)) if is_parquet(path) else (
+            line for _, line in read_lines(path))
+        for before, text, after in _with_neighbours(line.strip() for line in lines):
             if not text:
                 continue
             heading = _WIKITEXT_HEADING.match(text) if not before and not after else None
