@@ -513,3 +513,29 @@ def test_feature_cache_key_covers_every_tokenizer_setting(tmp_path, monkeypatch)
         assert cached[0]["input_ids"] == task.encode(examples, tokenizer, 32)[0]["input_ids"]
     assert stripping.tokenize("café") == ["cafe"] and keeping.tokenize("café") == ["[UNK]"]
     assert len(list((tmp_path / "cache" / "features").glob("*.pkl"))) == 2
+
+
+def test_train_tokenizer_reads_hub_parquet_as_its_text(tmp_path, capsys):
+    """The Hub's Salesforce/wikitext rows (a line of the file each) learn the vocab the raw file does,
+    with and without --wikitext; a document-per-row column gives its lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    valid = need(DATA / "wikitext-2/valid.txt")
+    lines = valid.read_text(encoding="utf-8").splitlines(keepends=True)
+    pq.write_table(pa.table({"text": lines}), tmp_path / "validation-00000-of-00001.parquet", row_group_size=700)
+    pq.write_table(pa.table({"body": ["".join(lines[:1000]), "".join(lines[1000:])]}), tmp_path / "docs.parquet")
+    args = ["train-tokenizer", "--vocab-size", "2000"]
+    for name, source, extra in (("raw", str(valid), ()), ("hub", str(tmp_path / "validation-00000-of-00001.parquet"), ()),
+                                ("docs", str(tmp_path / "docs.parquet"), ("--text-field", "body")),
+                                ("raw-wt", str(valid), ("--wikitext",)),
+                                ("hub-wt", str(tmp_path / "validation-00000-of-00001.parquet"), ("--wikitext",))):
+        assert cli_main([*args, "--input", source, *extra, "--output-dir", str(tmp_path / name)]) == 0
+        assert "2,461 lines" in capsys.readouterr().err or name.endswith("wt")
+    # Sets, not files: tokenizers' trainer orders tokens of equal count in hash-map order, which
+    # changes from run to run on the same input (huggingface/tokenizers#1794).
+    vocab = {name: set((tmp_path / name / "vocab.txt").read_text(encoding="utf-8").split("\n"))
+             for name in ("raw", "hub", "docs", "raw-wt", "hub-wt")}
+    assert vocab["hub"] == vocab["raw"] == vocab["docs"] and vocab["hub-wt"] == vocab["raw-wt"] != vocab["raw"]
+    assert cli_main([*args, "--input", str(tmp_path / "docs.parquet"), "--output-dir", str(tmp_path / "bad")]) == 1
+    assert "docs.parquet: no column 'text' (--text-field; the file's columns: body)" in capsys.readouterr().err

@@ -4,7 +4,8 @@
     bertkit train-tokenizer --input zh.txt --vocab-size 21128 --chinese --output-dir zh-vocab
 
 Input files are plain text, one sentence or paragraph per line (blank lines are skipped); globs
-are expanded and `.gz`/`.bz2` files are read decompressed. `--wikitext` reads WikiText-2/103
+are expanded and `.gz`/`.bz2` files are read decompressed. Parquet files (the Hub's text corpora)
+give the lines of their `text` column (`--text-field` names another). `--wikitext` reads WikiText-2/103
 files as `pretrain-data --wikitext` does. The output directory gets vocab.txt,
 tokenizer.json, tokenizer_config.json and special_tokens_map.json, loadable by
 `Tokenizer.from_pretrained`, `bertkit pretrain-data --tokenizer` and transformers' AutoTokenizer.
@@ -30,7 +31,10 @@ BATCH_LINES = 1000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE",
-                        help="text files or globs (quote globs); .gz and .bz2 are decompressed")
+                        help="text files or globs (quote globs); .gz and .bz2 are decompressed; Parquet files "
+                             "give the lines of their text column")
+    parser.add_argument("--text-field", default=None,
+                        help="Parquet input: the column holding the text (default text)")
     parser.add_argument("--vocab-size", type=int, required=True,
                         help="tokens in the vocabulary, specials included (BERT: 30522 English, 21128 Chinese)")
     parser.add_argument("--output-dir", required=True, help="directory to write the tokenizer files to")
@@ -89,8 +93,15 @@ def batched(lines: Iterator[str], stats: dict[str, int]) -> Iterator[list[str]]:
         yield batch
 
 
-def _text_lines(files: list[Path], stats: dict[str, int]) -> Iterator[str]:
+def _text_lines(files: list[Path], stats: dict[str, int], text_field: str | None = None) -> Iterator[str]:
+    from bertkit.data.pretraining import parquet_texts
+    from bertkit.tasks.base import is_parquet
+
     for path in files:
+        if is_parquet(path):
+            for _, text in parquet_texts(path, text_field):
+                yield from (line for line in map(str.strip, text.split("\n")) if line)
+            continue
         with _open_binary(path) as f:
             for line_no, raw in enumerate(f, start=1):
                 try:
@@ -105,9 +116,9 @@ def _text_lines(files: list[Path], stats: dict[str, int]) -> Iterator[str]:
                 yield line
 
 
-def iter_line_batches(files: list[Path], stats: dict[str, int]) -> Iterator[list[str]]:
+def iter_line_batches(files: list[Path], stats: dict[str, int], text_field: str | None = None) -> Iterator[list[str]]:
     """Non-blank lines of every file, in batches; counts lines and characters into `stats`."""
-    return batched(_text_lines(files, stats), stats)
+    return batched(_text_lines(files, stats, text_field), stats)
 
 
 # WikiText's tokenized files mark out-of-vocabulary words as "<unk>" and split "1,000" as
@@ -135,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
                          f"pass a new directory")
     files = expand_inputs(args.input)
     stats = {"lines": 0, "chars": 0}
-    batches = iter_wikitext_batches(files, stats) if args.wikitext else iter_line_batches(files, stats)
+    batches = (iter_wikitext_batches(files, stats) if args.wikitext
+               else iter_line_batches(files, stats, args.text_field))
     tokenizer = train_wordpiece(batches, args.vocab_size,
                                 do_lower_case=args.lowercase, min_frequency=args.min_frequency,
                                 limit_alphabet=None if args.chinese else 1000, num_unused=args.unused)
