@@ -124,11 +124,12 @@ def is_parquet(path: Path) -> bool:
         return False
 
 
-def read_parquet_rows(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any]]]:
+def read_parquet_rows(paths: Sequence[Path], required: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
     """Rows of Parquet files (a Hugging Face Hub dataset's files, `datasets`' to_parquet, pandas'
     to_parquet) as (where, {column: value}) in file order; where = "FILE: row N", N counted from 0 as
     pandas and the Hub's viewer count. Nested columns arrive as Python lists and dicts (SQuAD's
-    answers: {"text": [...], "answer_start": [...]}), as in the Hub's JSON."""
+    answers: {"text": [...], "answer_start": [...]}), as in the Hub's JSON. A file without one of the
+    `required` columns is a DataError naming the file, the missing columns and those it has."""
     import pyarrow.parquet as pq
 
     rows: list[tuple[str, dict[str, Any]]] = []
@@ -139,6 +140,10 @@ def read_parquet_rows(paths: Sequence[Path]) -> list[tuple[str, dict[str, Any]]]
             table = pq.read_table(path)
         except Exception as err:  # pyarrow's ArrowInvalid and OSError: not a Parquet file, or a damaged one
             raise DataError(f"{path}: cannot read as Parquet ({err})") from None
+        missing = [column for column in required if column not in table.column_names]
+        if missing:
+            raise DataError(f"{path}: no column {', '.join(map(repr, missing))}; expected the columns "
+                            f"{', '.join(required)} (the file has {', '.join(table.column_names) or 'none'})")
         rows.extend((f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist()))
     return rows
 
@@ -149,6 +154,20 @@ def hub_split_files(directory: Path, hub_split: str) -> list[Path]:
     refs/convert/parquet branch), NAME-SPLIT.parquet (earlier conversions). Empty: none there."""
     return (sorted(directory.glob(f"{hub_split}-*.parquet")) or sorted(directory.glob(f"{hub_split}/*.parquet"))
             or sorted(directory.glob(f"*-{hub_split}.parquet")))
+
+
+def find_hub_split(data_dir: Path, split: str, config_folders: Sequence[str] = ()) -> list[Path]:
+    """A split's Parquet files (bertkit's split name: "dev" is the Hub's "validation") in a
+    downloaded Hub dataset: in `data_dir` itself or in one of its `config_folders`, where the Hub
+    keeps a configuration's files (squad's plain_text/, swag's regular/). Empty: none there. Two
+    folders that both hold the split are refused rather than one picked: they are two datasets
+    (SQuAD v1.1 beside v2.0) and a silent pick could train on the wrong one."""
+    holding = [files for folder in (data_dir, *(data_dir / name for name in config_folders))
+               if (files := hub_split_files(folder, HUB_SPLITS[split]))]
+    if len(holding) > 1:
+        raise ValueError(f"{holding[0][0].parent} and {holding[1][0].parent} both hold {HUB_SPLITS[split]} Parquet "
+                         f"files; point --data-dir at the one to use")
+    return holding[0] if holding else []
 
 
 def not_utf8_error(path: Path) -> DataError:
