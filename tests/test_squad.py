@@ -579,7 +579,7 @@ def test_run_qa_question_records_read_as_the_official_layout(tmp_path, capsys):
     "data" or as JSON lines; both give the examples of the official file (SQuAD 2.0: unanswerable =
     empty answers), and its README command line (with local files) fine-tunes and scores."""
     from bertkit.cli import main
-    from bertkit.tasks.squad import parse_squad_json
+    from bertkit.tasks.squad import parse_squad_files
 
     source = need(V2_DEV)
     data = json.loads(source.read_text(encoding="utf-8"))
@@ -596,17 +596,17 @@ def test_run_qa_question_records_read_as_the_official_layout(tmp_path, capsys):
     def fields(examples):
         return [(e.qid, e.question, e.context, e.answers, e.answer_starts, e.is_impossible, e.title) for e in examples]
 
-    official, _ = parse_squad_json(official_file)
+    official, _ = parse_squad_files([official_file])
     assert any(e.is_impossible for e in official) and any(e.is_impossible is False for e in official)
     for name in ("records.json", "records.jsonl"):
-        assert fields(parse_squad_json(tmp_path / name)[0]) == fields(official)
+        assert fields(parse_squad_files([tmp_path / name])[0]) == fields(official)
     answerable = [r for r in records if r["answers"]["text"]]
     (tmp_path / "v1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in answerable), encoding="utf-8")
-    assert {e.is_impossible for e in parse_squad_json(tmp_path / "v1.jsonl")[0]} == {None}  # v1.1 data
+    assert {e.is_impossible for e in parse_squad_files([tmp_path / "v1.jsonl"])[0]} == {None}  # v1.1 data
     bad = dict(records[0], answers={"text": ["a"], "answer_start": []})
     (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="question record 1: 'answers' must be"):
-        parse_squad_json(tmp_path / "bad.jsonl")
+        parse_squad_files([tmp_path / "bad.jsonl"])
 
     (tmp_path / "train.json").write_text(json.dumps({"data": records[:16]}), encoding="utf-8")
     (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[-8:]), encoding="utf-8")
@@ -616,5 +616,101 @@ def test_run_qa_question_records_read_as_the_official_layout(tmp_path, capsys):
                  "--per_device_train_batch_size", "12", "--learning_rate", "3e-5", "--num_train_epochs", "1",
                  "--max_seq_length", "128", "--doc_stride", "64", "--version_2_with_negative", "--output_dir", str(out),
                  "--no_cuda", "--no-progress"]) == 0
+    dev = json.loads((out / "metrics.json").read_text())["dev"]
+    assert dev["total"] == 8 and "NoAns_total" in dev
+
+
+# ---- the Hub's Parquet files (rajpurkar/squad, rajpurkar/squad_v2) -----------------------------------
+def hub_squad_rows(official: Path) -> list[dict]:
+    """The rows of the Hub's SQuAD Parquet files made from an official JSON file: one per question,
+    in file order, as `datasets`' squad loading script flattened the JSON."""
+    data = json.loads(official.read_text(encoding="utf-8"))
+    return [{"id": qa["id"], "title": article["title"], "context": paragraph["context"], "question": qa["question"],
+             "answers": {"text": [a["text"] for a in qa["answers"]],
+                         "answer_start": [a["answer_start"] for a in qa["answers"]]}}
+            for article in data["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+
+
+def write_hub_squad(path: Path, rows: list[dict], columns: tuple[str, ...] = ("id", "title", "context", "question",
+                                                                            "answers")) -> Path:
+    """A Parquet file in the Hub's schema (answers: struct of a string list and an int32 list)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("title", pa.string()), ("context", pa.string()),
+                        ("question", pa.string()),
+                        ("answers", pa.struct([("text", pa.list_(pa.string())),
+                                               ("answer_start", pa.list_(pa.int32()))]))])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema).select(list(columns))
+    pq.write_table(table, path)
+    return path
+
+
+def squad_fields(examples) -> list[tuple]:
+    return [(e.qid, e.question, e.context, e.answers, e.answer_starts, e.is_impossible, e.title) for e in examples]
+
+
+def test_hub_parquet_reads_as_the_official_files(tmp_path, v1_dev, v2_dev):
+    """The Hub's layouts of the real dev files give the official files' examples, every one: v1.1
+    from --data-dir in plain_text/ as two shards (cut inside an article, concatenated in order),
+    v2.0 from --data-dir in squad_v2/ and from --dev-file; --article-split slices the same articles."""
+    v1_rows, v2_rows = hub_squad_rows(need(V1_DEV)), hub_squad_rows(need(V2_DEV))
+    v1_dir, v2_dir = tmp_path / "squad", tmp_path / "squad_v2"
+    cut = 1001  # inside an article (its title continues in the second shard)
+    assert v1_rows[cut - 1]["title"] == v1_rows[cut]["title"]
+    first = write_hub_squad(v1_dir / "plain_text" / "validation-00000-of-00002.parquet", v1_rows[:cut])
+    second = write_hub_squad(v1_dir / "plain_text" / "validation-00001-of-00002.parquet", v1_rows[cut:])
+    v2_file = write_hub_squad(v2_dir / "squad_v2" / "validation-00000-of-00001.parquet", v2_rows)
+
+    from_hub = make_task(data_dir=str(v1_dir)).read("dev")
+    assert squad_fields(from_hub) == squad_fields(v1_dev)
+    assert (from_hub[0].source, from_hub[cut].source) == (f"{first}: row 0", f"{second}: row 0")
+    for task in (make_task(data_dir=str(v2_dir)), make_task(dev_file=str(v2_file))):
+        assert squad_fields(task.read("dev")) == squad_fields(v2_dev)
+
+    official_split, hub_split = (make_task(dev_file=str(V1_DEV), article_split=3),
+                                 make_task(data_dir=str(v1_dir), article_split=3))
+    for split in ("train", "dev"):
+        assert squad_fields(hub_split.read(split)) == squad_fields(official_split.read(split))
+
+
+def test_hub_parquet_errors_name_file_row_and_column(tmp_path):
+    rows = hub_squad_rows(need(V1_DEV))[:3]
+    no_answers = write_hub_squad(tmp_path / "no_answers.parquet", rows, ("id", "title", "context", "question"))
+    with pytest.raises(DataError, match=r"no_answers\.parquet: no column 'answers'; expected the columns id, context, "
+                                        r"question, answers \(the file has id, title, context, question\)"):
+        make_task(dev_file=str(no_answers)).read("dev")
+    moved = [rows[0], dict(rows[1], answers={"text": rows[1]["answers"]["text"][:1], "answer_start": [3]})]
+    path = write_hub_squad(tmp_path / "moved.parquet", moved)
+    with pytest.raises(DataError, match=rf"{path}: row 1: question id '{rows[1]['id']}': answer_start 3 does not "
+                                        r"point at the answer"):
+        make_task(dev_file=str(path)).read("dev")
+    uneven = [rows[0], dict(rows[1], answers={"text": ["a", "b"], "answer_start": [0]})]
+    path = write_hub_squad(tmp_path / "uneven.parquet", uneven)
+    with pytest.raises(DataError, match=rf"{path}: row 1: 'answers' must be"):
+        make_task(dev_file=str(path)).read("dev")
+    # Two datasets' folders in one --data-dir: refused, not one of them picked.
+    write_hub_squad(tmp_path / "both" / "plain_text" / "validation-00000-of-00001.parquet", rows)
+    write_hub_squad(tmp_path / "both" / "squad_v2" / "validation-00000-of-00001.parquet", rows)
+    with pytest.raises(ValueError, match="plain_text and .*squad_v2 both hold validation Parquet files"):
+        make_task(data_dir=str(tmp_path / "both")).read("dev")
+    with pytest.raises(FileNotFoundError, match=r"nor the Hub's train-\*\.parquet"):
+        make_task(data_dir=str(tmp_path / "both")).read("train")
+
+
+def test_finetune_from_a_hub_dataset_folder(tmp_path, capsys):
+    """`bertkit finetune --task squad --data-dir` on a downloaded rajpurkar/squad_v2 folder (real dev
+    questions as its train and validation shards) trains and scores as SQuAD 2.0."""
+    from bertkit.cli import main
+
+    rows = hub_squad_rows(need(V2_DEV))
+    data_dir = tmp_path / "rajpurkar-squad_v2"
+    write_hub_squad(data_dir / "squad_v2" / "train-00000-of-00001.parquet", rows[:16])
+    write_hub_squad(data_dir / "squad_v2" / "validation-00000-of-00001.parquet", rows[-8:])
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "squad", "--model", str(need(MINILM)), "--data-dir", str(data_dir),
+                 "--output-dir", str(out), "--max-steps", "2", "--batch-size", "8", "--max-seq-length", "128",
+                 "--doc-stride", "64", "--device", "cpu", "--no-progress"]) == 0
     dev = json.loads((out / "metrics.json").read_text())["dev"]
     assert dev["total"] == 8 and "NoAns_total" in dev

@@ -2,7 +2,11 @@
 
 Data: the official JSON files, `train-v1.1.json`/`dev-v1.1.json` or `train-v2.0.json`/`dev-v2.0.json`
 in --data-dir, or --train-file/--dev-file/--test-file. Version 2 (unanswerable questions) is
-detected from the data: a "v2..." version string or any `is_impossible` field.
+detected from the data: a "v2..." version string or any `is_impossible` field. One record per
+question (transformers' run_qa.py JSON, or the Parquet files of the Hub's rajpurkar/squad and
+squad_v2: id, title, context, question, answers = {text, answer_start}) is read too; a question
+without answers makes it v2 data. Without the JSON files, --data-dir may be a downloaded Hub
+dataset: its SPLIT-0000x-of-N.parquet files, in the folder itself or in plain_text/ or squad_v2/.
 
 `--article-split K` trains and evaluates from the dev file alone (the train files are ~30-40 MB and
 often unavailable offline): split "train" is the first K articles of the dev file, "dev" the rest.
@@ -35,8 +39,9 @@ import numpy as np
 import torch
 
 from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
-from bertkit.tasks.base import (DataError, Task, example_records, load_json_or_lines, padded_inputs, read_data_text,
-                                register, write_files_together)
+from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, example_records, find_hub_split, is_parquet,
+                                load_json_or_lines, padded_inputs, read_data_text, read_parquet_rows, register,
+                                write_files_together)
 
 log = logging.getLogger(__name__)
 
@@ -79,30 +84,37 @@ def _whitespace_slip(context: str, start: int, text: str) -> bool:
     return False
 
 
-def nest_question_records(records: list[Any], path: Path) -> dict[str, Any]:
+# The columns of a question record (run_qa.py's JSON, the Hub's Parquet); "title" may be absent.
+QUESTION_COLUMNS = ("id", "context", "question", "answers")
+# Key of a nested question that holds its record's place ("FILE: row N"); not a SQuAD field.
+WHERE = "bertkit_where"
+
+
+def nest_question_records(records: Sequence[tuple[str, Any]]) -> dict[str, Any]:
     """transformers' run_qa.py layout (the `datasets` SQuAD columns: one record per question, `id`,
-    `title`, `context`, `question`, `answers` = {"text": [...], "answer_start": [...]}; JSON lines or
-    under "data") -> the official nesting: an article per run of one title, a paragraph per run of
-    one context. A question with no answer makes the file SQuAD 2.0 data (its is_impossible)."""
-    for n, record in enumerate(records, 1):
+    `title`, `context`, `question`, `answers` = {"text": [...], "answer_start": [...]}), given as
+    (where, record) pairs -> the official nesting: an article per run of one title, a paragraph per
+    run of one context. A question with no answer makes the data SQuAD 2.0 (its is_impossible).
+    Each question keeps its record's place under WHERE, so that later errors name it."""
+    for where, record in records:
         answers = record.get("answers") if isinstance(record, dict) else None
         if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) \
                 or not isinstance(answers.get("answer_start"), list) or len(answers["text"]) != len(answers["answer_start"]):
-            raise DataError(f"{path}: question record {n}: 'answers' must be {{\"text\": [...], \"answer_start\": "
+            raise DataError(f"{where}: 'answers' must be {{\"text\": [...], \"answer_start\": "
                             f"[...]}} with one start per text, got {str(answers)[:80]}")
         for key in ("id", "context", "question"):
             if not isinstance(record.get(key), str):
-                raise DataError(f"{path}: question record {n}: needs a string {key!r}")
-    is_v2 = any(not record["answers"]["text"] for record in records)
+                raise DataError(f"{where}: needs a string {key!r}")
+    is_v2 = any(not record["answers"]["text"] for _, record in records)
     articles: list[dict[str, Any]] = []
-    for record in records:
-        title = str(record.get("title", ""))
+    for where, record in records:
+        title = str(record.get("title") or "")
         if not articles or articles[-1]["title"] != title:
             articles.append({"title": title, "paragraphs": []})
         paragraphs = articles[-1]["paragraphs"]
         if not paragraphs or paragraphs[-1]["context"] != record["context"]:
             paragraphs.append({"context": record["context"], "qas": []})
-        qa = {"id": record["id"], "question": record["question"],
+        qa = {"id": record["id"], "question": record["question"], WHERE: where,
               "answers": [{"text": t, "answer_start": s}
                           for t, s in zip(record["answers"]["text"], record["answers"]["answer_start"])]}
         if is_v2:
@@ -111,11 +123,12 @@ def nest_question_records(records: list[Any], path: Path) -> dict[str, Any]:
     return {"version": "v2.0" if is_v2 else "v1.1", "data": articles}
 
 
-def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: bool = False) -> tuple[list[SquadExample], int]:
-    """Read an official SQuAD JSON file -> (examples, number of answers with a whitespace-only
-    answer_start slip). `articles` picks a range of the file's articles. With `drop_unaligned`
-    (training), a question none of whose answers is aligned is left out; otherwise it is kept for
-    scoring by text."""
+def load_squad_data(paths: Sequence[Path]) -> dict[str, Any]:
+    """A split's data in the official nesting, from one JSON file (official, or run_qa.py's records)
+    or from Parquet files of question records (the Hub's shards, concatenated in order)."""
+    if is_parquet(paths[0]):
+        return nest_question_records(read_parquet_rows(paths, required=QUESTION_COLUMNS))
+    path, = paths  # JSON: one file (an explicit --*-file or the official name in --data-dir)
     try:
         text = read_data_text(path)
     except FileNotFoundError:
@@ -123,10 +136,21 @@ def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: 
     data = load_json_or_lines(text, path)
     records = example_records(data, "question")
     if records is not None:
-        data = nest_question_records(records, path)
+        return nest_question_records([(f"{path}: question record {n}", r) for n, r in enumerate(records, 1)])
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{path}: expected an object with a 'data' list of articles (the official SQuAD layout), "
                         f"or one record per question as transformers' run_qa.py reads them")
+    return data
+
+
+def parse_squad_files(paths: Sequence[Path], articles: slice = slice(None),
+                      drop_unaligned: bool = False) -> tuple[list[SquadExample], int]:
+    """Read a split's SQuAD files (load_squad_data) -> (examples, number of answers with a
+    whitespace-only answer_start slip). `articles` picks a range of the articles. With
+    `drop_unaligned` (training), a question none of whose answers is aligned is left out; otherwise
+    it is kept for scoring by text."""
+    data = load_squad_data(paths)
+    path = files_label(paths)
     version = str(data.get("version", ""))
     is_v2 = version.lstrip("v").startswith("2") or any(
         "is_impossible" in qa for article in data["data"] for p in article.get("paragraphs", ())
@@ -147,7 +171,7 @@ def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: 
                                 f"and a 'qas' list")
             for qa in paragraph["qas"]:
                 qid = qa.get("id")
-                where = f"{path}: question id {qid!r}"
+                where = f"{qa.get(WHERE, path)}: question id {qid!r}"
                 if not isinstance(qid, str) or not isinstance(qa.get("question"), str):
                     raise DataError(f"{path}: article {a_index} paragraph {p_index}: a question lacks a "
                                     f"string 'id' or 'question' ({str(qa)[:80]})")
@@ -175,8 +199,13 @@ def parse_squad_json(path: Path, articles: slice = slice(None), drop_unaligned: 
                 if drop_unaligned and answers and all(s < 0 for s in starts):
                     continue
                 examples.append(SquadExample(qid, qa["question"], context, answers, starts, impossible, title,
-                                             f"{path}:{qid}"))
+                                             qa.get(WHERE) or f"{path}:{qid}"))
     return examples, slips
+
+
+def files_label(paths: Sequence[Path]) -> str:
+    """How messages name a split's files: the file, or the first of several shards and their count."""
+    return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more shards)"
 
 
 @register("squad")
@@ -227,11 +256,14 @@ class SquadTask(Task):
         return default if value is None else value
 
     # ---- data -----------------------------------------------------------------------------------
-    def _find_file(self, split: str) -> Path:
+    def _find_files(self, split: str) -> list[Path]:
+        """The split's file: an explicit --*-file, else the official JSON in --data-dir, else the
+        Parquet shards of a downloaded Hub dataset there (rajpurkar/squad keeps them in plain_text/,
+        squad_v2 in squad_v2/)."""
         explicit = {"train": self.options.train_file, "dev": self.options.dev_file,
                     "test": self.options.test_file}[split]
         if explicit:
-            return Path(explicit)
+            return [Path(explicit)]
         if not self.options.data_dir:
             raise ValueError(f"SQuAD split {split!r}: give --data-dir or --{split}-file")
         data_dir = Path(self.options.data_dir)
@@ -239,10 +271,14 @@ class SquadTask(Task):
         if len(found) > 1:
             raise ValueError(f"{data_dir} holds both {found[0].name} and {found[1].name}; pick one with "
                              f"--{split}-file")
-        if not found:
-            raise FileNotFoundError(f"no {split}-v1.1.json or {split}-v2.0.json in --data-dir {data_dir}; "
-                                    f"pass --{split}-file (or --article-split K to train from the dev file)")
-        return found[0]
+        if found:
+            return found
+        hub_files = find_hub_split(data_dir, split, ("plain_text", "squad_v2"))
+        if not hub_files:
+            raise FileNotFoundError(f"no {split}-v1.1.json or {split}-v2.0.json in --data-dir {data_dir}, nor the "
+                                    f"Hub's {HUB_SPLITS[split]}-*.parquet (there or in plain_text/, squad_v2/); pass "
+                                    f"--{split}-file (or --article-split K to train from the dev file)")
+        return hub_files
 
     def read(self, split: str) -> list[SquadExample]:
         if split not in self.splits:
@@ -252,8 +288,9 @@ class SquadTask(Task):
         path_split = split
         if k is not None and split in ("train", "dev"):
             path_split, articles = "dev", (slice(0, k) if split == "train" else slice(k, None))
-        path = self._find_file(path_split)
-        examples, slips = parse_squad_json(path, articles, drop_unaligned=(split == "train"))
+        paths = self._find_files(path_split)
+        examples, slips = parse_squad_files(paths, articles, drop_unaligned=(split == "train"))
+        path = files_label(paths)
         if slips:
             log.warning("%s: %d answers have an answer_start off by whitespace; they are not used as "
                         "training spans (still scored by text)", path, slips)
