@@ -411,3 +411,105 @@ def test_run_ner_json_records_read_as_the_conll_files(conll_dir, tmp_path):
                  "--do_eval", "--per_device_train_batch_size", "16", "--num_train_epochs", "1", "--output_dir", str(out),
                  "--no_cuda", "--no-progress"]) == 0
     assert "f1" in json.loads((out / "metrics.json").read_text())["dev"]
+
+
+# ---- the Hub's Parquet files (conll2003) -------------------------------------------------------------
+# The `datasets` conll2003 class lists of the POS and chunk columns (the NER one is CONLL2003_TAGS).
+HUB_POS_TAGS = ['"', "''", "#", "$", "(", ")", ",", ".", ":", "``", "CC", "CD", "DT", "EX", "FW", "IN", "JJ", "JJR",
+                "JJS", "LS", "MD", "NN", "NNP", "NNPS", "NNS", "NN|SYM", "PDT", "POS", "PRP", "PRP$", "RB", "RBR",
+                "RBS", "RP", "SYM", "TO", "UH", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ", "WDT", "WP", "WP$", "WRB"]
+HUB_CHUNK_TAGS = ["O", "B-ADJP", "I-ADJP", "B-ADVP", "I-ADVP", "B-CONJP", "I-CONJP", "B-INTJ", "I-INTJ", "B-LST",
+                  "I-LST", "B-NP", "I-NP", "B-PP", "I-PP", "B-PRT", "I-PRT", "B-SBAR", "I-SBAR", "B-UCP", "I-UCP",
+                  "B-VP", "I-VP"]
+
+
+def hub_conll_rows(text_file: Path) -> list[dict]:
+    """The rows of the Hub's conll2003 Parquet files made from a CoNLL-2003 text file as `datasets`'
+    conll2003 script made them: a row per sentence (-DOCSTART- lines dropped), tag columns as class
+    indices."""
+    rows, sentence = [], []
+    for line in text_file.read_text(encoding="utf-8").split("\n") + [""]:
+        if line.strip() and not line.startswith("-DOCSTART-"):
+            sentence.append(line.split(" "))
+        elif sentence:
+            rows.append({"id": str(len(rows)), "tokens": [c[0] for c in sentence],
+                         "pos_tags": [HUB_POS_TAGS.index(c[1]) for c in sentence],
+                         "chunk_tags": [HUB_CHUNK_TAGS.index(c[2]) for c in sentence],
+                         "ner_tags": [CONLL2003_TAGS.index(c[3]) for c in sentence]})
+            sentence = []
+    return rows
+
+
+def write_parquet(path: Path, rows: list[dict], tag_type=None) -> Path:
+    """Rows in the Hub's conll2003 schema (int64 class indices; `tag_type` string for tag strings)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tags = pa.list_(tag_type or pa.int64())
+    schema = pa.schema([("id", pa.string()), ("tokens", pa.list_(pa.string())), ("pos_tags", pa.list_(pa.int64())),
+                        ("chunk_tags", pa.list_(pa.int64())), ("ner_tags", tags)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([field for field in schema if field.name in rows[0]])  # a column left out on purpose
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def test_hub_parquet_reads_as_the_conll_files(conll_dir, tmp_path):
+    """The Hub's conll2003 layout (refs/convert/parquet: conll2003/SPLIT/0000.parquet) made from the
+    real files gives, in --data-dir, every sentence of train.txt, valid.txt and test.txt: words, tags
+    and guid; the rows name FILE: row N, and carry no document starts (the Hub dropped -DOCSTART-)."""
+    hub_dir = tmp_path / "eriktnlp-conll2003"
+    reference = {}
+    for split, text_name, hub_split in (("train", "train.txt", "train"), ("dev", "valid.txt", "validation"),
+                                        ("test", "test.txt", "test")):
+        parquet = write_parquet(hub_dir / "conll2003" / hub_split / "0000.parquet", hub_conll_rows(conll_dir / text_name))
+        reference[split] = conll_task(data_dir=str(conll_dir)).read(split)
+        examples = conll_task(data_dir=str(hub_dir)).read(split)
+        assert [(e.guid, e.words, e.tags) for e in examples] == [(e.guid, e.words, e.tags) for e in reference[split]]
+        assert [e.source for e in examples] == [f"{parquet}: row {n}" for n in range(len(reference[split]))]
+        assert not any(e.doc_start for e in examples)
+    assert conll_task(data_dir=str(hub_dir)).label_names() == CONLL2003_TAGS
+
+    # --task ner: tag strings in a Parquet file (an explicit --dev-file)
+    import pyarrow as pa
+
+    rows = [dict(r, ner_tags=[CONLL2003_TAGS[t] for t in r["ner_tags"]]) for r in hub_conll_rows(conll_dir / "valid.txt")]
+    strings = write_parquet(tmp_path / "dev-strings.parquet", rows, pa.string())
+    examples = conll_task("ner", dev_file=str(strings)).read("dev")
+    assert [(e.words, e.tags) for e in examples] == [(e.words, e.tags) for e in reference["dev"]]
+    with pytest.raises(DataError, match="'ner_tags' are numbers; --task ner needs the tag strings"):
+        conll_task("ner", data_dir=str(hub_dir)).read("dev")
+
+
+def test_hub_parquet_errors_name_file_row_and_column(conll_dir, tmp_path):
+    rows = hub_conll_rows(conll_dir / "valid.txt")[:4]
+    no_tags = write_parquet(tmp_path / "no_tags.parquet", [{k: v for k, v in r.items() if k != "ner_tags"} for r in rows])
+    with pytest.raises(DataError, match=r"no_tags\.parquet: no column 'ner_tags'; expected the columns tokens, "
+                                        r"ner_tags \(the file has id, tokens, pos_tags, chunk_tags\)"):
+        conll_task(dev_file=str(no_tags)).read("dev")
+    out_of_range = write_parquet(tmp_path / "bad.parquet", rows[:2] + [dict(rows[2], ner_tags=[9] * len(rows[2]["tokens"]))])
+    with pytest.raises(DataError, match=rf"{out_of_range}: row 2: tag index out of 0..8"):
+        conll_task(dev_file=str(out_of_range)).read("dev")
+    short = write_parquet(tmp_path / "short.parquet", [rows[0], dict(rows[1], ner_tags=rows[1]["ner_tags"][:-1])])
+    with pytest.raises(DataError, match=rf"{short}: row 1: needs 'tokens' and 'ner_tags', lists of one tag per token"):
+        conll_task(dev_file=str(short)).read("dev")
+    with pytest.raises(FileNotFoundError, match=r"the Hub's validation Parquet files \(there or in conll2003/\)"):
+        conll_task(data_dir=str(tmp_path / "empty")).read("dev")
+
+
+def test_finetune_from_a_hub_dataset_folder(conll_dir, tmp_path):
+    """`bertkit finetune --task conll2003 --data-dir` on a downloaded conll2003 folder (its
+    refs/convert/parquet layout; real sentences) trains and scores."""
+    if not (MINILM / "model.safetensors").is_file():
+        pytest.skip(f"{MINILM} is absent")
+    from bertkit.cli import main
+
+    hub_dir = tmp_path / "conll2003-hub"
+    write_parquet(hub_dir / "conll2003" / "train" / "0000.parquet", hub_conll_rows(conll_dir / "train.txt")[:32])
+    write_parquet(hub_dir / "conll2003" / "validation" / "0000.parquet", hub_conll_rows(conll_dir / "valid.txt")[:16])
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "conll2003", "--model", str(MINILM), "--data-dir", str(hub_dir), "--output-dir",
+                 str(out), "--max-steps", "2", "--batch-size", "16", "--max-seq-length", "64", "--device", "cpu",
+                 "--no-progress"]) == 0
+    dev = json.loads((out / "metrics.json").read_text())["dev"]
+    assert 0.0 <= dev["f1"] <= 1.0

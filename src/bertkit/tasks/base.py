@@ -170,6 +170,12 @@ def find_hub_split(data_dir: Path, split: str, config_folders: Sequence[str] = (
     return holding[0] if holding else []
 
 
+def files_label(paths: Sequence[Path]) -> str:
+    """How messages name a split's files: the file, or the first of several Parquet shards (a Hub
+    split may be several) and how many more there are."""
+    return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more shards)"
+
+
 def not_utf8_error(path: Path) -> DataError:
     """The DataError for a file that does not decode as UTF-8: the line and byte where it fails."""
     raw = path.read_bytes()

@@ -7,6 +7,10 @@ Input: one token per line, space- (or tab-) separated columns, the tag in `--lab
 Files in --data-dir: train.txt / valid.txt / test.txt (`--split dev` reads valid.txt), or the
 original eng.train / eng.testa / eng.testb. `conll2003` uses the fixed CoNLL tag set
 (O and B-/I- of PER, ORG, LOC, MISC); `ner` takes its tag set from the training file.
+transformers' run_ner.py records (`tokens`, `ner_tags`: tag strings, or with `conll2003` the
+indices of the `datasets` tag list) are read from JSON and from Parquet files, such as the Hub's
+conll2003 (conll2003/train/0000.parquet, validation/, test/), which --data-dir finds, in it or in
+conll2003/, when the text files are absent.
 
 Tag schemes: IOB1, IOB2 and BIOES (also called IOBES: `S-X` a one-word entity, `E-X` the last
 word of a longer one). IOB1 (the original eng.* files, where `I-X` opens an entity and `B-X`
@@ -42,8 +46,9 @@ import numpy as np
 import torch
 
 from bertkit.metrics.ner import bioes_to_iob2, ner_scores
-from bertkit.tasks.base import (DataError, Task, TaskOptions, example_records, file_lines, load_json_or_lines,
-                                open_for_writing, pad_sequences, padded_inputs, read_data_text, register)
+from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, TaskOptions, example_records, file_lines, files_label,
+                                find_hub_split, is_parquet, load_json_or_lines, open_for_writing, pad_sequences,
+                                padded_inputs, read_data_text, read_parquet_rows, register)
 from bertkit.tasks.swag import plain_backend, special_ids
 
 log = logging.getLogger(__name__)
@@ -166,24 +171,35 @@ class NerTask(Task):
                             help="sub-tokens repeated as context when a long sentence is split into windows")
 
     # ---- reading --------------------------------------------------------------------------------
-    def split_file(self, split: str) -> Path:
+    def split_files(self, split: str) -> list[Path]:
+        """The split's file: an explicit --*-file, else the CoNLL text file in --data-dir, else the
+        Parquet files of the Hub's conll2003 there (in it or in conll2003/)."""
         if split not in self.splits:
             raise ValueError(f"--split {split!r} is not one of {', '.join(self.splits)}")
         explicit = {"train": self.options.train_file, "dev": self.options.dev_file,
                     "test": self.options.test_file}[split]
         if explicit:
-            return Path(explicit)
+            return [Path(explicit)]
         if not self.options.data_dir:
             raise ValueError(f"task {self.name}: give --data-dir or --{split}-file")
-        tried = [Path(self.options.data_dir) / name for name in self.file_names[split]]
+        data_dir = Path(self.options.data_dir)
+        tried = [data_dir / name for name in self.file_names[split]]
         for path in tried:
             if path.is_file():
-                return path
-        raise FileNotFoundError(f"task {self.name}: no {split} file; looked for "
-                                f"{', '.join(map(str, tried))} (or pass --{split}-file)")
+                return [path]
+        hub_files = find_hub_split(data_dir, split, ("conll2003",))
+        if hub_files:
+            return hub_files
+        raise FileNotFoundError(f"task {self.name}: no {split} file; looked for {', '.join(map(str, tried))} and "
+                                f"the Hub's {HUB_SPLITS[split]} Parquet files (there or in conll2003/); pass "
+                                f"--{split}-file")
 
     def read(self, split: str) -> list[NerExample]:
-        path = self.split_file(split)
+        paths = self.split_files(split)
+        if is_parquet(paths[0]):
+            rows = read_parquet_rows(paths, required=("tokens", "ner_tags"))
+            return self.read_records(rows, files_label(paths), split)
+        path, = paths
         label_column = int(self.options.get("label_column", -1))
         examples: list[NerExample] = []
         words: list[str] = []
@@ -242,17 +258,21 @@ class NerTask(Task):
                             f"({', '.join(self.fixed_types)}); use --task ner for other tag sets")
 
     def read_json(self, path: Path, text: str, split: str) -> list[NerExample]:
-        """transformers' run_ner.py data: one record per sentence with `tokens` and `ner_tags` (tag
-        strings; or the indices of the `datasets` conll2003 tag list with --task conll2003), as JSON
-        lines, a list, or under "data"."""
+        """transformers' run_ner.py data: one record per sentence (see read_records) as JSON lines, a
+        list, or under "data"."""
         records = example_records(load_json_or_lines(text, path), "tokens")
         if records is None:
             raise DataError(f"{path}: JSON, but not one record per sentence with 'tokens' and 'ner_tags' (nor "
                             f"CoNLL columns)")
+        return self.read_records([(f"{path}: sentence record {n}", r) for n, r in enumerate(records, 1)], str(path),
+                                 split)
+
+    def read_records(self, records: Sequence[tuple[str, Any]], path: str, split: str) -> list[NerExample]:
+        """Sentence records (where, record) with `tokens` and `ner_tags` (tag strings; or the indices
+        of the `datasets` conll2003 tag list with --task conll2003), from JSON or Parquet rows."""
         examples: list[NerExample] = []
         is_iob1 = False
-        for n, record in enumerate(records, 1):
-            where = f"{path}: sentence record {n}"
+        for where, record in records:
             words = record.get("tokens") if isinstance(record, dict) else None
             tags = record.get("ner_tags") if isinstance(record, dict) else None
             if not isinstance(words, list) or not isinstance(tags, list) or len(words) != len(tags) or not words:
@@ -272,7 +292,8 @@ class NerTask(Task):
             examples.append(NerExample(f"{split}-{len(examples)}", [str(w) for w in words], list(tags), where))
         return self.finish_reading(path, split, examples, is_iob1)
 
-    def finish_reading(self, path: Path, split: str, examples: list[NerExample], is_iob1: bool) -> list[NerExample]:
+    def finish_reading(self, path: Path | str, split: str, examples: list[NerExample],
+                       is_iob1: bool) -> list[NerExample]:
         """One scheme for a file's tags (IOB1 opened as IOB2), then the task's training scheme."""
         if not examples:
             raise DataError(f"{path}: no sentences found (expected one token per line, blank lines between sentences)")
@@ -299,7 +320,7 @@ class NerTask(Task):
             return tag_scheme(self._labels)
         if self.train_scheme is None:
             try:
-                self.split_file("train")
+                self.split_files("train")
             except (FileNotFoundError, ValueError):
                 return "IOB2"
             self.read("train")

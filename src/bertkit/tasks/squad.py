@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
-from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, example_records, find_hub_split, is_parquet,
-                                load_json_or_lines, padded_inputs, read_data_text, read_parquet_rows, register,
-                                write_files_together)
+from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, example_records, files_label, find_hub_split,
+                                is_parquet, load_json_or_lines, padded_inputs, read_data_text, read_parquet_rows,
+                                register, write_files_together)
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,6 @@ def parse_squad_files(paths: Sequence[Path], articles: slice = slice(None),
                 examples.append(SquadExample(qid, qa["question"], context, answers, starts, impossible, title,
                                              qa.get(WHERE) or f"{path}:{qid}"))
     return examples, slips
-
-
-def files_label(paths: Sequence[Path]) -> str:
-    """How messages name a split's files: the file, or the first of several shards and their count."""
-    return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more shards)"
 
 
 @register("squad")
