@@ -235,3 +235,129 @@ def test_finetune_command_on_real_swag_rows_of_uneven_choice_lengths(tmp_path, t
                  str(out), "--max-steps", "2", "--batch-size", "4", "--max-seq-length", "64", "--device", "cpu",
                  "--no-progress"]) == 0
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["dev"]["accuracy"] <= 1.0
+
+
+# ---- the Hub's Parquet files (swag "regular", generic multiple choice) --------------------------------
+HUB_SWAG_COLUMNS = HEADER[1:]  # the CSV's columns without pandas' unnamed index
+
+
+def write_hub_swag(path: Path, rows: list[list[str]], test: bool = False,
+                   columns: list[str] = HUB_SWAG_COLUMNS) -> Path:
+    """swagaf CSV rows as the Hub's swag "regular" Parquet files hold them: every column text but
+    `label`, a ClassLabel (int64), which is -1 in the unlabelled test split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [dict(zip(HEADER[1:], row[1:]), label=-1 if test else int(row[-1])) for row in rows]
+    schema = pa.schema([(c, pa.int64() if c == "label" else pa.string()) for c in columns])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
+    return path
+
+
+def test_hub_swag_parquet_reads_as_the_swagaf_csv(tmp_path):
+    """The Hub's layout (regular/SPLIT-00000-of-00001.parquet, test labels -1) gives, from
+    --data-dir and from --train-file, the examples of the swagaf CSV files: guid, context, choices,
+    label; the rows name FILE: row N."""
+    csv_dir, hub_dir = tmp_path / "swagaf", tmp_path / "allenai-swag"
+    csv_dir.mkdir()
+    write_swag(csv_dir / "train.csv", ROWS * 3)
+    write_swag(csv_dir / "val.csv", ROWS[::-1])
+    write_swag(csv_dir / "test.csv", [r[:-1] for r in ROWS], HEADER[:-1])
+    train = write_hub_swag(hub_dir / "regular" / "train-00000-of-00001.parquet", ROWS * 3)
+    write_hub_swag(hub_dir / "regular" / "validation-00000-of-00001.parquet", ROWS[::-1])
+    test = write_hub_swag(hub_dir / "regular" / "test-00000-of-00001.parquet", ROWS, test=True)
+
+    def fields(examples):
+        return [(e.guid, e.context, e.choices, e.label) for e in examples]
+
+    for split in ("train", "dev", "test"):
+        assert fields(make_task("swag", data_dir=str(hub_dir)).read(split)) == \
+            fields(make_task("swag", data_dir=str(csv_dir)).read(split)), split
+    assert fields(make_task("swag", train_file=str(train)).read("train")) == \
+        fields(make_task("swag", data_dir=str(csv_dir)).read("train"))
+    examples = make_task("swag", data_dir=str(hub_dir)).read("test")
+    assert [e.label for e in examples] == [None, None]
+    assert [e.source for e in examples] == [f"{test}: row 0", f"{test}: row 1"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: dict(r, label=4), "column 'label' = 4 is out of range; expected 0..3"),
+    (lambda r: dict(r, ending2=None), "column ending2 = None; expected text"),
+    (lambda r: dict(r, ending3=" "), "column ending3 is empty"),
+    (lambda r: dict(r, label=-1), "no label; every train row needs one"),  # -1: the Hub's unlabelled row
+])
+def test_hub_swag_bad_rows_name_file_and_row(tmp_path, change, message):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = write_hub_swag(tmp_path / "good.parquet", ROWS)
+    rows = pq.read_table(good).to_pylist()
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist([rows[0], change(rows[1])], schema=pq.read_schema(good)), path)
+    with pytest.raises(DataError) as err:
+        make_task("swag", train_file=str(path)).read("train")
+    assert f"{path}: row 1: " in str(err.value) and message in str(err.value)
+
+
+def test_hub_swag_missing_column_and_missing_split(tmp_path):
+    columns = [c for c in HUB_SWAG_COLUMNS if c != "ending3"]
+    path = write_hub_swag(tmp_path / "regular" / "train-00000-of-00001.parquet",
+                          [r[:10] + r[11:] for r in ROWS], columns=columns)
+    with pytest.raises(DataError, match=rf"{path}: no column 'ending3'; expected the columns video-id, fold-ind, "
+                                        r"sent1, sent2, ending0, ending1, ending2, ending3 \(the file has video-id"):
+        make_task("swag", data_dir=str(tmp_path)).read("train")
+    with pytest.raises(FileNotFoundError, match=r"val.csv and the Hub's validation Parquet files \(in .*, regular/\)"):
+        make_task("swag", data_dir=str(tmp_path)).read("dev")
+
+
+def test_multiple_choice_parquet_reads_as_its_jsonl(tmp_path):
+    """--task multiple-choice reads Parquet rows with the fields of its JSON lines (custom names too):
+    a Hub dataset's two train shards from --data-dir, in order, and a --test-file whose label -1
+    (the Hub's unlabelled row) is no label, as null is in JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"qid": "a", "question": "2 + 2 =", "options": ["3", "4", "5"], "answer": 1},
+            {"qid": "b", "question": "sky colour", "options": ["blue", "green", "red"], "answer": 0},
+            {"qid": "c", "question": "grass colour", "options": ["blue", "green", "red"], "answer": -1}]
+    fields = {"context_field": "question", "choices_field": "options", "label_field": "answer", "id_field": "qid"}
+
+    def read(split: str, **files):
+        examples = make_task("multiple-choice", **files, extra=fields).read(split)
+        return [(e.guid, e.context, e.choices, e.label) for e in examples]
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(dict(r, answer=None if r["answer"] < 0 else r["answer"]))
+                                                 + "\n" for r in rows))
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    first, second = hub / "train-00000-of-00002.parquet", hub / "train-00001-of-00002.parquet"
+    pq.write_table(pa.Table.from_pylist(rows[:1]), first)
+    pq.write_table(pa.Table.from_pylist(rows[1:2]), second)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test.parquet")
+    assert read("train", data_dir=str(hub)) == read("train", train_file=str(tmp_path / "train.jsonl"))
+    assert [e.source for e in make_task("multiple-choice", data_dir=str(hub), extra=fields).read("train")] == [
+        f"{first}: row 0", f"{second}: row 0"]
+    from_parquet = read("test", test_file=str(tmp_path / "test.parquet"))
+    assert from_parquet == read("test", test_file=str(tmp_path / "test.jsonl"))
+    assert [label for *_, label in from_parquet] == [1, 0, None]
+
+    with pytest.raises(DataError, match=r"test\.parquet: row 2: no label; every train row needs one"):
+        read("train", train_file=str(tmp_path / "test.parquet"))
+    pq.write_table(pa.Table.from_pylist([{"question": "q", "answer": 0}]), tmp_path / "no_options.parquet")
+    with pytest.raises(DataError, match=r"no_options\.parquet: no column 'options'"):
+        read("dev", dev_file=str(tmp_path / "no_options.parquet"))
+
+
+def test_finetune_from_a_hub_swag_folder(tmp_path, tokenizer):
+    """`bertkit finetune --task swag --data-dir` on a downloaded swag folder (regular/) trains and scores."""
+    from bertkit.cli import main
+
+    write_hub_swag(tmp_path / "swag" / "regular" / "train-00000-of-00001.parquet", ROWS * 4)
+    write_hub_swag(tmp_path / "swag" / "regular" / "validation-00000-of-00001.parquet", ROWS)
+    out = tmp_path / "run"
+    assert main(["finetune", "--task", "swag", "--model", str(MINILM), "--data-dir", str(tmp_path / "swag"),
+                 "--output-dir", str(out), "--max-steps", "2", "--batch-size", "4", "--max-seq-length", "64",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["dev"]["accuracy"] <= 1.0

@@ -7,12 +7,17 @@ Each example is one context and C candidate continuations; the model scores
 SWAG (`--task swag`), as released in rowanz/swagaf `data/{train,val,test}.csv`:
     ,video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label
 context = sent1, choice i = sent2 + " " + ending_i (the split BERT's SWAG recipe uses), label 0-3;
-test.csv has no label column. `--split dev` reads val.csv.
+test.csv has no label column. `--split dev` reads val.csv. The Parquet files of the Hub's swag
+("regular" config: regular/train-00000-of-00001.parquet, validation-..., test-...) hold the same
+columns and are read alike, from --*-file or from --data-dir (in it or regular/) without the CSVs.
 
 Generic (`--task multiple-choice`): JSON lines with a context string, a list of choices and the
 index of the right one, e.g. `{"id": "q1", "context": "...", "choices": ["a", "b"], "label": 1}`;
-field names are set with --context-field / --choices-field / --label-field / --id-field.
+field names are set with --context-field / --choices-field / --label-field / --id-field. Parquet
+files with those columns are read too (a Hub dataset's SPLIT-0000x-of-N.parquet in --data-dir).
 All examples of a file must have the same number of choices (the model takes [B, C, T]).
+In Parquet files a label of -1 is no label: `datasets` writes -1 for an unlabelled ClassLabel (swag's
+test split).
 
 The tokenizer helpers at the top (`plain_backend`, `special_ids`, `encode_pair`) are shared with
 the other pair/word-level tasks (semeval.py, conll.py).
@@ -32,8 +37,8 @@ import numpy as np
 import tokenizers
 import torch
 
-from bertkit.tasks.base import (DataError, Task, TaskOptions, open_for_writing, pad_sequences, read_data_text,
-                                register)
+from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, TaskOptions, files_label, find_hub_split, is_parquet,
+                                open_for_writing, pad_sequences, read_data_text, read_parquet_rows, register)
 
 # ---- tokenizer helpers ---------------------------------------------------------------------------
 
@@ -107,6 +112,7 @@ class MultipleChoiceTask(Task):
     main_metric = "accuracy"
     file_names: dict[str, tuple[str, ...]] = {
         "train": ("train.jsonl",), "dev": ("dev.jsonl", "valid.jsonl", "val.jsonl"), "test": ("test.jsonl",)}
+    hub_config_folders: tuple[str, ...] = ()  # where a Hub dataset keeps its files, besides --data-dir itself
 
     def __init__(self, options: TaskOptions):
         super().__init__(options)
@@ -119,51 +125,80 @@ class MultipleChoiceTask(Task):
         parser.add_argument("--label-field", default="label", help="JSONL key of the right choice's index")
         parser.add_argument("--id-field", default="id", help="JSONL key of the example id (optional)")
 
-    def split_file(self, split: str) -> Path:
+    def split_files(self, split: str) -> list[Path]:
+        """The split's file: an explicit --*-file, else the task's file in --data-dir, else a Hub
+        dataset's Parquet files there (in it or its `hub_config_folders`)."""
         explicit = {"train": self.options.train_file, "dev": self.options.dev_file,
                     "test": self.options.test_file}.get(split)
         if split not in self.splits:
             raise ValueError(f"--split {split!r} is not one of {', '.join(self.splits)}")
         if explicit:
-            return Path(explicit)
+            return [Path(explicit)]
         if not self.options.data_dir:
             raise ValueError(f"task {self.name}: give --data-dir or --{split}-file")
-        tried = [Path(self.options.data_dir) / n for n in self.file_names[split]]
+        data_dir = Path(self.options.data_dir)
+        tried = [data_dir / n for n in self.file_names[split]]
         for path in tried:
             if path.is_file():
-                return path
-        raise FileNotFoundError(f"task {self.name}: no {split} file; looked for "
-                                f"{', '.join(map(str, tried))} (or pass --{split}-file)")
+                return [path]
+        hub_files = find_hub_split(data_dir, split, self.hub_config_folders)
+        if hub_files:
+            return hub_files
+        folders = "".join(f", {name}/" for name in self.hub_config_folders)
+        raise FileNotFoundError(f"task {self.name}: no {split} file; looked for {', '.join(map(str, tried))} and "
+                                f"the Hub's {HUB_SPLITS[split]} Parquet files (in {data_dir}{folders}); pass "
+                                f"--{split}-file")
+
+    @staticmethod
+    def parquet_rows(paths: list[Path], required: Sequence[str], label_column: str) -> list[tuple[str, dict]]:
+        """Rows of Parquet files, a label of -1 read as none: `datasets` writes -1 for an unlabelled
+        ClassLabel (swag's test split), and -1 would otherwise be an out-of-range choice."""
+        rows = read_parquet_rows(paths, required)
+        for _, row in rows:
+            if row.get(label_column) == -1:
+                row[label_column] = None
+        return rows
 
     def read(self, split: str) -> list[ChoiceExample]:
-        path = self.split_file(split)
+        paths = self.split_files(split)
         f_context = self.options.get("context_field", "context")
         f_choices = self.options.get("choices_field", "choices")
         f_label = self.options.get("label_field", "label")
         f_id = self.options.get("id_field", "id")
+        if is_parquet(paths[0]):
+            rows = self.parquet_rows(paths, (f_context, f_choices), f_label)
+        else:
+            rows = self.jsonl_rows(paths[0])
         examples: list[ChoiceExample] = []
-        with io.StringIO(read_data_text(path)) as handle:
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{line_no}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: not a JSON object ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                context, choices = row.get(f_context), row.get(f_choices)
-                if not isinstance(context, str):
-                    raise DataError(f"{where}: field {f_context!r} (--context-field) must be a string; "
-                                    f"keys present: {', '.join(row)}")
-                if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-                    raise DataError(f"{where}: field {f_choices!r} (--choices-field) must be a list of at "
-                                    f"least 2 strings")
-                label = self._parse_label(row.get(f_label), len(choices), where, f"field {f_label!r}")
-                guid = str(row.get(f_id, f"{split}-{len(examples)}"))
-                examples.append(ChoiceExample(guid, context, choices, label, where))
-        return self._check_labels(self._check_choice_counts(examples, path), split)
+        for where, row in rows:
+            context, choices = row.get(f_context), row.get(f_choices)
+            if not isinstance(context, str):
+                raise DataError(f"{where}: field {f_context!r} (--context-field) must be a string; "
+                                f"keys present: {', '.join(row)}")
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise DataError(f"{where}: field {f_choices!r} (--choices-field) must be a list of at "
+                                f"least 2 strings")
+            label = self._parse_label(row.get(f_label), len(choices), where, f"field {f_label!r}")
+            guid = str(row[f_id]) if row.get(f_id) is not None else f"{split}-{len(examples)}"
+            examples.append(ChoiceExample(guid, context, choices, label, where))
+        return self._check_labels(self._check_choice_counts(examples, files_label(paths)), split)
+
+    @staticmethod
+    def jsonl_rows(path: Path) -> list[tuple[str, dict]]:
+        """The objects of a JSON-lines file as ("FILE:LINE", object); blank lines skipped."""
+        rows = []
+        for line_no, line in enumerate(io.StringIO(read_data_text(path)), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not a JSON object ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            rows.append((where, row))
+        return rows
 
     @staticmethod
     def _parse_label(value: Any, n_choices: int, where: str, what: str) -> int | None:
@@ -192,7 +227,7 @@ class MultipleChoiceTask(Task):
         return examples
 
     @staticmethod
-    def _check_choice_counts(examples: list[ChoiceExample], path: Path) -> list[ChoiceExample]:
+    def _check_choice_counts(examples: list[ChoiceExample], path: Path | str) -> list[ChoiceExample]:
         if not examples:
             raise DataError(f"{path}: no examples")
         n = len(examples[0].choices)
@@ -270,16 +305,41 @@ class SwagTask(MultipleChoiceTask):
     """SWAG in the rowanz/swagaf CSV layout (see the module docstring)."""
 
     file_names = {"train": ("train.csv",), "dev": ("val.csv",), "test": ("test.csv",)}
+    hub_config_folders = ("regular",)
     n_choices = 4
     required_columns = ("video-id", "fold-ind", "sent1", "sent2", "ending0", "ending1", "ending2", "ending3")
+    text_columns = ("sent1", "sent2", "ending0", "ending1", "ending2", "ending3")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """SWAG's layout is fixed; no extra flags."""
 
     def read(self, split: str) -> list[ChoiceExample]:
-        path = self.split_file(split)
+        paths = self.split_files(split)
+        if is_parquet(paths[0]):
+            rows = self.parquet_rows(paths, self.required_columns, "label")
+        else:
+            rows = self.csv_rows(paths[0])
         examples: list[ChoiceExample] = []
+        for where, row in rows:
+            # A CSV cell is always text; a Parquet cell may be null (or a number where text belongs).
+            not_text = next((c for c in self.text_columns if not isinstance(row[c], str)), None)
+            if not_text is not None:
+                raise DataError(f"{where}: column {not_text} = {row[not_text]!r}; expected text")
+            empty = [f"ending{i}" for i in range(self.n_choices) if not row[f"ending{i}"].strip()]
+            if empty:  # trained on, it is a free wrong answer ("He " against three real endings)
+                raise DataError(f"{where}: column {empty[0]} is empty; every SWAG example needs "
+                                f"{self.n_choices} endings")
+            choices = [f"{row['sent2']} {row[f'ending{i}']}" for i in range(self.n_choices)]
+            label = self._parse_label(row.get("label"), self.n_choices, where, "column 'label'")
+            guid = f"{row['video-id']}/{row['fold-ind']}"
+            examples.append(ChoiceExample(guid, row["sent1"], choices, label, where))
+        return self._check_labels(self._check_choice_counts(examples, files_label(paths)), split)
+
+    def csv_rows(self, path: Path) -> list[tuple[str, dict]]:
+        """The rows of a swagaf CSV file as ("FILE:LINE", {column: text}), LINE the first physical
+        line of the record (a quoted field may span lines)."""
+        rows = []
         with io.StringIO(read_data_text(path)) as handle:
             reader = csv.DictReader(handle)
             missing = [c for c in self.required_columns if c not in (reader.fieldnames or [])]
@@ -289,17 +349,10 @@ class SwagTask(MultipleChoiceTask):
                                 f"ending0..ending3,label")
             line_no = reader.line_num
             for row in reader:
-                where = f"{path}:{line_no + 1}"  # first physical line of this record
+                where = f"{path}:{line_no + 1}"
                 line_no = reader.line_num
                 if None in row or any(row[c] is None for c in self.required_columns):
                     raise DataError(f"{where}: wrong number of columns; expected {len(reader.fieldnames)} "
                                     f"as in the header")
-                empty = [f"ending{i}" for i in range(self.n_choices) if not row[f"ending{i}"].strip()]
-                if empty:  # trained on, it is a free wrong answer ("He " against three real endings)
-                    raise DataError(f"{where}: column {empty[0]} is empty; every SWAG example needs "
-                                    f"{self.n_choices} endings")
-                choices = [f"{row['sent2']} {row[f'ending{i}']}" for i in range(self.n_choices)]
-                label = self._parse_label(row.get("label"), self.n_choices, where, "column 'label'")
-                guid = f"{row['video-id']}/{row['fold-ind']}"
-                examples.append(ChoiceExample(guid, row["sent1"], choices, label, where))
-        return self._check_labels(self._check_choice_counts(examples, path), split)
+                rows.append((where, row))
+        return rows
