@@ -462,7 +462,8 @@ def test_hub_parquet_reads_as_the_conll_files(conll_dir, tmp_path):
     reference = {}
     for split, text_name, hub_split in (("train", "train.txt", "train"), ("dev", "valid.txt", "validation"),
                                         ("test", "test.txt", "test")):
-        parquet = write_parquet(hub_dir / "conll2003" / hub_split / "0000.parquet", hub_conll_rows(conll_dir / text_name))
+        parquet = write_parquet(hub_dir / "conll2003" / hub_split / "0000.parquet",
+                                hub_conll_rows(conll_dir / text_name))
         reference[split] = conll_task(data_dir=str(conll_dir)).read(split)
         examples = conll_task(data_dir=str(hub_dir)).read(split)
         assert [(e.guid, e.words, e.tags) for e in examples] == [(e.guid, e.words, e.tags) for e in reference[split]]
@@ -473,7 +474,8 @@ def test_hub_parquet_reads_as_the_conll_files(conll_dir, tmp_path):
     # --task ner: tag strings in a Parquet file (an explicit --dev-file)
     import pyarrow as pa
 
-    rows = [dict(r, ner_tags=[CONLL2003_TAGS[t] for t in r["ner_tags"]]) for r in hub_conll_rows(conll_dir / "valid.txt")]
+    rows = [dict(r, ner_tags=[CONLL2003_TAGS[t] for t in r["ner_tags"]])
+            for r in hub_conll_rows(conll_dir / "valid.txt")]
     strings = write_parquet(tmp_path / "dev-strings.parquet", rows, pa.string())
     examples = conll_task("ner", dev_file=str(strings)).read("dev")
     assert [(e.words, e.tags) for e in examples] == [(e.words, e.tags) for e in reference["dev"]]
@@ -483,11 +485,13 @@ def test_hub_parquet_reads_as_the_conll_files(conll_dir, tmp_path):
 
 def test_hub_parquet_errors_name_file_row_and_column(conll_dir, tmp_path):
     rows = hub_conll_rows(conll_dir / "valid.txt")[:4]
-    no_tags = write_parquet(tmp_path / "no_tags.parquet", [{k: v for k, v in r.items() if k != "ner_tags"} for r in rows])
+    no_tags = write_parquet(tmp_path / "no_tags.parquet",
+                            [{k: v for k, v in r.items() if k != "ner_tags"} for r in rows])
     with pytest.raises(DataError, match=r"no_tags\.parquet: no column 'ner_tags'; expected the columns tokens, "
                                         r"ner_tags \(the file has id, tokens, pos_tags, chunk_tags\)"):
         conll_task(dev_file=str(no_tags)).read("dev")
-    out_of_range = write_parquet(tmp_path / "bad.parquet", rows[:2] + [dict(rows[2], ner_tags=[9] * len(rows[2]["tokens"]))])
+    out_of_range = write_parquet(tmp_path / "bad.parquet",
+                                 rows[:2] + [dict(rows[2], ner_tags=[9] * len(rows[2]["tokens"]))])
     with pytest.raises(DataError, match=rf"{out_of_range}: row 2: tag index out of 0..8"):
         conll_task(dev_file=str(out_of_range)).read("dev")
     short = write_parquet(tmp_path / "short.parquet", [rows[0], dict(rows[1], ner_tags=rows[1]["ner_tags"][:-1])])
