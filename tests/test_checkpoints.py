@@ -456,3 +456,45 @@ def test_nvidia_checkpoint_loads_with_its_names_and_vocab_padding_dropped(nvidia
     directory = nvidia_model(str(bare), str(nvidia_checkpoint["config"]), str(nvidia_checkpoint["vocab"]))
     assert torch.equal(BertModel.from_pretrained(directory).encoder.layer[0].intermediate.dense.weight,
                        nvidia_checkpoint["state"]["bert.encoder.layer.0.intermediate.dense.weight"])
+
+
+def test_nvidia_mid_run_checkpoint_with_a_pickled_data_loader_loads_its_weights(nvidia_checkpoint: dict,
+                                                                                tmp_path: Path, caplog) -> None:
+    """run_pretraining.py saves `data_loader` (its DataLoader over the script's own pretraining_dataset
+    class) in every checkpoint before --max_steps: weights-only loading refused the file ("Unsupported
+    global"), and a full unpickle would import that script. The weights load; the rest is skipped unrun."""
+    import sys
+
+    from bertkit.commands.common import nvidia_model
+
+    script = tmp_path / "their_run_pretraining.py"
+    script.write_text("import numpy as np\nimport torch\n\n\nclass pretraining_dataset(torch.utils.data.Dataset):\n"
+                      "    def __init__(self, n):\n        self.inputs = [np.arange(n), np.ones(n)]\n\n"
+                      "    def __len__(self):\n        return 4\n\n    def __getitem__(self, i):\n        return i\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import their_run_pretraining
+
+        dataset = their_run_pretraining.pretraining_dataset(5)
+        loader = torch.utils.data.DataLoader(dataset, sampler=torch.utils.data.RandomSampler(dataset), batch_size=2)
+        saved = torch.load(nvidia_checkpoint["checkpoint"])
+        mid_run = tmp_path / "ckpt_1000.pt"
+        torch.save({**saved, "optimizer": {"state": {}, "param_groups": [{"lr": 6e-3, "params": [0]}]},
+                    "master params": [torch.ones(3)], "files": [3, "part_3.hdf5"], "data_loader": loader}, mid_run)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("their_run_pretraining", None)
+    script.unlink()  # as on the machine that fine-tunes: their script is not importable there
+    directory = nvidia_model(str(mid_run), str(nvidia_checkpoint["config"]), str(nvidia_checkpoint["vocab"]))
+    with caplog.at_level("WARNING"):
+        loaded = BertForPreTraining.from_pretrained(directory).state_dict()
+    assert "their_run_pretraining.pretraining_dataset" in caplog.text and "read the tensors only" in caplog.text
+    for name, tensor in nvidia_checkpoint["state"].items():
+        assert torch.equal(loaded[name], tensor), name
+    # A file whose "weights" are not tensors is refused, naming them.
+    odd = tmp_path / "odd.pt"
+    torch.save({"model": {"bert.embeddings.word_embeddings.weight": "not a tensor"}}, odd)
+    with pytest.raises(ValueError, match=r"odd\.pt: expected a dict of tensors; bert\.embeddings\.word_embeddings"
+                                         r"\.weight is not a tensor"):
+        BertForPreTraining.from_pretrained(
+            nvidia_model(str(odd), str(nvidia_checkpoint["config"]), str(nvidia_checkpoint["vocab"])))

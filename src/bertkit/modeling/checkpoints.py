@@ -122,12 +122,52 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
                          f"re-download or re-save it") from None
 
 
+class NotLoaded:
+    """Stands in for an object of a class a checkpoint pickles beside its weights (a DataLoader, a
+    dataset class of the training script): accepts whatever unpickling hands it and runs no code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+def _load_pickle_tolerantly(file: Path) -> tuple[Any, list[str]]:
+    """torch.load(weights_only=True) with the classes it refuses read as NotLoaded: a training
+    checkpoint of NVIDIA's run_pretraining.py stopped before --max_steps pickles its DataLoader (and
+    the script's own dataset class) beside the model, which the weights-only unpickler refuses and a
+    full unpickle would import and run. No code of the file's is run either way: the unpickler still
+    builds only tensors, containers and, for the refused names, NotLoaded. Returns (object, names)."""
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    if not names:
+        raise ValueError("nothing to stand in for")
+    with torch.serialization.safe_globals([(NotLoaded, name) for name in names]):
+        return torch.load(file, map_location="cpu", weights_only=True), names
+
+
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
+    # Messages name the user's file, not the link to it in a directory made for it (nvidia_model).
+    file = file.resolve() if file.is_symlink() else file
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - pickle/zip errors of many kinds
-        raise ValueError(f"{file}: cannot read PyTorch weights ({type(err).__name__}: {err}); the file "
-                         f"is truncated, corrupt or holds more than tensors") from None
+        try:
+            state, skipped = _load_pickle_tolerantly(file)
+        except Exception:  # noqa: BLE001 - the first error says what is wrong with the file
+            raise ValueError(f"{file}: cannot read PyTorch weights ({type(err).__name__}: {err}); the file "
+                             f"is truncated, corrupt or holds more than tensors") from None
+        log.warning("%s: holds objects beside the weights (%s); read the tensors only, without running the "
+                    "file's code", file, ", ".join(skipped))
     # Training scripts wrap the weights: {"state_dict": ...} (Lightning and others), {"model": ...}
     # (NVIDIA DeepLearningExamples' run_pretraining.py/run_squad.py, beside "optimizer", "epoch" ...).
     for key in ("state_dict", "model"):
@@ -136,6 +176,10 @@ def _load_bin(file: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(state, dict):
         raise ValueError(f"{file}: expected a dict of tensors, found {type(state).__name__}")
+    not_tensors = [name for name, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{file}: expected a dict of tensors; {', '.join(map(str, not_tensors[:3]))} "
+                         f"{'is not a tensor' if len(not_tensors) == 1 else f'and {len(not_tensors) - 1} more are not tensors'}")
     return state
 
 
