@@ -153,7 +153,7 @@ def test_bad_input_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "RTE" / "dev.tsv").write_text("")
     with pytest.raises(DataError, match=r"dev.tsv: empty file"):
         glue_task("rte", tmp_path).read("dev")
-    with pytest.raises(DataError, match=r"test.tsv: split file not found \(files there: dev.tsv, train.tsv;"):
+    with pytest.raises(DataError, match=r"test.tsv: split file not found \(files there: dev.tsv, train.tsv\)"):
         glue_task("rte", tmp_path).read("test")
     with pytest.raises(DataError, match=r"the directory .*nowhere does not exist \(check --data-dir\)"):
         glue_task("rte", tmp_path / "nowhere").read("train")
@@ -809,7 +809,8 @@ def test_hub_parquet_bad_rows_name_file_and_row(tmp_path: Path) -> None:
     pq.write_table(pa.table({"text": ["good"], "label": [1]}), sst2 / "validation-00000-of-00001.parquet")
     with pytest.raises(DataError, match=r"validation-00000-of-00001\.parquet: row 0: no column 'sentence'"):
         glue_task("sst2", tmp_path).read("dev")
-    with pytest.raises(DataError, match=r"test\.tsv: split file not found .* nor the Parquet files"):
+    with pytest.raises(DataError, match=r"test\.tsv: split file not found \(files there: none\); nor the Hub's "
+                                         r"nyu-mll/glue Parquet files of test in .*/sst2 or "):
         glue_task("sst2", tmp_path).read("test")
 
 

@@ -29,14 +29,14 @@ class Columns:
     guid: str | int | None = "index"
 
 
-def read_glue_tsv(path: Path, columns: Columns, has_header: bool) -> list[PairExample]:
+def read_glue_tsv(path: Path, columns: Columns, has_header: bool, also_looked: str = "") -> list[PairExample]:
+    """`also_looked`: where else the split was looked for, for the not-found message."""
     if not path.is_file():
         if not path.parent.is_dir():
             raise DataError(f"{path}: split file not found: the directory {path.parent} does not exist "
                             f"(check --data-dir)")
         siblings = sorted(p.name for p in path.parent.glob("*.tsv"))
-        raise DataError(f"{path}: split file not found (files there: {', '.join(siblings) or 'none'}; nor the "
-                        f"Parquet files of the Hub's nyu-mll/glue)")
+        raise DataError(f"{path}: split file not found (files there: {', '.join(siblings) or 'none'}){also_looked}")
     # utf-8-sig drops MRPC's byte-order mark; GLUE text contains quotes, so no CSV quoting rules.
     lines = file_lines(read_data_text(path, encoding="utf-8-sig"))
     if not lines or (has_header and len(lines) == 1):
@@ -111,23 +111,35 @@ class GlueTask(SentencePairTask):
         if hub_files:
             return self.read_hub(hub_files, split)
         is_test = split.startswith("test")
+        also_looked = ""
+        if self.options.data_dir and not self.explicit_file(split):
+            folders = " or ".join(str(d) for d in self.hub_folders())
+            also_looked = f"; nor the Hub's nyu-mll/glue Parquet files of {self.hub_split(split)} in {folders}"
         return read_glue_tsv(self.split_path(split), self.test_columns if is_test else self.train_columns,
-                             has_header=has_header)
+                             has_header=has_header, also_looked=also_looked)
+
+    def explicit_file(self, split: str) -> str | None:
+        return {"train": self.options.train_file, "dev": self.options.dev_file,
+                "test": self.options.test_file}.get(split.split("_")[0])
+
+    def hub_split(self, split: str) -> str:
+        part, _, half = split.partition("_")  # MNLI's dev_matched -> validation_matched
+        return HUB_SPLITS[part] + (f"_{half}" if half else "")
+
+    def hub_folders(self) -> tuple[Path, Path]:
+        root = Path(self.options.data_dir or ".")
+        return root / self.hub_config, root
 
     def hub_files(self, split: str) -> list[Path]:
         """Parquet files for `split`: an explicit --{split}-file that is Parquet, or, when the TSV
         is not in --data-dir, nyu-mll/glue's files for it in --data-dir/<config> or --data-dir."""
-        explicit = {"train": self.options.train_file, "dev": self.options.dev_file,
-                    "test": self.options.test_file}.get(split.split("_")[0])
+        explicit = self.explicit_file(split)
         if explicit:
             return [Path(explicit)] if is_parquet(Path(explicit)) else []
         if not self.options.data_dir or split not in self.splits or self.split_path(split).is_file():
             return []
-        part, _, half = split.partition("_")  # MNLI's dev_matched -> validation_matched
-        hub_split = HUB_SPLITS[part] + (f"_{half}" if half else "")
-        root = Path(self.options.data_dir)
-        for directory in (root / self.hub_config, root):
-            found = hub_split_files(directory, hub_split)
+        for directory in self.hub_folders():
+            found = hub_split_files(directory, self.hub_split(split))
             if found:
                 return found
         return []
