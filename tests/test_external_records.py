@@ -621,3 +621,22 @@ def test_lddl_parquet_bad_rows_name_file_row_and_field(tmp_path, expected, vocab
     pq.write_table(table.drop_columns(["masked_lm_labels"]), half / first.name)
     with pytest.raises(DataError, match="has masked_lm_positions without masked_lm_labels"):
         open_external(half, vocab=token_ids)
+
+
+def test_convert_records_workers_write_the_same_shards(tmp_path, expected, vocab):
+    """--workers 2: shards converted side by side are those of one process, byte for byte; a bad
+    record in a worker stops the run naming it, and nothing is left behind."""
+    _records_module()
+    source = _write_lddl(tmp_path / "lddl", expected, vocab, static=True)
+    for workers in ("1", "2"):
+        code, _, err = _cli(["convert-records", str(source), str(tmp_path / f"w{workers}"), "--tokenizer", str(VOCAB),
+                             "--records-per-shard", "6", "--workers", workers])
+        assert code == 0, err
+    one, two = sorted((tmp_path / "w1").glob("shard-*.arrow")), sorted((tmp_path / "w2").glob("shard-*.arrow"))
+    assert len(one) == 5 and [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    small = tmp_path / "vocab.txt"
+    small.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"]) + "\n")
+    code, _, err = _cli(["convert-records", str(TFRECORD), str(tmp_path / "bad"), "--tokenizer", str(small),
+                         "--records-per-shard", "10", "--workers", "2"])
+    assert code == 1 and "record 0" in err and "vocab" in err
+    assert not (tmp_path / "bad").exists()

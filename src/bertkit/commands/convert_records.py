@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instances per output shard (default 100000: ~40 MB at length 128)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the TFRecord CRC check of every record on open")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes converting shards side by side (default 1; lddl Parquet, whose tokens are "
+                        "mapped from text, converts ~14,000 records/s per process)")
 
 
 def _checked(dataset, lo: int, hi: int, vocab_size: int | None) -> Iterator[dict[str, np.ndarray]]:
@@ -56,13 +59,29 @@ def _checked(dataset, lo: int, hi: int, vocab_size: int | None) -> Iterator[dict
         yield inst
 
 
+# The dataset and vocabulary size of a worker process (set by _start_worker).
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(dataset: Any, vocab_size: int | None) -> None:
+    _worker.update(dataset=dataset, vocab_size=vocab_size)
+
+
+def _write_part(path: Path, lo: int, hi: int, fingerprint: str) -> dict[str, Any]:
+    """Records lo..hi-1 as the shard `path` (in a worker process)."""
+    return records.write_shard(path, _checked(_worker["dataset"], lo, hi, _worker["vocab_size"]),
+                               {"fingerprint": fingerprint, "source_records": [lo, hi]})
+
+
 def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, records_per_shard: int = 100_000,
-            verify: bool = True, log: Any = None) -> dict[str, Any]:
+            verify: bool = True, log: Any = None, workers: int = 1) -> dict[str, Any]:
     """Write the instances of TFRecord/HDF5/lddl Parquet data at `src` as a bertkit record directory `dst`;
     returns its manifest."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if records_per_shard < 1:
         raise ValueError(f"--records-per-shard must be >= 1, got {records_per_shard}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     src_path = Path(src)
     if src_path.is_dir() and (src_path / "manifest.json").is_file():
         raise ValueError(f"{src}: already a bertkit record directory; nothing to convert")
@@ -103,14 +122,14 @@ def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, record
             tokenizer.save_pretrained(out / "tokenizer")
         n_shards = -(-len(dataset) // records_per_shard)
         start, built = time.perf_counter(), 0
+        parts = []  # (shard path, first record, end): the shards not complete on disk yet
         for s in range(n_shards):
             path = out / records.shard_name(s)
             info = records.read_sidecar(path)
             if info is not None and info.get("fingerprint") == fingerprint:
                 continue
-            lo, hi = s * records_per_shard, min(len(dataset), (s + 1) * records_per_shard)
-            info = records.write_shard(path, _checked(dataset, lo, hi, vocab_size),
-                                       {"fingerprint": fingerprint, "source_records": [lo, hi]})
+            parts.append((path, s * records_per_shard, min(len(dataset), (s + 1) * records_per_shard)))
+        for (_, lo, hi), info in zip(parts, _write_parts(parts, dataset, vocab_size, fingerprint, workers)):
             built += hi - lo
             log(f"{info['name']}: records {lo}..{hi - 1}")
         manifest = records.write_manifest(out, header, n_shards)
@@ -124,6 +143,29 @@ def convert(src: str, dst: str | Path, tokenizer_spec: str | None = None, record
         return manifest
 
 
+def _write_parts(parts: list[tuple[Path, int, int]], dataset: Any, vocab_size: int | None, fingerprint: str,
+                 workers: int) -> Iterator[dict[str, Any]]:
+    """Each part written as its shard, in order; with workers > 1 by that many processes, which
+    inherit (fork) or unpickle the dataset: every reader reopens its files in a new process."""
+    if workers == 1 or len(parts) < 2:
+        _start_worker(dataset, vocab_size)
+        yield from (_write_part(path, lo, hi, fingerprint) for path, lo, hi in parts)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(min(workers, len(parts)), mp_context=mp.get_context(method),
+                             initializer=_start_worker, initargs=(dataset, vocab_size)) as pool:
+        futures = [pool.submit(_write_part, path, lo, hi, fingerprint) for path, lo, hi in parts]
+        try:
+            for future in futures:
+                yield future.result()  # a bad record stops the run with its DataError, naming it
+        finally:
+            for future in futures:
+                future.cancel()
+
+
 def run(args: argparse.Namespace) -> int:
-    convert(args.src, args.dst, args.tokenizer, args.records_per_shard, args.verify)
+    convert(args.src, args.dst, args.tokenizer, args.records_per_shard, args.verify, workers=args.workers)
     return 0
