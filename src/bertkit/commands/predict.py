@@ -20,9 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     parser.add_argument("--split", default="test",
                         help="split to predict: test writes the submission file (SST-2.tsv; MNLI-m.tsv and "
                              "MNLI-mm.tsv), another split gets its name in the file (SST-2.dev.tsv)")
-    parser.add_argument("--output", required=True,
+    parser.add_argument("--output", default=None,
                         help="prediction file (a path with a suffix: preds.tsv), or a directory (an existing one, "
-                             "a trailing /, or a path without a suffix) that gets the benchmark's file name")
+                             "a trailing /, or a path without a suffix) that gets the benchmark's file name; with "
+                             "--input, a JSON-lines file (default -: standard output)")
+    parser.add_argument("--input", default=None, metavar="FILE",
+                        help="new text instead of a split: one example per line of FILE (- reads standard input), "
+                             "as the task reads it (classification: a text, or text<TAB>second text; ner: a "
+                             "sentence; squad: JSON {question, context}; atsc: sentence<TAB>aspect; multiple "
+                             "choice: JSON {context, choices}); writes one JSON line per example: its id, input "
+                             "and prediction, with class probabilities where the head has them")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -100,10 +107,67 @@ def write_script_file(script: str, task, examples: list, predictions: list, prob
     return written
 
 
+def input_lines(source: str) -> list[tuple[str, str]]:
+    """The non-blank lines of --input as (where, line): "FILE:LINE", or "stdin:LINE" for -."""
+    import sys
+
+    from bertkit.tasks.base import read_data_text
+
+    if source == "-":
+        text, name = sys.stdin.read(), "stdin"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"--input {source}: no such file")
+        text, name = read_data_text(path), source
+    lines = [(f"{name}:{n}", line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"--input {source}: no non-blank lines to predict")
+    return lines
+
+
+def predict_new_text(args: argparse.Namespace) -> int:
+    """`predict --input`: the task's examples from raw lines, predicted, one JSON line each."""
+    import json
+    import sys
+
+    from bertkit.tasks.base import open_for_writing
+    from bertkit.training import distributed
+    from bertkit.training.trainer import predict_features
+
+    output = args.output or "-"
+    if output != "-" and names_a_directory(output):
+        raise ValueError(f"--output {output}: with --input, a JSON-lines file (e.g. predictions.jsonl) or - for "
+                         f"standard output")
+    task, model, tokenizer, info, precision = load_for_inference(args)
+    examples = task.raw_examples(input_lines(args.input))  # a task without a raw form says so here
+    features = task.encode(examples, tokenizer, task.options.max_seq_length)
+    outputs = predict_features(task, model, features, args.batch_size, info.device, precision, info)
+    predictions = task.postprocess(examples, features, outputs)
+    if info.is_main:
+        by_example = outputs if len(outputs) == len(examples) else [None] * len(examples)
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in task.raw_records(examples, by_example, predictions)]
+        if output == "-":
+            sys.stdout.writelines(lines)
+            sys.stdout.flush()
+        else:
+            with open_for_writing(output) as out:
+                out.writelines(lines)
+        print(f"predicted {len(lines)} examples of --input {args.input}" + ("" if output == "-" else f" into {output}"),
+              file=sys.stderr)
+    distributed.shutdown()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from bertkit.training import distributed
     from bertkit.training.trainer import predict_features
 
+    if getattr(args, "input", None) is not None:
+        return predict_new_text(args)
+    if args.output is None:
+        raise ValueError("--output is required: a prediction file or a directory for the benchmark's file "
+                         "(or give --input FILE to predict new text, written as JSON lines to standard output)")
     check_output(args.output)
     task, model, tokenizer, info, precision = load_for_inference(args)
     examples = task.read(args.split)

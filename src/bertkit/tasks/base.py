@@ -176,6 +176,46 @@ def files_label(paths: Sequence[Path]) -> str:
     return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more shards)"
 
 
+def raw_input_fields(where: str, line: str, names: Sequence[str]) -> dict[str, Any]:
+    """One line of `predict --input`: a JSON object, or tab-separated values named `names` in
+    order (fewer are fine here; the task checks what it needs)."""
+    import json
+
+    if line.lstrip().startswith("{"):
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(fields, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        return fields
+    values = line.split("\t")
+    if len(values) > len(names):
+        raise DataError(f"{where}: {len(values)} tab-separated fields; expected at most {len(names)} "
+                        f"({', '.join(names)})")
+    return dict(zip(names, values))
+
+
+def class_probabilities(logits: Any, names: Sequence[str]) -> dict[str, float]:
+    """Softmax of one example's logits, by class name (6 decimals: a JSON line stays readable)."""
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    e = np.exp(z - z.max())
+    return {str(name): round(float(p), 6) for name, p in zip(names, e / e.sum())}
+
+
+def text_field(fields: dict[str, Any], where: str, *names: str, required: bool = True) -> str | None:
+    """The first of `names` present in a raw-input line's fields, which must be text."""
+    for name in names:
+        if fields.get(name) is not None:
+            value = fields[name]
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{where}: {name!r} must be non-empty text, got {value!r}")
+            return value
+    if required:
+        raise DataError(f"{where}: no {' or '.join(map(repr, names))} (fields: {', '.join(fields) or 'none'})")
+    return None
+
+
 def not_utf8_error(path: Path) -> DataError:
     """The DataError for a file that does not decode as UTF-8: the line and byte where it fails."""
     raw = path.read_bytes()
@@ -364,4 +404,17 @@ class Task:
     def write_predictions(self, examples: list[Any], predictions: list[Any], path: str | Path) -> Path | list[Path]:
         """Write predictions in the benchmark's format; return the path written (a list where the
         benchmark wants one file per part, as MNLI's matched and mismatched halves)."""
+        raise NotImplementedError
+
+    # ---- new text (`bertkit predict --input`): a deployed model's input, not a benchmark file ----
+    raw_input: ClassVar[str] = ""  # what one line of --input holds, for help and errors; "": no raw form
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[Any]:
+        """Examples (unlabelled) from the non-blank lines of --input, given as (where, line)."""
+        raise DataError(f"--input: task {self.name} has no raw-text form; predict from its own files "
+                        f"(--test-file or --data-dir with --split)")
+
+    def raw_records(self, examples: list[Any], outputs: list[Any], predictions: list[Any]) -> list[dict[str, Any]]:
+        """One JSON-able record per example: its id, its input and the prediction (with the class
+        probabilities where the head has them); `outputs` are the model's, one per feature."""
         raise NotImplementedError

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from bertkit.metrics.glue import accuracy, glue_metrics, macro_f1, multilabel_scores
-from bertkit.tasks.base import (DataError, Task, is_parquet, open_for_writing, read_data_text, read_parquet_rows,
-                                register)
+from bertkit.tasks.base import (DataError, Task, class_probabilities, is_parquet, open_for_writing, raw_input_fields,
+                                read_data_text, read_parquet_rows, register, text_field)
 
 
 @dataclass
@@ -101,6 +101,45 @@ class SentencePairTask(Task):
             return f"{self.clip_score(prediction):.3f}"
         return (self.label_names() or [])[prediction]
 
+    raw_input = "a text, or text<TAB>second text for a pair task; or JSON {\"text\": ..., \"text_pair\": ..., \"id\": ...}"
+
+    def is_pair_task(self) -> bool:
+        """Whether the model reads two texts (MRPC, RTE, ...)."""
+        return False
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[PairExample]:
+        examples = []
+        for where, line in lines:
+            fields = raw_input_fields(where, line, ("text", "text_pair"))
+            text = text_field(fields, where, "text", "sentence", "sentence1")
+            pair = text_field(fields, where, "text_pair", "sentence2", required=False)
+            if self.is_pair_task() and pair is None:
+                raise DataError(f"{where}: task {self.name} reads a pair of texts: give text<TAB>second text "
+                                f"(or JSON with \"text\" and \"text_pair\")")
+            if not self.is_pair_task() and pair is not None:
+                raise DataError(f"{where}: task {self.name} reads one text, but the line holds two")
+            examples.append(PairExample(str(fields.get("id", len(examples))), text, pair, None, where))
+        return examples
+
+    def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
+        records = []
+        for example, output, prediction in zip(examples, outputs, predictions):
+            record: dict[str, Any] = {"id": example.guid, "text": example.text_a}
+            if example.text_b is not None:
+                record["text_pair"] = example.text_b
+            if self.head == "regression":
+                record["prediction"] = float(prediction)
+            else:
+                record["prediction"] = self.prediction_label(prediction)
+                names = self.label_names() or []
+                if self.head == "multi_label_classification":  # one independent sigmoid per label
+                    sigmoid = 1 / (1 + np.exp(-np.asarray(output, dtype=np.float64)))
+                    record["probabilities"] = {name: round(float(p), 6) for name, p in zip(names, sigmoid)}
+                else:
+                    record["probabilities"] = class_probabilities(output, names)
+            records.append(record)
+        return records
+
     def write_predictions(self, examples: list[PairExample], predictions: list, path: str | Path,
                           probabilities: Sequence[np.ndarray] | None = None) -> Path:
         """TSV `index<TAB>prediction` (the GLUE submission layout)."""
@@ -172,6 +211,9 @@ class CustomTask(SentencePairTask):
         group.add_argument("--text-pair-column", default=None, help="column with the second text, if any")
         group.add_argument("--label-column", default="label", help="column with the label or score")
         group.add_argument("--id-column", default=None, help="column used as example id in predictions")
+
+    def is_pair_task(self) -> bool:
+        return bool(self.options.get("text_pair_column"))
 
     def split_file(self, split: str) -> Path:
         chosen = {"train": self.options.train_file, "dev": self.options.dev_file,

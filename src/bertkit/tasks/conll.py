@@ -48,7 +48,7 @@ import torch
 from bertkit.metrics.ner import bioes_to_iob2, ner_scores
 from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, TaskOptions, example_records, file_lines, files_label,
                                 find_hub_split, is_parquet, load_json_or_lines, open_for_writing, pad_sequences,
-                                padded_inputs, read_data_text, read_parquet_rows, register)
+                                padded_inputs, raw_input_fields, read_data_text, read_parquet_rows, register)
 from bertkit.tasks.swag import plain_backend, special_ids
 
 log = logging.getLogger(__name__)
@@ -417,6 +417,33 @@ class NerTask(Task):
 
     def placeholder_predictions(self, examples: list[NerExample]) -> list[list[str]]:
         return [["O"] * len(ex.words) for ex in examples]
+
+    raw_input = "a sentence (words split at whitespace), or JSON {\"tokens\": [...], \"id\": ...}"
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[NerExample]:
+        labels = self.label_names() or ["O"]
+        filler = "O" if "O" in labels else labels[0]  # a label to encode with; predictions ignore it
+        examples = []
+        for where, line in lines:
+            fields = raw_input_fields(where, line, ()) if line.lstrip().startswith("{") else {"text": line}
+            words = fields["text"].split() if isinstance(fields.get("text"), str) else fields.get("tokens")
+            if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+                raise DataError(f"{where}: expected a sentence, or JSON with \"tokens\": a list of words")
+            examples.append(NerExample(str(fields.get("id", len(examples))), words, [filler] * len(words), where))
+        return examples
+
+    def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
+        """Words, their IOB2 tags, and the entities read from them as conlleval reads them
+        (start, end: word indices, end exclusive)."""
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        records = []
+        for example, tags in zip(examples, predictions):
+            tags = bioes_to_iob2(tags)
+            entities = [{"text": " ".join(example.words[start:end + 1]), "type": kind, "start": start, "end": end + 1}
+                        for kind, start, end in get_entities(tags)]
+            records.append({"id": example.guid, "tokens": example.words, "tags": tags, "entities": entities})
+        return records
 
     def metrics(self, examples: list[NerExample], predictions: list[list[str]]) -> dict[str, float]:
         return ner_scores([ex.tags for ex in examples], predictions, scheme=self.scheme())

@@ -99,6 +99,9 @@ class GlueTask(SentencePairTask):
             raise DataError(f"--task {self.name} has no split {split!r}; valid: {', '.join(self.splits)}")
         return self.task_dir() / f"{split}.tsv"
 
+    def is_pair_task(self) -> bool:
+        return self.train_columns.text_b is not None
+
     def read(self, split: str) -> list[PairExample]:
         examples = self.read_split(split, has_header=True)
         self.check(examples)

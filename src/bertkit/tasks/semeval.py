@@ -44,12 +44,13 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import f1_score
 
-from bertkit.tasks.base import DataError, Task, TaskOptions, open_for_writing, read_data_text, register
+from bertkit.tasks.base import (DataError, Task, TaskOptions, class_probabilities, open_for_writing, raw_input_fields,
+                                read_data_text, register, text_field)
 from bertkit.tasks.swag import encode_pair, plain_backend, special_ids
 
 POLARITIES = ["negative", "neutral", "positive"]
@@ -287,6 +288,26 @@ class AspectSentimentTask(Task):
         out = {"accuracy": float((gold == pred).mean()), "macro_f1": float(per_class[present].mean())}
         out.update({f"f1_{name}": float(v) for name, v in zip(names, per_class)})
         return out
+
+    raw_input = "sentence<TAB>aspect term, or JSON {\"sentence\": ..., \"aspect\": ..., \"id\": ...}"
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[AspectExample]:
+        examples = []
+        for where, line in lines:
+            fields = raw_input_fields(where, line, ("sentence", "aspect"))
+            sentence = text_field(fields, where, "sentence", "text")
+            aspect = text_field(fields, where, "aspect", "term")
+            start = sentence.find(aspect)
+            span = (start, start + len(aspect)) if start >= 0 else None
+            guid = str(fields.get("id", len(examples)))
+            examples.append(AspectExample(guid, sentence, aspect, None, span, guid, where))
+        return examples
+
+    def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
+        names = self.label_names()
+        return [{"id": ex.guid, "sentence": ex.sentence, "aspect": ex.aspect, "prediction": names[int(pred)],
+                 "probabilities": class_probabilities(out, names)}
+                for ex, out, pred in zip(examples, outputs, predictions)]
 
     def write_predictions(self, examples: list[AspectExample], predictions: list[int], path: str | Path) -> Path:
         """`.xml`: the official submission (see write_xml); `.tsv`: id, aspect, prediction, gold

@@ -40,8 +40,8 @@ import torch
 
 from bertkit.metrics.squad import squad_v1_evaluate, squad_v2_evaluate
 from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, example_records, files_label, find_hub_split,
-                                is_parquet, load_json_or_lines, padded_inputs, read_data_text, read_parquet_rows,
-                                register, write_files_together)
+                                is_parquet, load_json_or_lines, padded_inputs, raw_input_fields, read_data_text,
+                                read_parquet_rows, register, text_field, write_files_together)
 
 log = logging.getLogger(__name__)
 
@@ -458,6 +458,32 @@ class SquadTask(Task):
             return SquadPrediction("", float("inf"), nbest)
         odds = null_score - best_span["score"]
         return SquadPrediction("" if odds > threshold else best_span["text"], odds, nbest)
+
+    raw_input = "JSON {\"question\": ..., \"context\": ..., \"id\": ...}, or question<TAB>context"
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[SquadExample]:
+        # A model trained on SQuAD 2.0 may answer "no answer"; one trained on 1.1 always answers.
+        impossible = False if self.train_version == "2.0" else None
+        examples = []
+        for where, line in lines:
+            fields = raw_input_fields(where, line, ("question", "context"))
+            question, context = text_field(fields, where, "question"), text_field(fields, where, "context")
+            examples.append(SquadExample(str(fields.get("id", len(examples))), question, context,
+                                         is_impossible=impossible, source=where))
+        return examples
+
+    def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
+        """The answer ("" = no answer, for a SQuAD 2.0 model), its probability among the n-best
+        spans, and (2.0) the null odds: null score minus the best span's."""
+        records = []
+        for example, prediction in zip(examples, predictions):
+            best = next((c for c in prediction.nbest if c["text"] == prediction.text), None)
+            record = {"id": example.qid, "question": example.question, "answer": prediction.text,
+                      "probability": round(best["probability"], 6) if best else None}
+            if prediction.null_odds is not None:
+                record["null_odds"] = prediction.null_odds
+            records.append(record)
+        return records
 
     def placeholder_predictions(self, examples: list[SquadExample]) -> list[SquadPrediction]:
         return [SquadPrediction("", null_odds=0.0) for _ in examples]

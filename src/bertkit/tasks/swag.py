@@ -37,8 +37,9 @@ import numpy as np
 import tokenizers
 import torch
 
-from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, TaskOptions, files_label, find_hub_split, is_parquet,
-                                open_for_writing, pad_sequences, read_data_text, read_parquet_rows, register)
+from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, TaskOptions, class_probabilities, files_label,
+                                find_hub_split, is_parquet, open_for_writing, pad_sequences, raw_input_fields,
+                                read_data_text, read_parquet_rows, register, text_field)
 
 # ---- tokenizer helpers ---------------------------------------------------------------------------
 
@@ -281,6 +282,32 @@ class MultipleChoiceTask(Task):
         if not scored:
             return {}
         return {"accuracy": float(np.mean([g == p for g, p in scored])), "n": float(len(scored))}
+
+    raw_input = ("JSON {\"context\": ..., \"choices\": [...], \"id\": ...} (SWAG: startphrase, ending0..3), or "
+                 "context<TAB>choice<TAB>choice...")
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[ChoiceExample]:
+        examples = []
+        for where, line in lines:
+            if line.lstrip().startswith("{"):
+                fields = raw_input_fields(where, line, ())
+                context = text_field(fields, where, "context", "startphrase")
+                choices = fields.get("choices")
+                if choices is None:
+                    choices = [fields[f"ending{k}"] for k in range(10) if f"ending{k}" in fields]
+            else:
+                context, *choices = line.split("\t")
+                fields = {}
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip()
+                                                                            for c in choices):
+                raise DataError(f"{where}: expected a context and at least 2 non-empty choices")
+            examples.append(ChoiceExample(str(fields.get("id", len(examples))), context, choices, None, where))
+        return self._check_choice_counts(examples, "--input")
+
+    def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
+        return [{"id": ex.guid, "context": ex.context, "prediction": int(pred), "choice": ex.choices[int(pred)],
+                 "probabilities": list(class_probabilities(out, range(len(ex.choices))).values())}
+                for ex, out, pred in zip(examples, outputs, predictions)]
 
     def write_predictions(self, examples: list[ChoiceExample], predictions: list[int], path: str | Path) -> Path:
         """JSON lines: {"id", "prediction" (choice index), "label" (gold index or null)}; for a `.csv`

@@ -1,0 +1,181 @@
+"""`bertkit predict --input`: new text, one example per line, predicted by a fine-tuned run of every
+task that has a raw form (runs of 1 step of a tiny BERT on slices of the real data: what is checked
+is the reading, the alignment of inputs and predictions, and the records, not accuracy)."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from bertkit.cli import main
+
+
+def cli(argv: list[str], stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def finetune(model: Path, out: Path, *args: str) -> Path:
+    code, _, err = cli(["finetune", "--model", str(model), "--output-dir", str(out), "--max-steps", "1",
+                        "--batch-size", "8", "--device", "cpu", "--no-progress", "--eval-every", "none", *args])
+    assert code == 0, err
+    return out
+
+
+def head_lines(source: Path, target: Path, count: int) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(source.read_text(encoding="utf-8-sig").splitlines()[:count]) + "\n", encoding="utf-8")
+    return target
+
+
+def records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_sentence_classification_and_pairs(shared_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch):
+    glue = shared_dir / "data" / "glue"
+    sst2 = tmp_path / "SST-2"
+    head_lines(glue / "SST-2" / "train.tsv", sst2 / "train.tsv", 33)
+    head_lines(glue / "SST-2" / "dev.tsv", sst2 / "dev.tsv", 9)
+    run = finetune(tiny_model_dir, tmp_path / "sst2", "--task", "sst2", "--data-dir", str(sst2))
+    # The dev sentences as new text get the labels the split's own prediction file has.
+    code, _, err = cli(["predict", "--model", str(run), "--data-dir", str(sst2), "--split", "dev",
+                        "--output", str(tmp_path / "dev.tsv"), "--device", "cpu"])
+    assert code == 0, err
+    from_split = [row.split("\t")[1] for row in (tmp_path / "dev.tsv").read_text().splitlines()[1:]]
+    sentences = [row.split("\t")[0] for row in (sst2 / "dev.tsv").read_text().splitlines()[1:]]
+    (tmp_path / "new.txt").write_text("\n".join(sentences[:4]) + "\n\n" + "\n".join(sentences[4:]) + "\n")
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "new.txt"), "--device", "cpu"])
+    assert code == 0, err
+    got = records(out)
+    assert [r["text"] for r in got] == sentences and [r["prediction"] for r in got] == from_split
+    assert [r["id"] for r in got] == [str(i) for i in range(8)]
+    assert all(set(r["probabilities"]) == {"0", "1"} and abs(sum(r["probabilities"].values()) - 1) < 1e-5
+               and max(r["probabilities"], key=r["probabilities"].get) == r["prediction"] for r in got)
+    # Standard input, JSON lines with ids, and a file as --output.
+    code, _, err = cli(["predict", "--model", str(run), "--input", "-", "--output", str(tmp_path / "p.jsonl"),
+                        "--device", "cpu"], stdin='{"id": "r1", "text": "a gorgeous film"}\nflat and dull\n',
+                       monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert [r["id"] for r in records((tmp_path / "p.jsonl").read_text())] == ["r1", "1"]
+    code, _, err = cli(["predict", "--model", str(run), "--input", "-", "--device", "cpu"],
+                       stdin="one text\ta second\n", monkeypatch=monkeypatch)
+    assert code == 1 and "stdin:1: task sst2 reads one text, but the line holds two" in err
+
+    rte = tmp_path / "RTE"
+    head_lines(glue / "RTE" / "train.tsv", rte / "train.tsv", 17)
+    run = finetune(tiny_model_dir, tmp_path / "rte", "--task", "rte", "--data-dir", str(rte))
+    (tmp_path / "pairs.txt").write_text("A man plays a guitar.\tA man plays music.\nIt rains.\n")
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "pairs.txt"), "--device", "cpu"])
+    assert code == 1 and "pairs.txt:2: task rte reads a pair of texts" in err
+    (tmp_path / "pairs.txt").write_text("A man plays a guitar.\tA man plays music.\n")
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "pairs.txt"), "--device", "cpu"])
+    assert code == 0, err
+    (record,) = records(out)
+    assert record["text_pair"] == "A man plays music." and record["prediction"] in ("entailment", "not_entailment")
+
+    stsb = tmp_path / "STS-B"
+    head_lines(glue / "STS-B" / "train.tsv", stsb / "train.tsv", 17)
+    run = finetune(tiny_model_dir, tmp_path / "stsb", "--task", "stsb", "--data-dir", str(stsb))
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "pairs.txt"), "--device", "cpu"])
+    assert code == 0, err
+    (record,) = records(out)
+    assert isinstance(record["prediction"], float) and 0.0 <= record["prediction"] <= 5.0
+    assert "probabilities" not in record
+
+
+def test_ner_squad_multiple_choice_and_aspects(shared_dir: Path, tiny_model_dir: Path, tmp_path: Path):
+    data = shared_dir / "data"
+    conll = tmp_path / "conll"
+    head_lines(data / "conll2003" / "train.txt", conll / "train.txt", 120)
+    head_lines(data / "conll2003" / "valid.txt", conll / "valid.txt", 40)
+    run = finetune(tiny_model_dir, tmp_path / "ner", "--task", "conll2003", "--data-dir", str(conll))
+    (tmp_path / "sentences.txt").write_text("EU rejects German call to boycott British lamb .\n"
+                                            '{"id": "s2", "tokens": ["Peter", "Blackburn"]}\n')
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "sentences.txt"),
+                          "--device", "cpu"])
+    assert code == 0, err
+    first, second = records(out)
+    assert first["tokens"][0] == "EU" and len(first["tags"]) == 9 and second["id"] == "s2"
+    for record in (first, second):
+        for entity in record["entities"]:
+            assert entity["text"] == " ".join(record["tokens"][entity["start"]:entity["end"]])
+            assert record["tags"][entity["start"]][2:] == entity["type"]
+
+    squad = json.loads((data / "squad_v1.1" / "dev-v1.1.json").read_text(encoding="utf-8"))
+    small = {"version": "1.1", "data": squad["data"][:1]}
+    (tmp_path / "squad.json").write_text(json.dumps(small))
+    run = finetune(tiny_model_dir, tmp_path / "squad", "--task", "squad", "--train-file", str(tmp_path / "squad.json"),
+                   "--dev-file", str(tmp_path / "squad.json"), "--max-seq-length", "128", "--doc-stride", "64")
+    paragraph = squad["data"][1]["paragraphs"][0]
+    question = paragraph["qas"][0]
+    (tmp_path / "questions.jsonl").write_text(json.dumps({"id": question["id"], "question": question["question"],
+                                                          "context": paragraph["context"]}) + "\n"
+                                              + "Who won?\tThe Broncos won the game.\n")
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "questions.jsonl"),
+                          "--device", "cpu"])
+    assert code == 0, err
+    first, second = records(out)
+    assert first["id"] == question["id"] and first["answer"] and first["answer"] in paragraph["context"]
+    assert second["answer"] in "The Broncos won the game." and 0 < second["probability"] <= 1
+    assert "null_odds" not in first  # a SQuAD 1.1 model always answers
+
+    choices = [{"context": f"Someone opens the door {i}.", "choices": ["walks in.", "eats the door.", "sings."],
+                "label": i % 3} for i in range(12)]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(c) + "\n" for c in choices))
+    run = finetune(tiny_model_dir, tmp_path / "mc", "--task", "multiple-choice", "--train-file",
+                   str(tmp_path / "mc.jsonl"), "--dev-file", str(tmp_path / "mc.jsonl"))
+    (tmp_path / "new-mc.txt").write_text("She picks up the phone.\tand answers it.\tand eats it.\tand flies.\n"
+                                         '{"startphrase": "He sits.", "ending0": "a", "ending1": "b", '
+                                         '"ending2": "c", "ending3": "d"}\n')
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "new-mc.txt"), "--device", "cpu"])
+    assert code == 1 and "4 choices, but the first example has 3" in err
+    (tmp_path / "new-mc.txt").write_text("She picks up the phone.\tand answers it.\tand eats it.\tand flies.\n")
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "new-mc.txt"), "--device", "cpu"])
+    assert code == 0, err
+    (record,) = records(out)
+    assert record["choice"] == ["and answers it.", "and eats it.", "and flies."][record["prediction"]]
+    assert len(record["probabilities"]) == 3
+
+    seg = data / "semeval2014_absa" / "seg" / "Restaurants_Train.xml.seg"
+    head_lines(seg, tmp_path / "absa" / "train.xml.seg", 60)
+    run = finetune(tiny_model_dir, tmp_path / "atsc", "--task", "atsc", "--train-file",
+                   str(tmp_path / "absa" / "train.xml.seg"), "--test-file", str(tmp_path / "absa" / "train.xml.seg"))
+    (tmp_path / "aspects.txt").write_text("The fish was great but the service slow.\tservice\n")
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "aspects.txt"), "--device", "cpu"])
+    assert code == 0, err
+    (record,) = records(out)
+    assert record["aspect"] == "service" and record["prediction"] in record["probabilities"]
+
+
+def test_tasks_without_a_raw_form_and_bad_input_are_refused(tiny_model_dir: Path, shared_dir: Path,
+                                                             tmp_path: Path) -> None:
+    glue = shared_dir / "data" / "glue"
+    sst2 = tmp_path / "SST-2"
+    head_lines(glue / "SST-2" / "train.tsv", sst2 / "train.tsv", 17)
+    run = finetune(tiny_model_dir, tmp_path / "sst2", "--task", "sst2", "--data-dir", str(sst2))
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "missing.txt")])
+    assert code == 1 and "--input" in err and "missing.txt: no such file" in err
+    (tmp_path / "blank.txt").write_text("\n \n")
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "blank.txt")])
+    assert code == 1 and "no non-blank lines" in err
+    (tmp_path / "bad.txt").write_text('{"text": 3}\n')
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "bad.txt")])
+    assert code == 1 and "bad.txt:1: 'text' must be non-empty text, got 3" in err
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "bad.txt"), "--output", "preds/"])
+    assert code == 1 and "a JSON-lines file" in err
+    code, _, err = cli(["predict", "--model", str(run)])
+    assert code == 1 and "--output is required" in err
+    from bertkit.tasks import TaskOptions, get_task_class
+    from bertkit.tasks.base import DataError
+
+    with pytest.raises(DataError, match="task polyphone has no raw-text form"):
+        get_task_class("polyphone")(TaskOptions()).raw_examples([("x:1", "text")])
