@@ -179,3 +179,17 @@ def test_tasks_without_a_raw_form_and_bad_input_are_refused(tiny_model_dir: Path
 
     with pytest.raises(DataError, match="task polyphone has no raw-text form"):
         get_task_class("polyphone")(TaskOptions()).raw_examples([("x:1", "text")])
+
+
+def test_python_predictor_gives_the_command_lines_records(shared_dir: Path, tiny_model_dir: Path, tmp_path: Path):
+    from bertkit import Predictor
+
+    rte = tmp_path / "RTE"
+    head_lines(shared_dir / "data" / "glue" / "RTE" / "train.tsv", rte / "train.tsv", 17)
+    run = finetune(tiny_model_dir, tmp_path / "rte", "--task", "rte", "--data-dir", str(rte))
+    inputs = [("A man plays a guitar.", "A man plays music."), {"id": "q", "text": "It rains.", "text_pair": "It is dry."}]
+    (tmp_path / "in.txt").write_text("A man plays a guitar.\tA man plays music.\n"
+                                     '{"id": "q", "text": "It rains.", "text_pair": "It is dry."}\n')
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "in.txt"), "--device", "cpu"])
+    assert code == 0, err
+    assert Predictor(run, device="cpu")(inputs) == records(out)

@@ -24,6 +24,7 @@ _EXPORTS = {
     "BertForQuestionAnswering": "bertkit.modeling.heads",
     "BertForMultipleChoice": "bertkit.modeling.heads",
     "BertForPolyphone": "bertkit.modeling.heads",
+    "Predictor": "bertkit.commands.predict",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -126,6 +126,58 @@ def input_lines(source: str) -> list[tuple[str, str]]:
     return lines
 
 
+class Predictor:
+    """A fine-tuned run directory, loaded once, predicting new text in Python as `predict --input`
+    does on the command line:
+
+        from bertkit import Predictor
+        sst2 = Predictor("runs/sst2")                  # task, labels, tokenizer from the run
+        sst2(["a gorgeous film", "flat and dull"])    # [{"id": "0", "text": ..., "prediction": "1",
+                                                      #   "probabilities": {"0": 0.02, "1": 0.98}}, ...]
+        Predictor("runs/rte")([("A man sings.", "Someone makes music.")])
+        Predictor("runs/squad")([{"question": "Who won?", "context": "The Broncos won."}])
+
+    An input is a string (one line of --input), a tuple (its tab-separated fields) or a dict (its
+    JSON form). `options` are predict's flags by name (task="rte" for a multi-task run,
+    device="cpu", batch_size=64, precision="bf16", max_seq_length=256)."""
+
+    def __init__(self, run: str | Path, **options: object):
+        from bertkit.cli import build_parser
+
+        argv = ["predict", "--model", str(run)]
+        for name, value in options.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+        parser, _ = build_parser(argv)
+        self.args = parser.parse_args(argv)
+        self.task, self.model, self.tokenizer, self.info, self.precision = load_for_inference(self.args)
+
+    def __call__(self, inputs: list[str | tuple | dict]) -> list[dict]:
+        import json
+
+        lines = []
+        for n, item in enumerate(inputs):
+            if isinstance(item, dict):
+                line = json.dumps(item, ensure_ascii=False)
+            else:
+                line = "\t".join(map(str, item)) if isinstance(item, (tuple, list)) else str(item)
+            lines.append((f"input {n}", line))
+        return new_text_records(self.task, self.model, self.tokenizer, self.info, self.precision,
+                                self.args.batch_size, lines)
+
+
+def new_text_records(task, model, tokenizer, info, precision: str, batch_size: int,
+                     lines: list[tuple[str, str]]) -> list[dict]:
+    """Raw input lines (where, line) -> the task's examples -> one record per example."""
+    from bertkit.training.trainer import predict_features
+
+    examples = task.raw_examples(lines)  # a task without a raw form says so here
+    features = task.encode(examples, tokenizer, task.options.max_seq_length)
+    outputs = predict_features(task, model, features, batch_size, info.device, precision, info)
+    predictions = task.postprocess(examples, features, outputs)
+    by_example = outputs if len(outputs) == len(examples) else [None] * len(examples)  # SQuAD: windows
+    return task.raw_records(examples, by_example, predictions)
+
+
 def predict_new_text(args: argparse.Namespace) -> int:
     """`predict --input`: the task's examples from raw lines, predicted, one JSON line each."""
     import json
@@ -133,20 +185,15 @@ def predict_new_text(args: argparse.Namespace) -> int:
 
     from bertkit.tasks.base import open_for_writing
     from bertkit.training import distributed
-    from bertkit.training.trainer import predict_features
 
     output = args.output or "-"
     if output != "-" and names_a_directory(output):
         raise ValueError(f"--output {output}: with --input, a JSON-lines file (e.g. predictions.jsonl) or - for "
                          f"standard output")
     task, model, tokenizer, info, precision = load_for_inference(args)
-    examples = task.raw_examples(input_lines(args.input))  # a task without a raw form says so here
-    features = task.encode(examples, tokenizer, task.options.max_seq_length)
-    outputs = predict_features(task, model, features, args.batch_size, info.device, precision, info)
-    predictions = task.postprocess(examples, features, outputs)
+    records = new_text_records(task, model, tokenizer, info, precision, args.batch_size, input_lines(args.input))
     if info.is_main:
-        by_example = outputs if len(outputs) == len(examples) else [None] * len(examples)
-        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in task.raw_records(examples, by_example, predictions)]
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
         if output == "-":
             sys.stdout.writelines(lines)
             sys.stdout.flush()
