@@ -533,11 +533,18 @@ def test_train_tokenizer_reads_hub_parquet_as_its_text(tmp_path, capsys):
     assert list(_text_lines([hub], {})) == raw == list(_text_lines([tmp_path / "docs.parquet"], {}, "body"))
     stats: dict[str, int] = {"lines": 0, "chars": 0}
     assert list(iter_wikitext_batches([hub], stats)) == list(iter_wikitext_batches([valid], {"lines": 0, "chars": 0}))
-    # The command end to end. Vocab files are not compared: tokenizers' trainer breaks ties between
-    # tokens of equal count in hash-map order, so two runs on one input differ (huggingface/tokenizers#1794).
-    assert cli_main(["train-tokenizer", "--vocab-size", "2000", "--input", str(hub), "--wikitext",
-                     "--output-dir", str(tmp_path / "vocab")]) == 0
-    assert Tokenizer.from_pretrained(tmp_path / "vocab").vocab_size == 2000
+    # End to end: the same vocab.txt, byte for byte, from the file and from both Parquet layouts. Before
+    # the continuation pieces were fixed (train_wordpiece), two runs on one file already differed: the
+    # tokenizers trainer numbered them in hash-map order (huggingface/tokenizers#1794).
+    vocabs = []
+    for name, source in (("raw", [str(valid)]), ("raw-again", [str(valid)]), ("hub", [str(hub)]),
+                         ("docs", [str(tmp_path / "docs.parquet"), "--text-field", "body"])):
+        assert cli_main(["train-tokenizer", "--vocab-size", "2000", "--input", *source,
+                         "--output-dir", str(tmp_path / name)]) == 0
+        assert "2,461 lines, 1,110,211 characters" in capsys.readouterr().err
+        vocabs.append((tmp_path / name / "vocab.txt").read_bytes())
+    assert vocabs[1:] == vocabs[:1] * 3
+    assert Tokenizer.from_pretrained(tmp_path / "hub").vocab_size == 2000
     assert cli_main(["train-tokenizer", "--vocab-size", "2000", "--input", str(tmp_path / "docs.parquet"),
                      "--output-dir", str(tmp_path / "bad")]) == 1
     assert "docs.parquet: no column 'text' (--text-field; the file's columns: body)" in capsys.readouterr().err

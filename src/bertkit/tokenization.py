@@ -43,7 +43,7 @@ import os
 import warnings
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from tokenizers import Encoding, decoders, normalizers, pre_tokenizers, processors
@@ -491,16 +491,24 @@ def _download_from_hub(repo_id: str) -> Path:
     return path
 
 
-def train_wordpiece(lines: Iterable[str] | Iterable[list[str]], vocab_size: int, *, do_lower_case: bool = True,
-                    min_frequency: int = 2, limit_alphabet: int | None = 1000,
+def train_wordpiece(lines: Iterable[str] | Iterable[list[str]] | Callable[[], Iterable[Any]], vocab_size: int, *,
+                    do_lower_case: bool = True, min_frequency: int = 2, limit_alphabet: int | None = 1000,
                     num_unused: int = 0) -> Tokenizer:
-    """Learn a BERT WordPiece vocabulary from text lines (or batches of lines).
+    """Learn a BERT WordPiece vocabulary from text lines (or batches of lines): a list, or a function
+    that returns a fresh iterable of them, since the corpus is read twice (see below).
 
     Ids follow BERT's layout: [PAD]=0, then `num_unused` "[unusedK]" slots (room to add domain
     tokens later without resizing the embeddings; bert-base-uncased has 99 and [UNK]=100), then
-    [UNK], [CLS], [SEP], [MASK], then the alphabet and the learned pieces. `limit_alphabet` keeps
-    the most frequent characters only (BERT English vocabs hold ~1,000 single characters); pass
-    None for Chinese, where every character of the corpus is a word of its own.
+    [UNK], [CLS], [SEP], [MASK], then the continuation characters ("##a", ...), the alphabet and the
+    learned pieces. `limit_alphabet` keeps the most frequent characters only (BERT English vocabs
+    hold ~1,000 single characters); pass None for Chinese, where every character of the corpus is a
+    word of its own.
+
+    Same corpus, same vocab.txt: the `tokenizers` trainer numbers the "##c" pieces in hash-map order,
+    which changes from process to process, and breaks ties between equally frequent merges by those
+    numbers (huggingface/tokenizers#1794): run to run, tokens moved and a few dozen differed. A first
+    pass that learns no merges lists the "##c" pieces; the second pass gets them, sorted, as fixed
+    tokens, so every number and merge is decided by the corpus alone.
     """
     from tokenizers import trainers
 
@@ -509,22 +517,32 @@ def train_wordpiece(lines: Iterable[str] | Iterable[list[str]], vocab_size: int,
                          f"{len(SPECIAL_TOKENS) + num_unused} special/unused tokens; BERT uses 30522")
     if min_frequency < 1:
         raise ValueError(f"--min-frequency must be >= 1, got {min_frequency}")
+    if callable(lines):
+        read = lines
+    elif iter(lines) is lines:  # type: ignore[arg-type]
+        raise TypeError("train_wordpiece reads the corpus twice: pass a list of lines or a function that "
+                        "returns a fresh iterable of them, not a one-shot iterator")
+    else:
+        read = lambda: lines  # noqa: E731
     reserved = [PAD] + [f"[unused{i}]" for i in range(num_unused)] + [UNK, CLS, SEP, MASK]
-    backend = RustTokenizer(WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
-    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=None, lowercase=do_lower_case)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    # The trainer takes no None for "unlimited"; leaving the argument out means that.
-    alphabet = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=reserved, continuing_subword_prefix="##",
-                                        show_progress=False, **alphabet)
-    backend.train_from_iterator(lines, trainer)
-    learned = sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
-    tokens = [t for t, _ in learned]
+
+    def train(fixed: list[str], size: int) -> list[str]:
+        backend = RustTokenizer(WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+        backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                        strip_accents=None, lowercase=do_lower_case)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        # The trainer takes no None for "unlimited"; leaving the argument out means that.
+        alphabet = {} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}
+        trainer = trainers.WordPieceTrainer(vocab_size=size, min_frequency=min_frequency, special_tokens=fixed,
+                                            continuing_subword_prefix="##", show_progress=False, **alphabet)
+        backend.train_from_iterator(read(), trainer)
+        return [t for t, _ in sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])]
+
+    continuations = sorted(t for t in train(reserved, len(reserved) + 1) if t.startswith("##"))
+    tokens = train(reserved + continuations, max(vocab_size, len(reserved) + len(continuations) + 1))
     if tokens[: len(reserved)] != reserved:
         raise RuntimeError(f"the WordPiece trainer did not put the reserved tokens first "
                            f"(got {tokens[: len(reserved)]}); cannot write a BERT-layout vocab.txt")
     # Rebuilding from the token list registers only BERT's five specials as added tokens, so
-    # "[unused3]" in text is tokenized like any other text, as with Google's vocabularies.
+    # "[unused3]" or "##a" in text is tokenized like any other text, as with Google's vocabularies.
     return Tokenizer.from_vocab(tokens, do_lower_case)

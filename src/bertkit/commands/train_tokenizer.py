@@ -146,8 +146,15 @@ def run(args: argparse.Namespace) -> int:
                          f"pass a new directory")
     files = expand_inputs(args.input)
     stats = {"lines": 0, "chars": 0}
-    batches = (iter_wikitext_batches(files, stats) if args.wikitext
-               else iter_line_batches(files, stats, args.text_field))
+
+    def batches() -> Iterator[list[str]]:
+        """The corpus, once more (train_wordpiece reads it twice); `stats` counts the last reading."""
+        stats.clear()
+        stats.update(lines=0, chars=0)
+        if args.wikitext:
+            return iter_wikitext_batches(files, stats)
+        return iter_line_batches(files, stats, args.text_field)
+
     tokenizer = train_wordpiece(batches, args.vocab_size,
                                 do_lower_case=args.lowercase, min_frequency=args.min_frequency,
                                 limit_alphabet=None if args.chinese else 1000, num_unused=args.unused)
