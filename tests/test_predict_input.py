@@ -9,8 +9,6 @@ import json
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import pytest
-
 from bertkit.cli import main
 
 
@@ -174,11 +172,31 @@ def test_tasks_without_a_raw_form_and_bad_input_are_refused(tiny_model_dir: Path
     assert code == 1 and "a JSON-lines file" in err
     code, _, err = cli(["predict", "--model", str(run)])
     assert code == 1 and "--output is required" in err
-    from bertkit.tasks import TaskOptions, get_task_class
-    from bertkit.tasks.base import DataError
 
-    with pytest.raises(DataError, match="task polyphone has no raw-text form"):
-        get_task_class("polyphone")(TaskOptions()).raw_examples([("x:1", "text")])
+
+def test_polyphone_reads_marked_sentences_and_answers_among_the_characters_readings(shared_dir: Path,
+                                                                                   tiny_model_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    g2pl = shared_dir / "data" / "polyphone" / "g2pL"
+    data = tmp_path / "g2pl"
+    for split, count in (("train", 200), ("dev", 40)):
+        for suffix in ("sent", "lb"):
+            head_lines(g2pl / f"{split}.{suffix}", data / f"{split}.{suffix}", count)
+    run = finetune(tiny_model_dir, tmp_path / "poly", "--task", "polyphone", "--data-dir", str(data))
+    (tmp_path / "marked.txt").write_text("她找了一块▁抹▁布。\n" + json.dumps({"id": "j", "text": "抹布", "position": 0},
+                                                                      ensure_ascii=False) + "\n")
+    code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "marked.txt"), "--device", "cpu"])
+    assert code == 0, err
+    first, second = records(out)
+    assert (first["char"], first["position"], first["text"]) == ("抹", 5, "她找了一块抹布。") and second["id"] == "j"
+    readings = {label for sentence, label in zip((data / "train.sent").read_text(encoding="utf-8").splitlines(),
+                                                 (data / "train.lb").read_text(encoding="utf-8").splitlines())
+                if "▁抹▁" in sentence}
+    assert set(first["probabilities"]) == readings and first["prediction"] in readings
+    assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
+    (tmp_path / "unmarked.txt").write_text("她找了一块抹布。\n")
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "unmarked.txt"), "--device", "cpu"])
+    assert code == 1 and "unmarked.txt:1: no marked character" in err
 
 
 def test_python_predictor_gives_the_command_lines_records(shared_dir: Path, tiny_model_dir: Path, tmp_path: Path):

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                         help="new text instead of a split: one example per line of FILE (- reads standard input), "
                              "as the task reads it (classification: a text, or text<TAB>second text; ner: a "
                              "sentence; squad: JSON {question, context}; atsc: sentence<TAB>aspect; multiple "
-                             "choice: JSON {context, choices}); writes one JSON line per example: its id, input "
+                             "choice: JSON {context, choices}; polyphone: a sentence with ▁X▁ around the "
+                             "character to read); writes one JSON line per example: its id, input "
                              "and prediction, with class probabilities where the head has them")
 
 

@@ -48,7 +48,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from bertkit.tasks.base import DataError, Task, open_for_writing, pad_sequences, read_data_text, register
+from bertkit.tasks.base import (DataError, Task, class_probabilities, open_for_writing, pad_sequences,
+                                raw_input_fields, read_data_text, register)
 
 MARK = "\u2581"  # ▁, wraps the target character in *.sent files
 READING_RE = re.compile(r"[a-z]+(?::[a-z]*)?[1-5]")  # pinyin letters (ü as "u:") + tone 1-5
@@ -463,6 +464,36 @@ class PolyphoneTask(Task):
         for f, row in zip(features, logits.argmax(-1)):
             predictions[f["example_index"]] = int(row)
         return predictions
+
+    raw_input = "a sentence with the character to read wrapped as ▁X▁ (the .sent form), or JSON {\"text\", \"position\"}"
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[PolyphoneExample]:
+        examples = []
+        for where, line in lines:
+            if line.lstrip().startswith("{"):
+                fields = raw_input_fields(where, line, ())
+                text, position = fields.get("text"), fields.get("position")
+                if not isinstance(text, str) or MARK in text or not isinstance(position, int) \
+                        or isinstance(position, bool) or not 0 <= position < len(text):
+                    raise DataError(f"{where}: expected JSON with the plain sentence as 'text' and the index of "
+                                    f"the character to read as 'position'")
+            else:
+                (text, position), fields = parse_marked(line.strip(), where), {}
+            examples.append(PolyphoneExample(str(fields.get("id", len(examples))), text, position, None))
+        return examples
+
+    def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
+        """The predicted reading, and the probabilities of the character's candidate readings (of
+        all readings for a character never seen in training or the dictionary)."""
+        labels = self.label_names()
+        records = []
+        for ex, output, prediction in zip(examples, outputs, predictions):
+            allowed = sorted(r for r in self.candidates(ex.char) if r in labels) or labels
+            logits = np.asarray(output, dtype=np.float64)
+            probabilities = class_probabilities([logits[labels.index(r)] for r in allowed], allowed)
+            records.append({"id": ex.id, "text": ex.text, "position": ex.position, "char": ex.char,
+                            "prediction": labels[prediction], "probabilities": probabilities})
+        return records
 
     def _outcomes(self, examples, predictions) -> list[tuple[PolyphoneExample, str, bool]]:
         labels = self.label_names()
