@@ -1,5 +1,5 @@
-"""`bertkit predict --input`: new text, one example per line, predicted by a fine-tuned run of every
-task that has a raw form (runs of 1 step of a tiny BERT on slices of the real data: what is checked
+"""`bertkit predict --input` and `bertkit.Predictor`: new text, one example per line, predicted by a
+fine-tuned run of every task (runs of 1 step of a tiny BERT on slices of the real data: what is checked
 is the reading, the alignment of inputs and predictions, and the records, not accuracy)."""
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_ner_squad_multiple_choice_and_aspects(shared_dir: Path, tiny_model_dir:
     assert record["aspect"] == "service" and record["prediction"] in record["probabilities"]
 
 
-def test_tasks_without_a_raw_form_and_bad_input_are_refused(tiny_model_dir: Path, shared_dir: Path,
+def test_bad_input_and_output_are_refused(tiny_model_dir: Path, shared_dir: Path,
                                                              tmp_path: Path) -> None:
     glue = shared_dir / "data" / "glue"
     sst2 = tmp_path / "SST-2"
