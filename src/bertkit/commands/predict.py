@@ -140,14 +140,18 @@ class Predictor:
 
     An input is a string (one line of --input), a tuple (its tab-separated fields) or a dict (its
     JSON form). `options` are predict's flags by name (task="rte" for a multi-task run,
-    device="cpu", batch_size=64, precision="bf16", max_seq_length=256)."""
+    device="cpu", batch_size=64, precision="bf16", max_seq_length=256; a switch as True: cased=True)."""
 
     def __init__(self, run: str | Path, **options: object):
         from bertkit.cli import build_parser
 
         argv = ["predict", "--model", str(run)]
         for name, value in options.items():
-            argv += [f"--{name.replace('_', '-')}", str(value)]
+            flag = f"--{name.replace('_', '-')}"
+            if value is True:  # a switch (cased=True)
+                argv.append(flag)
+            elif value not in (False, None):
+                argv += [flag, str(value)]
         parser, _ = build_parser(argv)
         self.args = parser.parse_args(argv)
         self.task, self.model, self.tokenizer, self.info, self.precision = load_for_inference(self.args)
