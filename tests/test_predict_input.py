@@ -211,3 +211,51 @@ def test_python_predictor_gives_the_command_lines_records(shared_dir: Path, tiny
     code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "in.txt"), "--device", "cpu"])
     assert code == 0, err
     assert Predictor(run, device="cpu")(inputs) == records(out)
+
+
+def test_serve_answers_predict_and_health_and_refuses_bad_requests(shared_dir: Path, tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from bertkit.cli import build_parser
+    from bertkit.commands.serve import make_server
+
+    rte = tmp_path / "RTE"
+    head_lines(shared_dir / "data" / "glue" / "RTE" / "train.tsv", rte / "train.tsv", 17)
+    run = finetune(tiny_model_dir, tmp_path / "rte", "--task", "rte", "--data-dir", str(rte))
+    argv = ["serve", "--model", str(run), "--device", "cpu", "--port", "0", "--max-batch", "2"]
+    parser, _ = build_parser(argv)
+    server = make_server(parser.parse_args(argv))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def post(body: bytes) -> tuple[int, dict]:
+        request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
+            health = json.loads(response.read())
+        assert health["task"] == "rte" and health["labels"] == ["entailment", "not_entailment"]
+        inputs = [["A man plays a guitar.", "A man plays music."], {"id": "q", "text": "It rains.", "text_pair": "Dry."}]
+        (tmp_path / "in.txt").write_text("A man plays a guitar.\tA man plays music.\n"
+                                         '{"id": "q", "text": "It rains.", "text_pair": "Dry."}\n')
+        code, out, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "in.txt"), "--device", "cpu"])
+        assert code == 0, err
+        status, body = post(json.dumps({"inputs": inputs}).encode())
+        assert status == 200 and body["predictions"] == records(out)
+        assert post(json.dumps({"inputs": ["one text only"]}).encode()) == (
+            400, {"error": "input 0: task rte reads a pair of texts: give text<TAB>second text (or JSON with "
+                           "\"text\" and \"text_pair\")"})
+        assert post(b"{not json")[0] == 400 and post(b'{"inputs": []}')[0] == 400
+        assert post(json.dumps({"inputs": inputs * 2}).encode()) == (400, {"error": "4 inputs; at most --max-batch 2 per request"})
+        assert post(json.dumps({"inputs": inputs}).encode())[0] == 200  # still serving
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "fine-tune on one task (or several: multi-task)"),
     "evaluate": ("evaluate", "evaluate a fine-tuned model on a split; writes metrics.json"),
     "predict": ("predict", "write predictions in the benchmark's format"),
+    "serve": ("serve", "a fine-tuned run behind an HTTP JSON endpoint (POST /predict)"),
     "pretrain-data": ("pretrain_data", "raw text -> sharded pre-training records"),
     "inspect": ("inspect", "decode pre-training records back to text"),
     "convert-records": ("convert_records", "TFRecord/HDF5/lddl Parquet pre-training data -> bertkit records"),

@@ -153,8 +153,18 @@ class Predictor:
             elif value not in (False, None):
                 argv += [flag, str(value)]
         parser, _ = build_parser(argv)
-        self.args = parser.parse_args(argv)
-        self.task, self.model, self.tokenizer, self.info, self.precision = load_for_inference(self.args)
+        self._load(parser.parse_args(argv))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Predictor":
+        """From parsed command-line flags (`bertkit serve`'s)."""
+        predictor = cls.__new__(cls)
+        predictor._load(args)
+        return predictor
+
+    def _load(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.task, self.model, self.tokenizer, self.info, self.precision = load_for_inference(args)
 
     def __call__(self, inputs: list[str | tuple | dict]) -> list[dict]:
         import json
