@@ -1202,6 +1202,19 @@ def test_hub_parquet_corpora_build_the_records_of_their_text_files(tmp_path, cap
     assert _same_records(tmp_path / "hub-docs", tmp_path / "jsonl-docs") >= 10
     assert _same_records(tmp_path / "hub-wikitext", tmp_path / "raw-wikitext") > 2000
 
+    # bookcorpus's layout: a sentence per row. --parquet-rows lines reads rows as the lines of the text
+    # file (an empty row ends a document); as documents, every row is one, and the NSP warning says so.
+    sample_lines = SAMPLE.read_text(encoding="utf-8").split("\n")
+    pq.write_table(pa.table({"text": sample_lines}), tmp_path / "sentences.parquet", row_group_size=7)
+    capsys.readouterr()
+    assert main([*args, "--input", str(tmp_path / "sentences.parquet"), "--parquet-rows", "lines",
+                 "--output-dir", str(tmp_path / "hub-lines")]) == 0
+    assert main([*args, "--input", str(SAMPLE), "--output-dir", str(tmp_path / "raw-lines")]) == 0
+    assert _same_records(tmp_path / "hub-lines", tmp_path / "raw-lines") >= 10
+    capsys.readouterr()
+    assert main([*args, "--input", str(tmp_path / "sentences.parquet"), "--output-dir", str(tmp_path / "rows")]) == 0
+    assert "add --parquet-rows lines" in capsys.readouterr().err
+
     capsys.readouterr()
     assert main([*args, "--input", str(tmp_path / "train-00000-of-00001.parquet"), "--text-field", "body",
                  "--output-dir", str(tmp_path / "bad")]) == 1

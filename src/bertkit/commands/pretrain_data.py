@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", "--output_dir", required=True, help="record directory to write")
     p.add_argument("--text-field", default=None,
                    help="read JSONL documents, taking the text from this field (Parquet: the column, default text)")
+    p.add_argument("--parquet-rows", choices=("documents", "lines"), default="documents",
+                   help="Parquet input: a row is a document (default: wikimedia/wikipedia), or a line of a text file "
+                        "(lines: a sentence per row, an empty row between documents, as in bookcorpus)")
     p.add_argument("--split-sentences", action="store_true",
                    help="lines are paragraphs: split them with the rule-based sentence splitter")
     p.add_argument("--wikitext", action="store_true",
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
                                 target_words=_read_target_words(args.target_words) if args.target_words else None,
                                 seed=args.seed, chunk_docs=args.chunk_docs, text_field=args.text_field,
                                 split_sentences=args.split_sentences, wikitext=args.wikitext,
+                                parquet_rows=args.parquet_rows,
                                 do_lower_case=args.do_lower_case)
     manifest = create_pretraining_data(args.input, args.tokenizer, args.output_dir, config, workers=args.workers,
                                        num_shards=args.num_shards, shard_index=args.shard_index)

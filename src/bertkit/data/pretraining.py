@@ -51,6 +51,7 @@ from bertkit.data.masking import MaskingConfig, TargetWords, VocabInfo, mask_row
 from bertkit.tasks.base import DataError
 
 MASKING_MODES = ("static", "dynamic")
+PARQUET_ROWS = ("documents", "lines")
 MIN_PACKED_PIECE = 16  # shorter document pieces waste a [CLS]/[SEP] pair on little text
 
 
@@ -69,6 +70,7 @@ class PretrainDataConfig:
     chunk_docs: int = 10_000  # documents per chunk (= per shard); bounds memory
     chunk_bytes: int = 64 << 20  # ... or this much text, whichever comes first
     text_field: str | None = None  # JSONL input: the field holding a document's text
+    parquet_rows: str = "documents"  # Parquet input: a row is a document, or a line of a text file ("lines")
     split_sentences: bool = False  # text input: lines are paragraphs, split them into sentences
     wikitext: bool = False  # WikiText-2/103 files: articles at " = Title = " lines (see iter_wikitext_documents)
     do_lower_case: bool | None = None  # tokenizer casing; None: as the tokenizer's files say
@@ -89,6 +91,8 @@ class PretrainDataConfig:
         if self.nsp and self.chunk_docs < 2:
             raise ValueError("--chunk-docs must be >= 2 with NSP: the random next sentence comes from another "
                              "document of the same chunk")
+        if self.parquet_rows not in PARQUET_ROWS:
+            raise ValueError(f"--parquet-rows {self.parquet_rows!r} is not one of {', '.join(PARQUET_ROWS)}")
         if self.wikitext and self.text_field is not None:
             raise ValueError("--wikitext and --text-field cannot be combined: WikiText files are plain text")
         if self.mask.masked_lm_prob == 0 and (self.target_words is None or self.mask.target_mask_prob == 0):
@@ -105,6 +109,7 @@ class PretrainDataConfig:
         data = dict(data)
         data["mask"] = MaskingConfig(**data["mask"])
         data.setdefault("wikitext", False)  # manifests written before the flag existed
+        data.setdefault("parquet_rows", "documents")
         return cls(**data)
 
 
@@ -214,12 +219,15 @@ def parquet_texts(path: Path, column: str | None) -> Iterator[tuple[int, str]]:
             row += 1
 
 
-def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: bool = False) -> Iterator[list[str]]:
+def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: bool = False,
+                   parquet_rows: str = "documents") -> Iterator[list[str]]:
     """Documents (lists of non-empty sentences) from text, JSONL or Parquet files, streamed.
     `split` runs the rule-based sentence splitter over each line of text input (paragraph-per-line
     corpora, where otherwise every document is one "sentence" and NSP always picks a random B;
     WikiText has its own reader, iter_wikitext_documents). A JSONL object or a Parquet row is one
-    document (column `text_field`, "text" by default for Parquet), its lines split into sentences."""
+    document (column `text_field`, "text" by default for Parquet), its lines split into sentences;
+    with parquet_rows="lines" a Parquet row is a line of a text file instead (bookcorpus: a sentence
+    per row), an empty row ending a document."""
     from bertkit.data.sentences import split_sentences
     from bertkit.tasks.base import is_parquet
 
@@ -231,6 +239,10 @@ def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: 
             kinds = sorted({"Parquet" if is_parquet(path) else "text" for path in paths})
             raise DataError(f"--input mixes {' and '.join(kinds)} files ({', '.join(map(str, paths[:3]))}, ...); "
                             f"give one kind per run")
+        if parquet_rows == "lines":
+            yield from text_documents((line for path in paths for _, row in parquet_texts(path, text_field)
+                                       for line in row.split("\n")), split)
+            return
         for path in paths:
             for _, text in parquet_texts(path, text_field):
                 sentences = document(text)
@@ -254,17 +266,25 @@ def iter_documents(paths: Sequence[Path], text_field: str | None = None, split: 
                 if sentences:
                     yield sentences
         return
-    for path in paths:
-        doc: list[str] = []
-        for _, line in read_lines(path):
-            text = line.strip()
-            if text:
-                doc.extend(split_sentences(text) if split else [text])
-            elif doc:
-                yield doc
-                doc = []
-        if doc:  # a file's end also ends its last document
+    for path in paths:  # a file's end also ends its last document
+        yield from text_documents((line for _, line in read_lines(path)), split)
+
+
+def text_documents(lines: Iterable[str], split: bool) -> Iterator[list[str]]:
+    """Documents of lines of text: a sentence per line (or, with `split`, sentences split from each
+    line), a blank line between documents."""
+    from bertkit.data.sentences import split_sentences
+
+    doc: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text:
+            doc.extend(split_sentences(text) if split else [text])
+        elif doc:
             yield doc
+            doc = []
+    if doc:
+        yield doc
 
 
 _WIKITEXT_HEADING = re.compile(r"^(=+) (.*) \1$")  # "= Title =" (an article), "= = Section = =", ...
@@ -337,7 +357,7 @@ class DocumentShape:
                 self.wikitext_headings += bool(_WIKITEXT_HEADING.match(doc[0]))
             yield doc
 
-    def nsp_warning(self, config: PretrainDataConfig) -> str | None:
+    def nsp_warning(self, config: PretrainDataConfig, parquet: bool = False) -> str | None:
         """A warning when most documents have one sentence and NSP is on, with the likely fix."""
         if not config.nsp or self.documents < 20 or self.single_sentence * 2 <= self.documents:
             return None
@@ -347,6 +367,9 @@ class DocumentShape:
         if self.wikitext_headings:
             return msg + (f" {self.wikitext_headings:,} of them are WikiText headings ('= = ... = ='): "
                           f"read the files with --wikitext")
+        if parquet and config.parquet_rows == "documents":
+            return msg + (" If each Parquet row is a sentence of a running text (as in bookcorpus), add "
+                          "--parquet-rows lines; an empty row then ends a document")
         if not config.split_sentences and config.text_field is None:
             return msg + (" If each line is a paragraph, add --split-sentences; documents must be "
                           "separated by blank lines")
@@ -951,7 +974,7 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
         if config.wikitext:
             documents = iter_wikitext_documents(paths, tokenizer.convert_ids_to_tokens(tokenizer.unk_id))
         else:
-            documents = iter_documents(paths, config.text_field, config.split_sentences)
+            documents = iter_documents(paths, config.text_field, config.split_sentences, config.parquet_rows)
         shape = DocumentShape()
         chunks = iter_chunks(shape.count(documents), config.chunk_docs, config.chunk_bytes)
         if workers == 1:
@@ -991,7 +1014,9 @@ def create_pretraining_data(inputs: Sequence[str], tokenizer_spec: str, output_d
             raise DataError(f"--input {' '.join(map(str, paths))}: no documents found (the files are empty "
                             f"or contain only blank lines)")
         manifest = records.write_manifest(out_dir, header, n_chunks)
-        warning = shape.nsp_warning(config)
+        from bertkit.tasks.base import is_parquet
+
+        warning = shape.nsp_warning(config, parquet=any(is_parquet(path) for path in paths))
         if warning:
             log(warning)
         stats: dict[str, int] = {}
