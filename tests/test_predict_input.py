@@ -154,8 +154,8 @@ def test_ner_squad_multiple_choice_and_aspects(shared_dir: Path, tiny_model_dir:
     assert record["aspect"] == "service" and record["prediction"] in record["probabilities"]
 
 
-def test_bad_input_and_output_are_refused(tiny_model_dir: Path, shared_dir: Path,
-                                                             tmp_path: Path) -> None:
+def test_bad_input_and_output_are_refused(tiny_model_dir: Path, shared_dir: Path, tmp_path: Path,
+                                          monkeypatch) -> None:
     glue = shared_dir / "data" / "glue"
     sst2 = tmp_path / "SST-2"
     head_lines(glue / "SST-2" / "train.tsv", sst2 / "train.tsv", 17)
@@ -172,6 +172,20 @@ def test_bad_input_and_output_are_refused(tiny_model_dir: Path, shared_dir: Path
     assert code == 1 and "a JSON-lines file" in err
     code, _, err = cli(["predict", "--model", str(run)])
     assert code == 1 and "--output is required" in err
+    # A large --input is read, predicted and written a block at a time; ids run on across blocks.
+    sentences = [row.split("\t")[0] for row in (sst2 / "train.tsv").read_text().splitlines()[1:9]]
+    (tmp_path / "eight.txt").write_text("\n".join(sentences[:4]) + "\n\n" + "\n".join(sentences[4:]) + "\n")
+    code, whole, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "eight.txt"), "--device", "cpu"])
+    assert code == 0, err
+    monkeypatch.setattr("bertkit.commands.predict.INPUT_BLOCK_LINES", 3)
+    code, blocked, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "eight.txt"), "--device", "cpu"])
+    assert code == 0, err
+    assert [r["id"] for r in records(blocked)] == [str(i) for i in range(8)]
+    assert [r["prediction"] for r in records(blocked)] == [r["prediction"] for r in records(whole)]
+    (tmp_path / "latin1.txt").write_bytes(b"fine\ncaf\xe9 au lait\n")
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "latin1.txt"),
+                        "--output", str(tmp_path / "never.jsonl"), "--device", "cpu"])
+    assert code == 1 and "latin1.txt:2: not UTF-8" in err and not (tmp_path / "never.jsonl").exists()
 
 
 def test_polyphone_reads_marked_sentences_and_answers_among_the_characters_readings(shared_dir: Path,

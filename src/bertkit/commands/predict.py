@@ -7,7 +7,9 @@ be, that receives the standard name, for every task."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -108,23 +110,44 @@ def write_script_file(script: str, task, examples: list, predictions: list, prob
     return written
 
 
-def input_lines(source: str) -> list[tuple[str, str]]:
-    """The non-blank lines of --input as (where, line): "FILE:LINE", or "stdin:LINE" for -."""
+# Lines of --input read, encoded and predicted at a time: memory stays bounded on a large file.
+INPUT_BLOCK_LINES = 10_000
+
+
+def input_blocks(source: str, block_lines: int | None = None) -> Iterator[list[tuple[str, str]]]:
+    """The non-blank lines of --input as (where, line), "FILE:LINE" ("stdin:LINE" for -), in blocks
+    of INPUT_BLOCK_LINES."""
     import sys
 
-    from bertkit.tasks.base import read_data_text
+    block_lines = block_lines or INPUT_BLOCK_LINES
+    from bertkit.tasks.base import DataError
 
-    if source == "-":
-        text, name = sys.stdin.read(), "stdin"
+    if source == "-":  # bytes where there are (a real stdin), else its text (a StringIO in its place)
+        handle, name, owned = getattr(sys.stdin, "buffer", sys.stdin), "stdin", False
     else:
-        path = Path(source)
-        if not path.is_file():
+        if not Path(source).is_file():
             raise FileNotFoundError(f"--input {source}: no such file")
-        text, name = read_data_text(path), source
-    lines = [(f"{name}:{n}", line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-    if not lines:
+        handle, name, owned = open(source, "rb"), source, True
+    block: list[tuple[str, str]] = []
+    any_line = False
+    with contextlib.closing(handle) if owned else contextlib.nullcontext():
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError as err:
+                raise DataError(f"{name}:{number}: not UTF-8 ({err.reason} at byte {err.start} of the line); "
+                                f"re-encode the input as UTF-8") from None
+            line = line.removeprefix("\ufeff" if number == 1 else "").rstrip("\r\n")
+            if line.strip():
+                block.append((f"{name}:{number}", line))
+                any_line = True
+            if len(block) == block_lines:
+                yield block
+                block = []
+    if not any_line:
         raise ValueError(f"--input {source}: no non-blank lines to predict")
-    return lines
+    if block:
+        yield block
 
 
 class Predictor:
@@ -181,11 +204,12 @@ class Predictor:
 
 
 def new_text_records(task, model, tokenizer, info, precision: str, batch_size: int,
-                     lines: list[tuple[str, str]]) -> list[dict]:
-    """Raw input lines (where, line) -> the task's examples -> one record per example."""
+                     lines: list[tuple[str, str]], first_index: int = 0) -> list[dict]:
+    """Raw input lines (where, line) -> the task's examples -> one record per example; examples
+    without an id of their own are numbered from `first_index`."""
     from bertkit.training.trainer import predict_features
 
-    examples = task.raw_examples(lines)  # a task without a raw form says so here
+    examples = task.raw_examples(lines, first_index)
     features = task.encode(examples, tokenizer, task.options.max_seq_length)
     outputs = predict_features(task, model, features, batch_size, info.device, precision, info)
     predictions = task.postprocess(examples, features, outputs)
@@ -206,16 +230,17 @@ def predict_new_text(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {output}: with --input, a JSON-lines file (e.g. predictions.jsonl) or - for "
                          f"standard output")
     task, model, tokenizer, info, precision = load_for_inference(args)
-    records = new_text_records(task, model, tokenizer, info, precision, args.batch_size, input_lines(args.input))
+    written = 0
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if output == "-" else stack.enter_context(open_for_writing(output))
+        for block in input_blocks(args.input):
+            records = new_text_records(task, model, tokenizer, info, precision, args.batch_size, block, written)
+            if info.is_main:
+                out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                out.flush()
+            written += len(records)
     if info.is_main:
-        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-        if output == "-":
-            sys.stdout.writelines(lines)
-            sys.stdout.flush()
-        else:
-            with open_for_writing(output) as out:
-                out.writelines(lines)
-        print(f"predicted {len(lines)} examples of --input {args.input}" + ("" if output == "-" else f" into {output}"),
+        print(f"predicted {written} examples of --input {args.input}" + ("" if output == "-" else f" into {output}"),
               file=sys.stderr)
     distributed.shutdown()
     return 0

@@ -409,8 +409,9 @@ class Task:
     # ---- new text (`bertkit predict --input`): a deployed model's input, not a benchmark file ----
     raw_input: ClassVar[str] = ""  # what one line of --input holds, for help and errors; "": no raw form
 
-    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[Any]:
-        """Examples (unlabelled) from the non-blank lines of --input, given as (where, line)."""
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[Any]:
+        """Examples (unlabelled) from the non-blank lines of --input, given as (where, line); an
+        example without an "id" of its own is numbered from `first_index` (the lines before it)."""
         raise DataError(f"--input: task {self.name} has no raw-text form; predict from its own files "
                         f"(--test-file or --data-dir with --split)")
 

@@ -107,7 +107,7 @@ class SentencePairTask(Task):
         """Whether the model reads two texts (MRPC, RTE, ...)."""
         return False
 
-    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[PairExample]:
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[PairExample]:
         examples = []
         for where, line in lines:
             fields = raw_input_fields(where, line, ("text", "text_pair"))
@@ -118,7 +118,7 @@ class SentencePairTask(Task):
                                 f"(or JSON with \"text\" and \"text_pair\")")
             if not self.is_pair_task() and pair is not None:
                 raise DataError(f"{where}: task {self.name} reads one text, but the line holds two")
-            examples.append(PairExample(str(fields.get("id", len(examples))), text, pair, None, where))
+            examples.append(PairExample(str(fields.get("id", first_index + len(examples))), text, pair, None, where))
         return examples
 
     def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:

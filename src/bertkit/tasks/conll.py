@@ -420,7 +420,7 @@ class NerTask(Task):
 
     raw_input = "a sentence (words split at whitespace), or JSON {\"tokens\": [...], \"id\": ...}"
 
-    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[NerExample]:
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[NerExample]:
         labels = self.label_names() or ["O"]
         filler = "O" if "O" in labels else labels[0]  # a label to encode with; predictions ignore it
         examples = []
@@ -429,7 +429,7 @@ class NerTask(Task):
             words = fields["text"].split() if isinstance(fields.get("text"), str) else fields.get("tokens")
             if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
                 raise DataError(f"{where}: expected a sentence, or JSON with \"tokens\": a list of words")
-            examples.append(NerExample(str(fields.get("id", len(examples))), words, [filler] * len(words), where))
+            examples.append(NerExample(str(fields.get("id", first_index + len(examples))), words, [filler] * len(words), where))
         return examples
 
     def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:

@@ -467,7 +467,7 @@ class PolyphoneTask(Task):
 
     raw_input = "a sentence with the character to read wrapped as ▁X▁ (the .sent form), or JSON {\"text\", \"position\"}"
 
-    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[PolyphoneExample]:
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[PolyphoneExample]:
         examples = []
         for where, line in lines:
             if line.lstrip().startswith("{"):
@@ -479,7 +479,7 @@ class PolyphoneTask(Task):
                                     f"the character to read as 'position'")
             else:
                 (text, position), fields = parse_marked(line.strip(), where), {}
-            examples.append(PolyphoneExample(str(fields.get("id", len(examples))), text, position, None))
+            examples.append(PolyphoneExample(str(fields.get("id", first_index + len(examples))), text, position, None))
         return examples
 
     def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:

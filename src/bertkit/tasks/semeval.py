@@ -291,7 +291,7 @@ class AspectSentimentTask(Task):
 
     raw_input = "sentence<TAB>aspect term, or JSON {\"sentence\": ..., \"aspect\": ..., \"id\": ...}"
 
-    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[AspectExample]:
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[AspectExample]:
         examples = []
         for where, line in lines:
             fields = raw_input_fields(where, line, ("sentence", "aspect"))
@@ -299,7 +299,7 @@ class AspectSentimentTask(Task):
             aspect = text_field(fields, where, "aspect", "term")
             start = sentence.find(aspect)
             span = (start, start + len(aspect)) if start >= 0 else None
-            guid = str(fields.get("id", len(examples)))
+            guid = str(fields.get("id", first_index + len(examples)))
             examples.append(AspectExample(guid, sentence, aspect, None, span, guid, where))
         return examples
 

@@ -461,14 +461,14 @@ class SquadTask(Task):
 
     raw_input = "JSON {\"question\": ..., \"context\": ..., \"id\": ...}, or question<TAB>context"
 
-    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[SquadExample]:
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[SquadExample]:
         # A model trained on SQuAD 2.0 may answer "no answer"; one trained on 1.1 always answers.
         impossible = False if self.train_version == "2.0" else None
         examples = []
         for where, line in lines:
             fields = raw_input_fields(where, line, ("question", "context"))
             question, context = text_field(fields, where, "question"), text_field(fields, where, "context")
-            examples.append(SquadExample(str(fields.get("id", len(examples))), question, context,
+            examples.append(SquadExample(str(fields.get("id", first_index + len(examples))), question, context,
                                          is_impossible=impossible, source=where))
         return examples
 

@@ -286,7 +286,7 @@ class MultipleChoiceTask(Task):
     raw_input = ("JSON {\"context\": ..., \"choices\": [...], \"id\": ...} (SWAG: startphrase, ending0..3), or "
                  "context<TAB>choice<TAB>choice...")
 
-    def raw_examples(self, lines: Sequence[tuple[str, str]]) -> list[ChoiceExample]:
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[ChoiceExample]:
         examples = []
         for where, line in lines:
             if line.lstrip().startswith("{"):
@@ -301,7 +301,7 @@ class MultipleChoiceTask(Task):
             if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip()
                                                                             for c in choices):
                 raise DataError(f"{where}: expected a context and at least 2 non-empty choices")
-            examples.append(ChoiceExample(str(fields.get("id", len(examples))), context, choices, None, where))
+            examples.append(ChoiceExample(str(fields.get("id", first_index + len(examples))), context, choices, None, where))
         return self._check_choice_counts(examples, "--input")
 
     def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
