@@ -230,6 +230,9 @@ def predict_new_text(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {output}: with --input, a JSON-lines file (e.g. predictions.jsonl) or - for "
                          f"standard output")
     task, model, tokenizer, info, precision = load_for_inference(args)
+    if args.input == "-" and info.world_size > 1:
+        raise ValueError("--input - under torchrun: only one process would read standard input; give a file, "
+                         "which every process reads")
     written = 0
     with contextlib.ExitStack() as stack:
         out = sys.stdout if output == "-" else stack.enter_context(open_for_writing(output))
