@@ -273,3 +273,18 @@ def test_serve_answers_predict_and_health_and_refuses_bad_requests(shared_dir: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_swag_raw_rows_are_read_as_in_training() -> None:
+    """A SWAG run scored context = sent1, choice i = sent2 + ending i in training: new rows with SWAG's
+    columns are built the same way; other lines as multiple-choice reads them."""
+    from bertkit.tasks import TaskOptions, get_task_class
+
+    swag = get_task_class("swag")(TaskOptions())
+    row = {"sent1": "He opens the door.", "sent2": "He", "ending0": "walks in.", "ending1": "eats it.",
+           "ending2": "sings.", "ending3": "flies away."}
+    (example,) = swag.raw_examples([("x:1", json.dumps(row))], first_index=5)
+    assert (example.guid, example.context) == ("5", "He opens the door.")
+    assert example.choices == ["He walks in.", "He eats it.", "He sings.", "He flies away."]
+    (plain,) = swag.raw_examples([("x:1", "A context.\tone\ttwo\tthree\tfour")])
+    assert plain.choices == ["one", "two", "three", "four"]

@@ -363,6 +363,22 @@ class SwagTask(MultipleChoiceTask):
             examples.append(ChoiceExample(guid, row["sent1"], choices, label, where))
         return self._check_labels(self._check_choice_counts(examples, files_label(paths)), split)
 
+    raw_input = ("JSON with SWAG's columns {\"sent1\", \"sent2\", \"ending0\".. \"ending3\"} (read as in training: "
+                 "context sent1, choice i sent2 + ending i), or as --task multiple-choice reads it")
+
+    def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[ChoiceExample]:
+        swag_rows = [line.lstrip().startswith("{") and '"sent2"' in line for _, line in lines]
+        if not any(swag_rows):
+            return super().raw_examples(lines, first_index)
+        examples = []
+        for where, line in lines:
+            fields = raw_input_fields(where, line, ())
+            context, sent2 = text_field(fields, where, "sent1"), text_field(fields, where, "sent2")
+            endings = [text_field(fields, where, f"ending{i}") for i in range(self.n_choices)]
+            examples.append(ChoiceExample(str(fields.get("id", first_index + len(examples))), context,
+                                          [f"{sent2} {ending}" for ending in endings], None, where))
+        return examples
+
     def csv_rows(self, path: Path) -> list[tuple[str, dict]]:
         """The rows of a swagaf CSV file as ("FILE:LINE", {column: text}), LINE the first physical
         line of the record (a quoted field may span lines)."""
