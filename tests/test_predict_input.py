@@ -44,6 +44,10 @@ def test_sentence_classification_and_pairs(shared_dir: Path, tiny_model_dir: Pat
     head_lines(glue / "SST-2" / "train.tsv", sst2 / "train.tsv", 33)
     head_lines(glue / "SST-2" / "dev.tsv", sst2 / "dev.tsv", 9)
     run = finetune(tiny_model_dir, tmp_path / "sst2", "--task", "sst2", "--data-dir", str(sst2))
+    code, out, err = cli(["info", str(run)])  # what a run was fine-tuned for, before predicting with it
+    assert code == 0 and "task           sst2" in out and "labels         0, 1" in out
+    code, out, err = cli(["info", str(run), "--json"])
+    assert json.loads(out)["task"] == "sst2" and json.loads(out)["labels"] == ["0", "1"]
     # The dev sentences as new text get the labels the split's own prediction file has.
     code, _, err = cli(["predict", "--model", str(run), "--data-dir", str(sst2), "--split", "dev",
                         "--output", str(tmp_path / "dev.tsv"), "--device", "cpu"])
