@@ -401,8 +401,8 @@ def open_pretraining_data(path: str | Path, flag: str = "--data", vocab: dict[st
         # Training straight from Parquet would re-read a row group per shuffled row and map text to
         # ids every epoch; converting once checks every token and gives O(1) random access.
         raise NeedsVocabulary(f"{where}: lddl Parquet pre-training data (tokens as text): convert it once with "
-                        f"`bertkit convert-records {path} DIR --tokenizer VOCAB` (VOCAB: the vocab.txt it was "
-                        f"made with) and give DIR") from None
+                              f"`bertkit convert-records {path} DIR --tokenizer VOCAB` (VOCAB: the vocab.txt it "
+                              f"was made with) and give DIR") from None
     if dataset is None:
         raise DataError(f"{where}: unsupported format; expected a bertkit record directory "
                         f"(manifest.json), TFRecord files, HDF5 shards or lddl Parquet files")
