@@ -803,6 +803,10 @@ def test_hub_parquet_bad_rows_name_file_and_row(tmp_path: Path) -> None:
                    sst2 / "train-00000-of-00001.parquet")
     with pytest.raises(DataError, match=r"train-00000-of-00001\.parquet: row 1: label 2 is not a class index 0\.\.1"):
         glue_task("sst2", tmp_path).read("train")
+    pq.write_table(pa.table({"sentence": ["good", None], "label": [1, 0], "idx": [0, 1]}),
+                   sst2 / "train-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"row 1: 'sentence' is null"):  # not trained on as the text "None"
+        glue_task("sst2", tmp_path).read("train")
     pq.write_table(pa.table({"sentence": ["good"], "label": [-1], "idx": [0]}), sst2 / "train-00000-of-00001.parquet")
     with pytest.raises(DataError, match=r"row 0: label -1 .* every train row needs a label"):
         glue_task("sst2", tmp_path).read("train")
@@ -856,6 +860,14 @@ def test_custom_classification_reads_parquet(tmp_path: Path) -> None:
     multi = get_task_class("multilabel")(TaskOptions(train_file=str(tmp_path / "multi.parquet"),
                                                      extra={"label_column": "labels"}))
     assert [e.label for e in multi.read("train")] == [("a", "b"), ()]
+    pq.write_table(pa.table({"review": ["x", "y"], "stars": [1, None]}), tmp_path / "dev-null.parquet")
+    with pytest.raises(DataError, match=r"dev-null\.parquet: row 1: 'stars' is null \(every dev row needs a label\)"):
+        get_task_class("classification")(TaskOptions(dev_file=str(tmp_path / "dev-null.parquet"), extra={
+            "text_column": "review", "label_column": "stars"})).read("dev")
+    pq.write_table(pa.table({"review": [None], "stars": [1]}), tmp_path / "dev-null.parquet")
+    with pytest.raises(DataError, match=r"row 0: 'review' is null"):
+        get_task_class("classification")(TaskOptions(dev_file=str(tmp_path / "dev-null.parquet"), extra={
+            "text_column": "review", "label_column": "stars"})).read("dev")
     pq.write_table(pa.table({"review": ["x"], "stars": [1]}), tmp_path / "dev.parquet")
     missing = get_task_class("classification")(TaskOptions(dev_file=str(tmp_path / "dev.parquet")))
     with pytest.raises(DataError, match=r"dev\.parquet: row 0: no column 'text'"):

@@ -194,7 +194,7 @@ def test_bad_input_and_output_are_refused(tiny_model_dir: Path, shared_dir: Path
 
 def test_polyphone_reads_marked_sentences_and_answers_among_the_characters_readings(shared_dir: Path,
                                                                                    tiny_model_dir: Path,
-                                                                                   tmp_path: Path) -> None:
+                                                                                   tmp_path: Path, monkeypatch) -> None:
     g2pl = shared_dir / "data" / "polyphone" / "g2pL"
     data = tmp_path / "g2pl"
     for split, count in (("train", 200), ("dev", 40)):
@@ -212,6 +212,13 @@ def test_polyphone_reads_marked_sentences_and_answers_among_the_characters_readi
                 if "▁抹▁" in sentence}
     assert set(first["probabilities"]) == readings and first["prediction"] in readings
     assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
+    code, out, err = cli(["predict", "--model", str(run), "--input", "-", "--device", "cpu"],
+                         stdin="▁龘▁字\n", monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert "never seen in training" in records(out)[0]["warning"]
+    (tmp_path / "far.txt").write_text('{"text": "抹布", "position": 9}\n')
+    code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "far.txt"), "--device", "cpu"])
+    assert code == 1 and "far.txt:1: 'position' 9 is outside the text (0..1)" in err
     (tmp_path / "unmarked.txt").write_text("她找了一块抹布。\n")
     code, _, err = cli(["predict", "--model", str(run), "--input", str(tmp_path / "unmarked.txt"), "--device", "cpu"])
     assert code == 1 and "unmarked.txt:1: no marked character" in err
@@ -272,6 +279,8 @@ def test_serve_answers_predict_and_health_and_refuses_bad_requests(shared_dir: P
             400, {"error": "input 0: task rte reads a pair of texts: give text<TAB>second text (or JSON with "
                            "\"text\" and \"text_pair\")"})
         assert post(b"{not json")[0] == 400 and post(b'{"inputs": []}')[0] == 400
+        assert post(b'{"inputs": [null]}') == (400, {"error": "input 0: None; expected a string, a list of fields or "
+                                                              "an object"})
         assert post(json.dumps({"inputs": inputs * 2}).encode()) == (400, {"error": "4 inputs; at most --max-batch 2 per request"})
         assert post(json.dumps({"inputs": inputs}).encode())[0] == 200  # still serving
     finally:
@@ -292,3 +301,20 @@ def test_swag_raw_rows_are_read_as_in_training() -> None:
     assert example.choices == ["He walks in.", "He eats it.", "He sings.", "He flies away."]
     (plain,) = swag.raw_examples([("x:1", "A context.\tone\ttwo\tthree\tfour")])
     assert plain.choices == ["one", "two", "three", "four"]
+    # Each line in its own form, in one block (a SWAG row used to make every other line fail).
+    mixed = swag.raw_examples([("x:1", json.dumps({"context": "C.", "choices": list("abcd")})), ("x:2", json.dumps(row)),
+                               ("x:3", "C.\ta\tb\tc\td")])
+    assert [e.guid for e in mixed] == ["0", "1", "2"] and mixed[1].choices[0] == "He walks in."
+
+
+def test_raw_inputs_take_the_field_names_of_the_tasks_own_data() -> None:
+    from bertkit.tasks import TaskOptions, get_task_class
+
+    mnli = get_task_class("mnli")(TaskOptions())
+    (example,) = mnli.raw_examples([("x:1", json.dumps({"premise": "A man sings.", "hypothesis": "He is silent."}))])
+    assert (example.text_a, example.text_b) == ("A man sings.", "He is silent.")
+    qqp = get_task_class("qqp")(TaskOptions())
+    (example,) = qqp.raw_examples([("x:1", json.dumps({"question1": "Why?", "question2": "How?"}))])
+    assert (example.text_a, example.text_b) == ("Why?", "How?")
+    custom = get_task_class("classification")(TaskOptions(extra={"text_column": "review"}))
+    assert custom.raw_examples([("x:1", json.dumps({"review": "Great."}))])[0].text_a == "Great."

@@ -544,6 +544,10 @@ def test_train_tokenizer_reads_hub_parquet_as_its_text(tmp_path, capsys):
         assert "2,461 lines, 1,110,211 characters" in capsys.readouterr().err
         vocabs.append((tmp_path / name / "vocab.txt").read_bytes())
     assert vocabs[1:] == vocabs[:1] * 3
+    # Salesforce/wikitext's rows read as plain text hold the same markers as the file, and say so.
+    assert cli_main(["train-tokenizer", "--vocab-size", "2000", "--input", str(hub), "--output-dir",
+                     str(tmp_path / "markers")]) == 0
+    assert "lines hold WikiText markers" in capsys.readouterr().err
     assert Tokenizer.from_pretrained(tmp_path / "hub").vocab_size == 2000
     assert cli_main(["train-tokenizer", "--vocab-size", "2000", "--input", str(tmp_path / "docs.parquet"),
                      "--output-dir", str(tmp_path / "bad")]) == 1

@@ -192,8 +192,12 @@ class Predictor:
     def __call__(self, inputs: list[str | tuple | dict]) -> list[dict]:
         import json
 
+        from bertkit.tasks.base import DataError
+
         lines = []
         for n, item in enumerate(inputs):
+            if not isinstance(item, (str, tuple, list, dict)):
+                raise DataError(f"input {n}: {item!r}; expected a string, a list of fields or an object")
             if isinstance(item, dict):
                 line = json.dumps(item, ensure_ascii=False)
             else:

@@ -100,7 +100,11 @@ def _text_lines(files: list[Path], stats: dict[str, int], text_field: str | None
     for path in files:
         if is_parquet(path):
             for _, text in parquet_texts(path, text_field):
-                yield from (line for line in map(str.strip, text.split("\n")) if line)
+                for line in map(str.strip, text.split("\n")):
+                    if line:
+                        if _WIKITEXT_MARKERS.search(line):
+                            stats["wikitext_lines"] = stats.get("wikitext_lines", 0) + 1
+                        yield line
             continue
         with _open_binary(path) as f:
             for line_no, raw in enumerate(f, start=1):

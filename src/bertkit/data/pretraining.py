@@ -94,7 +94,8 @@ class PretrainDataConfig:
         if self.parquet_rows not in PARQUET_ROWS:
             raise ValueError(f"--parquet-rows {self.parquet_rows!r} is not one of {', '.join(PARQUET_ROWS)}")
         if self.wikitext and self.text_field is not None:
-            raise ValueError("--wikitext and --text-field cannot be combined: WikiText files are plain text")
+            raise ValueError("--wikitext and --text-field cannot be combined: --wikitext reads WikiText's lines, from "
+                             "text files or from the 'text' column of the Hub's Salesforce/wikitext Parquet files")
         if self.mask.masked_lm_prob == 0 and (self.target_words is None or self.mask.target_mask_prob == 0):
             raise ValueError("--masked-lm-prob 0 masks nothing (no --target-words to mask either): the records "
                              "would have no MLM targets; use e.g. the default 0.15")

@@ -107,12 +107,18 @@ class SentencePairTask(Task):
         """Whether the model reads two texts (MRPC, RTE, ...)."""
         return False
 
+    def raw_field_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """JSON keys a raw input's first and second text may have: "text"/"text_pair", and the
+        columns of the task's own data (MNLI's premise/hypothesis, a custom run's --text-column)."""
+        return ("text", "sentence", "sentence1"), ("text_pair", "sentence2")
+
     def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[PairExample]:
         examples = []
         for where, line in lines:
             fields = raw_input_fields(where, line, ("text", "text_pair"))
-            text = text_field(fields, where, "text", "sentence", "sentence1")
-            pair = text_field(fields, where, "text_pair", "sentence2", required=False)
+            first_names, second_names = self.raw_field_names()
+            text = text_field(fields, where, *first_names)
+            pair = text_field(fields, where, *second_names, required=False)
             if self.is_pair_task() and pair is None:
                 raise DataError(f"{where}: task {self.name} reads a pair of texts: give text<TAB>second text "
                                 f"(or JSON with \"text\" and \"text_pair\")")
@@ -215,6 +221,11 @@ class CustomTask(SentencePairTask):
     def is_pair_task(self) -> bool:
         return bool(self.options.get("text_pair_column"))
 
+    def raw_field_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        first, second = super().raw_field_names()
+        column, pair_column = self.options.get("text_column", "text"), self.options.get("text_pair_column")
+        return (*first, column), (*second, *([pair_column] if pair_column else []))
+
     def split_file(self, split: str) -> Path:
         chosen = {"train": self.options.train_file, "dev": self.options.dev_file,
                   "test": self.options.test_file}.get(split)
@@ -231,6 +242,10 @@ class CustomTask(SentencePairTask):
             for column, flag in ((text, "--text-column"), (pair, "--text-pair-column")):
                 if column is not None and column not in row:
                     raise DataError(f"{source}: no column {column!r} ({flag}; columns: {', '.join(map(str, row))})")
+                if column is not None and row[column] is None:  # a null cell (JSON, Parquet), not the text "None"
+                    raise DataError(f"{source}: {column!r} is null; every row needs its text")
+            if split in ("train", "dev") and label_col in row and row[label_col] is None:
+                raise DataError(f"{source}: {label_col!r} is null (every {split} row needs a label)")
             label = row.get(label_col)
             if label is not None:
                 label = self.parse_label(label, source)

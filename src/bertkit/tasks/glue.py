@@ -102,6 +102,12 @@ class GlueTask(SentencePairTask):
     def is_pair_task(self) -> bool:
         return self.train_columns.text_b is not None
 
+    def raw_field_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        first, second = super().raw_field_names()
+        own = [(c.text_a, c.text_b) for c in (self.train_columns, self.test_columns)] + [self.hub_columns]
+        return ((*first, *(a for a, _ in own if isinstance(a, str))),
+                (*second, *(b for _, b in own if isinstance(b, str))))
+
     def read(self, split: str) -> list[PairExample]:
         examples = self.read_split(split, has_header=True)
         self.check(examples)
@@ -158,6 +164,9 @@ class GlueTask(SentencePairTask):
             if missing:
                 raise DataError(f"{where}: no column {', '.join(map(repr, missing))} (columns: {', '.join(row)}); "
                                 f"expected the columns of the Hub's glue/{self.hub_config}")
+            null = next((c for c in (text_a, text_b) if c is not None and row[c] is None), None)
+            if null is not None:
+                raise DataError(f"{where}: {null!r} is null; every row needs its text")
             label = row["label"]
             if label is None or label == -1:
                 if not split.startswith("test"):
@@ -174,6 +183,8 @@ class GlueTask(SentencePairTask):
             examples.append(PairExample(
                 guid=str(row.get("idx", len(examples))), text_a=str(row[text_a]),
                 text_b=str(row[text_b]) if text_b is not None else None, label=label, source=where))
+        if not examples:
+            raise DataError(f"{files[0]}{f' (+{len(files) - 1} more)' if len(files) > 1 else ''}: no rows")
         return examples
 
     def check(self, examples: list[PairExample]) -> None:

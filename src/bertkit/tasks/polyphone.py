@@ -474,9 +474,11 @@ class PolyphoneTask(Task):
                 fields = raw_input_fields(where, line, ())
                 text, position = fields.get("text"), fields.get("position")
                 if not isinstance(text, str) or MARK in text or not isinstance(position, int) \
-                        or isinstance(position, bool) or not 0 <= position < len(text):
+                        or isinstance(position, bool):
                     raise DataError(f"{where}: expected JSON with the plain sentence as 'text' and the index of "
                                     f"the character to read as 'position'")
+                if not 0 <= position < len(text):
+                    raise DataError(f"{where}: 'position' {position} is outside the text (0..{len(text) - 1})")
             else:
                 (text, position), fields = parse_marked(line.strip(), where), {}
             examples.append(PolyphoneExample(str(fields.get("id", first_index + len(examples))), text, position, None))
@@ -488,11 +490,16 @@ class PolyphoneTask(Task):
         labels = self.label_names()
         records = []
         for ex, output, prediction in zip(examples, outputs, predictions):
-            allowed = sorted(r for r in self.candidates(ex.char) if r in labels) or labels
+            known = sorted(r for r in self.candidates(ex.char) if r in labels)
+            allowed = known or labels
             logits = np.asarray(output, dtype=np.float64)
             probabilities = class_probabilities([logits[labels.index(r)] for r in allowed], allowed)
-            records.append({"id": ex.id, "text": ex.text, "position": ex.position, "char": ex.char,
-                            "prediction": labels[prediction], "probabilities": probabilities})
+            record = {"id": ex.id, "text": ex.text, "position": ex.position, "char": ex.char,
+                      "prediction": labels[prediction], "probabilities": probabilities}
+            if not known:  # nothing to restrict the answer to: any reading of the model may win
+                record["warning"] = (f"{ex.char!r} was never seen in training or the dictionary: the reading is "
+                                     f"chosen among all {len(labels)} the model knows, and is often wrong")
+            records.append(record)
         return records
 
     def _outcomes(self, examples, predictions) -> list[tuple[PolyphoneExample, str, bool]]:

@@ -367,17 +367,17 @@ class SwagTask(MultipleChoiceTask):
                  "context sent1, choice i sent2 + ending i), or as --task multiple-choice reads it")
 
     def raw_examples(self, lines: Sequence[tuple[str, str]], first_index: int = 0) -> list[ChoiceExample]:
-        swag_rows = [line.lstrip().startswith("{") and '"sent2"' in line for _, line in lines]
-        if not any(swag_rows):
-            return super().raw_examples(lines, first_index)
         examples = []
-        for where, line in lines:
-            fields = raw_input_fields(where, line, ())
+        for where, line in lines:  # each line in its own form
+            fields = raw_input_fields(where, line, ()) if line.lstrip().startswith("{") else {}
+            if "sent2" not in fields:
+                examples += super().raw_examples([(where, line)], first_index + len(examples))
+                continue
             context, sent2 = text_field(fields, where, "sent1"), text_field(fields, where, "sent2")
             endings = [text_field(fields, where, f"ending{i}") for i in range(self.n_choices)]
             examples.append(ChoiceExample(str(fields.get("id", first_index + len(examples))), context,
                                           [f"{sent2} {ending}" for ending in endings], None, where))
-        return examples
+        return self._check_choice_counts(examples, "--input")
 
     def csv_rows(self, path: Path) -> list[tuple[str, dict]]:
         """The rows of a swagaf CSV file as ("FILE:LINE", {column: text}), LINE the first physical
