@@ -681,7 +681,7 @@ class LDDLParquetDataset:
                 static = masks[0]
                 groups = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
                 if f.metadata.num_rows:
-                    # num_tokens when lddl wrote it; checked row by row as the rows are read.
+                    # num_tokens when lddl wrote it; a row longer than its largest value fails as it is read.
                     if "num_tokens" in names:
                         longest = max(longest, int(pc.max(f.read(columns=["num_tokens"]).column(0)).as_py()))
                     else:
