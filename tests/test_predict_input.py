@@ -110,7 +110,9 @@ def test_ner_squad_multiple_choice_and_aspects(shared_dir: Path, tiny_model_dir:
     for record in (first, second):
         for entity in record["entities"]:
             assert entity["text"] == " ".join(record["tokens"][entity["start"]:entity["end"]])
-            assert record["tags"][entity["start"]][2:] == entity["type"]
+            assert record["tags"][entity["start"]] == f"B-{entity['type']}"  # well-formed IOB2, as conlleval reads it
+            assert all(tag == f"I-{entity['type']}" for tag in record["tags"][entity["start"] + 1:entity["end"]])
+        assert sum(tag.startswith("B-") for tag in record["tags"]) == len(record["entities"])
 
     squad = json.loads((data / "squad_v1.1" / "dev-v1.1.json").read_text(encoding="utf-8"))
     small = {"version": "1.1", "data": squad["data"][:1]}

@@ -434,12 +434,13 @@ class NerTask(Task):
 
     def raw_records(self, examples, outputs, predictions) -> list[dict[str, Any]]:
         """Words, their IOB2 tags, and the entities read from them as conlleval reads them
-        (start, end: word indices, end exclusive)."""
+        (start, end: word indices, end exclusive). A predicted I-X that opens an entity (after O or
+        another type) is written B-X: conlleval reads it so, and the tags then agree with the entities."""
         from seqeval.metrics.sequence_labeling import get_entities
 
         records = []
         for example, tags in zip(examples, predictions):
-            tags = bioes_to_iob2(tags)
+            tags = iob1_to_iob2(bioes_to_iob2(tags))
             entities = [{"text": " ".join(example.words[start:end + 1]), "type": kind, "start": start, "end": end + 1}
                         for kind, start, end in get_entities(tags)]
             records.append({"id": example.guid, "tokens": example.words, "tags": tags, "entities": entities})
