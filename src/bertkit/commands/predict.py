@@ -15,6 +15,7 @@ import numpy as np
 
 from bertkit.commands import common
 from bertkit.commands.evaluate import add_model_and_data_arguments, load_for_inference
+from bertkit.tasks.base import softmax
 
 
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -33,12 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                              "choice: JSON {context, choices}; polyphone: a sentence with ▁X▁ around the "
                              "character to read); writes one JSON line per example: its id, input "
                              "and prediction, with class probabilities where the head has them")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 def prediction_file_name(task, split: str) -> str:

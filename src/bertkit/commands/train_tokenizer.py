@@ -93,31 +93,34 @@ def batched(lines: Iterator[str], stats: dict[str, int]) -> Iterator[list[str]]:
         yield batch
 
 
-def _text_lines(files: list[Path], stats: dict[str, int], text_field: str | None = None) -> Iterator[str]:
+def _file_lines(path: Path, text_field: str | None) -> Iterator[str]:
+    """One file's lines: of a text file (decoded, a bad byte naming its line), or of the text
+    column of a Parquet file."""
     from bertkit.data.pretraining import parquet_texts
     from bertkit.tasks.base import is_parquet
 
+    if is_parquet(path):
+        for _, text in parquet_texts(path, text_field):
+            yield from text.split("\n")
+        return
+    with _open_binary(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not UTF-8 ({err.reason} at byte {err.start}); "
+                                f"re-encode the file as UTF-8") from None
+
+
+def _text_lines(files: list[Path], stats: dict[str, int], text_field: str | None = None) -> Iterator[str]:
+    """The non-blank lines of every file, stripped; lines with WikiText markers are counted."""
     for path in files:
-        if is_parquet(path):
-            for _, text in parquet_texts(path, text_field):
-                for line in map(str.strip, text.split("\n")):
-                    if line:
-                        if _WIKITEXT_MARKERS.search(line):
-                            stats["wikitext_lines"] = stats.get("wikitext_lines", 0) + 1
-                        yield line
-            continue
-        with _open_binary(path) as f:
-            for line_no, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8").strip()
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path}:{line_no}: not UTF-8 ({err.reason} at byte {err.start}); "
-                                    f"re-encode the file as UTF-8") from None
-                if not line:
-                    continue
-                if _WIKITEXT_MARKERS.search(line):
-                    stats["wikitext_lines"] = stats.get("wikitext_lines", 0) + 1
-                yield line
+        for line in map(str.strip, _file_lines(path, text_field)):
+            if not line:
+                continue
+            if _WIKITEXT_MARKERS.search(line):
+                stats["wikitext_lines"] = stats.get("wikitext_lines", 0) + 1
+            yield line
 
 
 def iter_line_batches(files: list[Path], stats: dict[str, int], text_field: str | None = None) -> Iterator[list[str]]:

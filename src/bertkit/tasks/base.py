@@ -17,6 +17,7 @@ Flow (see DESIGN.md):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -176,19 +177,37 @@ def files_label(paths: Sequence[Path]) -> str:
     return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more shards)"
 
 
+def json_object(where: str, text: str) -> dict[str, Any]:
+    """One JSON object (a line of a JSON-lines file, of `predict --input`); anything else is a
+    DataError naming `where`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not a JSON object ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def jsonl_objects(path: Path, encoding: str = "utf-8") -> list[tuple[str, dict[str, Any]]]:
+    """The objects of a JSON-lines file as ("FILE:LINE", object); blank lines skipped. Lines end at
+    newlines only: a U+2028 inside a string is text, not a line break."""
+    lines = read_data_text(path, encoding=encoding).split("\n")
+    return [(f"{path}:{n}", json_object(f"{path}:{n}", line)) for n, line in enumerate(lines, 1) if line.strip()]
+
+
+def softmax(logits: Any) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def raw_input_fields(where: str, line: str, names: Sequence[str]) -> dict[str, Any]:
     """One line of `predict --input`: a JSON object, or tab-separated values named `names` in
     order (fewer are fine here; the task checks what it needs)."""
-    import json
-
     if line.lstrip().startswith("{"):
-        try:
-            fields = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(fields, dict):
-            raise DataError(f"{where}: expected a JSON object")
-        return fields
+        return json_object(where, line)
     values = line.split("\t")
     if len(values) > len(names):
         raise DataError(f"{where}: {len(values)} tab-separated fields; expected at most {len(names)} "
@@ -198,9 +217,7 @@ def raw_input_fields(where: str, line: str, names: Sequence[str]) -> dict[str, A
 
 def class_probabilities(logits: Any, names: Sequence[str]) -> dict[str, float]:
     """Softmax of one example's logits, by class name (6 decimals: a JSON line stays readable)."""
-    z = np.asarray(logits, dtype=np.float64).reshape(-1)
-    e = np.exp(z - z.max())
-    return {str(name): round(float(p), 6) for name, p in zip(names, e / e.sum())}
+    return {str(name): round(float(p), 6) for name, p in zip(names, softmax(np.reshape(logits, -1)))}
 
 
 def text_field(fields: dict[str, Any], where: str, *names: str, required: bool = True) -> str | None:

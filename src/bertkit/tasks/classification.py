@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from bertkit.metrics.glue import accuracy, glue_metrics, macro_f1, multilabel_scores
-from bertkit.tasks.base import (DataError, Task, class_probabilities, is_parquet, open_for_writing, raw_input_fields,
-                                read_data_text, read_parquet_rows, register, text_field)
+from bertkit.tasks.base import (DataError, Task, class_probabilities, is_parquet, jsonl_objects, open_for_writing,
+                                raw_input_fields, read_data_text, read_parquet_rows, register, text_field)
 
 
 @dataclass
@@ -165,45 +165,34 @@ def read_table(path: Path) -> list[tuple[str, dict[str, Any]]]:
         raise DataError(f"{path}: file not found")
     if is_parquet(path):
         rows = read_parquet_rows([path])
-        if not rows:
-            raise DataError(f"{path}: no data rows")
-        return rows
-    return [(f"{path}:{line_no}", row) for line_no, row in read_text_table(path)]
-
-
-def read_text_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """Rows of a CSV, TSV (with a header) or JSONL file as (line number, {column: value})."""
-    rows: list[tuple[int, dict[str, Any]]] = []
-    suffix = path.suffix.lower()
-    with io.StringIO(read_data_text(path, encoding="utf-8-sig")) as f:
-        if suffix in (".jsonl", ".json"):
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{line_no}: expected a JSON object per line")
-                rows.append((line_no, row))
-        elif suffix in (".csv", ".tsv", ".txt"):
-            # TSV as GLUE and most NLP data write it: fields split at tabs, quotes are text. With
-            # CSV quoting, a '"' opening a field joined lines until the next one: RTE test.tsv
-            # read as 2,985 rows instead of 3,000, the later ones misnumbered.
-            reader = (csv.DictReader(f) if suffix == ".csv"
-                      else csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-            if reader.fieldnames is None:
-                raise DataError(f"{path}: empty file (expected a header row and data rows)")
-            for row in reader:
-                if None in row or any(v is None for v in row.values()):
-                    raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} "
-                                    f"columns ({', '.join(reader.fieldnames)})")
-                rows.append((reader.line_num, row))
-        else:
-            raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        rows = jsonl_objects(path, encoding="utf-8-sig")
+    else:
+        rows = read_delimited(path)
     if not rows:
         raise DataError(f"{path}: no data rows")
+    return rows
+
+
+def read_delimited(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a CSV or TSV file with a header as ("FILE:LINE", {column: text})."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".txt"):
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+    rows: list[tuple[str, dict[str, Any]]] = []
+    with io.StringIO(read_data_text(path, encoding="utf-8-sig")) as f:
+        # TSV as GLUE and most NLP data write it: fields split at tabs, quotes are text. With
+        # CSV quoting, a '"' opening a field joined lines until the next one: RTE test.tsv
+        # read as 2,985 rows instead of 3,000, the later ones misnumbered.
+        reader = (csv.DictReader(f) if suffix == ".csv"
+                  else csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        if reader.fieldnames is None:
+            raise DataError(f"{path}: empty file (expected a header row and data rows)")
+        for row in reader:
+            if None in row or any(v is None for v in row.values()):
+                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} "
+                                f"columns ({', '.join(reader.fieldnames)})")
+            rows.append((f"{path}:{reader.line_num}", row))
     return rows
 
 

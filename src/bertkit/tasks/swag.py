@@ -38,7 +38,7 @@ import tokenizers
 import torch
 
 from bertkit.tasks.base import (HUB_SPLITS, DataError, Task, TaskOptions, class_probabilities, files_label,
-                                find_hub_split, is_parquet, open_for_writing, pad_sequences, raw_input_fields,
+                                find_hub_split, is_parquet, jsonl_objects, open_for_writing, pad_sequences, raw_input_fields,
                                 read_data_text, read_parquet_rows, register, text_field)
 
 # ---- tokenizer helpers ---------------------------------------------------------------------------
@@ -169,7 +169,7 @@ class MultipleChoiceTask(Task):
         if is_parquet(paths[0]):
             rows = self.parquet_rows(paths, (f_context, f_choices), f_label)
         else:
-            rows = self.jsonl_rows(paths[0])
+            rows = jsonl_objects(paths[0])
         examples: list[ChoiceExample] = []
         for where, row in rows:
             context, choices = row.get(f_context), row.get(f_choices)
@@ -183,23 +183,6 @@ class MultipleChoiceTask(Task):
             guid = str(row[f_id]) if row.get(f_id) is not None else f"{split}-{len(examples)}"
             examples.append(ChoiceExample(guid, context, choices, label, where))
         return self._check_labels(self._check_choice_counts(examples, files_label(paths)), split)
-
-    @staticmethod
-    def jsonl_rows(path: Path) -> list[tuple[str, dict]]:
-        """The objects of a JSON-lines file as ("FILE:LINE", object); blank lines skipped."""
-        rows = []
-        for line_no, line in enumerate(io.StringIO(read_data_text(path)), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not a JSON object ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            rows.append((where, row))
-        return rows
 
     @staticmethod
     def _parse_label(value: Any, n_choices: int, where: str, what: str) -> int | None:
